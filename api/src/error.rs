@@ -1,0 +1,104 @@
+//! The API's one error type. Every variant maps to a status and a JSON body
+//! `{"error": {"code": "...", "message": "..."}}`; causes of 5xx are logged, never sent.
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use vesemir_core::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400: the request is malformed or names something that does not exist.
+    #[error("{message}")]
+    BadRequest { code: &'static str, message: String },
+    /// 404
+    #[error("{0}")]
+    NotFound(String),
+    /// 405
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// 413: the body exceeds the configured limit.
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// 415: the body is not declared as JSON.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// 422: the Idempotency-Key was used with another request.
+    #[error("{0}")]
+    IdempotencyMismatch(String),
+    /// 503: a dependency is down.
+    #[error("{0}")]
+    Unavailable(String),
+    /// 500: a bug or a database failure; the details go to the log only.
+    #[error("internal error")]
+    Internal(#[source] StoreError),
+}
+
+impl ApiError {
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::BadRequest { code, message: message.into() }
+    }
+
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),
+            Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            Self::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            Self::IdempotencyMismatch(_) => (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused"),
+            Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::IdempotencyMismatch(_) => Self::IdempotencyMismatch(e.to_string()),
+            other => Self::Internal(other),
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        let message = rejection.body_text();
+        match rejection.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => Self::PayloadTooLarge(message),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+                Self::UnsupportedMediaType("the body must be JSON, sent with Content-Type: application/json".into())
+            }
+            _ => match rejection {
+                JsonRejection::JsonSyntaxError(_) => Self::bad_request("malformed_json", message),
+                _ => Self::bad_request("invalid_body", message),
+            },
+        }
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        Self::bad_request("invalid_query", rejection.body_text())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        Self::bad_request("invalid_path", rejection.body_text())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        if let Self::Internal(cause) = &self {
+            tracing::error!(error = %cause, "request failed");
+        }
+        let body = json!({ "error": { "code": code, "message": self.to_string() } });
+        (status, Json(body)).into_response()
+    }
+}

@@ -1,0 +1,111 @@
+//! `vesemir-api`: validates and records deployment requests, hands their ids to the
+//! queue, and serves their state and logs.
+//!
+//! A submit is answered only once the deployment and its outbox row are committed;
+//! the [`outbox`] relay then publishes the id with publisher confirms and keeps
+//! re-publishing until the broker confirms. The API keeps no state of its own.
+
+pub mod error;
+pub mod extract;
+pub mod outbox;
+pub mod routes;
+pub mod validate;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::get;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tower_http::trace::TraceLayer;
+use uuid::Uuid;
+use vesemir_core::config::Config;
+use vesemir_core::queue::Publisher;
+use vesemir_core::store::{Store, StoreError};
+
+/// Ids waiting for the relay; past this, the outbox sweep takes over.
+const NUDGE_CAPACITY: usize = 1024;
+
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub publisher: Arc<Publisher>,
+    pub nudge: mpsc::Sender<Uuid>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {0}: {1}")]
+    Listen(SocketAddr, std::io::Error),
+}
+
+/// A built API: bound, migrated, ready to serve.
+#[derive(Debug)]
+pub struct App {
+    listener: TcpListener,
+    router: Router,
+    relay: outbox::Relay,
+    store: Store,
+    publisher: Arc<Publisher>,
+}
+
+impl App {
+    pub async fn build(config: Config) -> Result<Self, StartError> {
+        let store = Store::connect(&config.database).await?;
+        store.migrate().await?;
+        let listener =
+            TcpListener::bind(config.api.listen).await.map_err(|e| StartError::Listen(config.api.listen, e))?;
+        let publisher = Arc::new(Publisher::new(config.queue.clone()));
+        let (nudge, nudges) = mpsc::channel(NUDGE_CAPACITY);
+        let relay = outbox::Relay {
+            store: store.clone(),
+            publisher: publisher.clone(),
+            nudges,
+            interval: Duration::from_millis(config.api.outbox_interval_ms),
+        };
+        let max_body = config.api.max_body_bytes;
+        let state = AppState { config: Arc::new(config), store: store.clone(), publisher: publisher.clone(), nudge };
+        let router = router(state, max_body);
+        Ok(Self { listener, router, relay, store, publisher })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    /// Serves until `shutdown` resolves, then finishes in-flight requests.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        let (stop_tx, stop) = watch::channel(false);
+        let relay = tokio::spawn(self.relay.run(stop.clone()));
+        let served = axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                let _ = stop_tx.send(true);
+            })
+            .await;
+        let _ = relay.await;
+        self.publisher.close().await;
+        self.store.close().await;
+        served
+    }
+}
+
+pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+    use routes::{deployments, health};
+    Router::new()
+        .route("/v1/deployments", get(deployments::list).post(deployments::submit))
+        .route("/v1/deployments/{id}", get(deployments::get))
+        .route("/v1/deployments/{id}/logs", get(deployments::logs))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .fallback(routes::not_found)
+        .method_not_allowed_fallback(routes::method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}

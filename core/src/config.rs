@@ -1,0 +1,377 @@
+//! The configuration file: one TOML document, with `DATABASE_URL` and `AMQP_URL`
+//! overriding the URLs it names. Every key is documented in the README.
+//!
+//! Relative paths in the file (keys, known_hosts, the playbooks directory) are resolved
+//! against the directory that holds the file, so a configuration can be moved as a unit.
+
+use crate::deployment::{ExecutorKind, is_identifier};
+use serde::Deserialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("configuration file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("configuration is not valid: {0}")]
+    Invalid(String),
+}
+
+/// A value that must never appear in logs or `Debug` output.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub api: ApiConfig,
+    #[serde(default)]
+    pub database: DatabaseConfig,
+    #[serde(default)]
+    pub queue: QueueConfig,
+    #[serde(default)]
+    pub worker: WorkerConfig,
+    #[serde(default)]
+    pub clusters: BTreeMap<String, ClusterConfig>,
+    #[serde(default)]
+    pub services: BTreeMap<String, ServiceConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    pub listen: SocketAddr,
+    pub max_body_bytes: usize,
+    /// How often the outbox relay looks for deployments whose publish was not confirmed.
+    pub outbox_interval_ms: u64,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_body_bytes: 64 * 1024,
+            outbox_interval_ms: 1000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    pub url: Secret,
+    pub max_connections: u32,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: Secret::new("postgres://postgres@127.0.0.1:5432/vesemir"),
+            max_connections: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    pub url: Secret,
+    /// The queue of deployment ids; its dead-letter queue is `<queue>.dead`.
+    pub queue: String,
+    /// Deliveries of one message before the broker dead-letters it.
+    pub delivery_limit: u32,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            url: Secret::new("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            queue: "vesemir.deployments".to_owned(),
+            delivery_limit: 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerConfig {
+    /// Deployments one worker runs at once (the consumer's prefetch).
+    pub max_deployments: u16,
+    pub lease_seconds: u64,
+    pub playbooks_dir: PathBuf,
+    /// Where the SSH control sockets live. Unix socket paths are limited to about
+    /// 100 bytes, so keep this short.
+    pub ssh_control_dir: PathBuf,
+    /// Lines a log batch holds before it is written, and the longest a line waits.
+    pub log_batch_lines: usize,
+    pub log_batch_ms: u64,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            max_deployments: 4,
+            lease_seconds: 30,
+            playbooks_dir: PathBuf::from("playbooks"),
+            ssh_control_dir: PathBuf::from("/tmp/vesemir-ssh"),
+            log_batch_lines: 500,
+            log_batch_ms: 200,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    #[serde(default)]
+    pub discovery: DiscoveryKind,
+    /// The hosts of a `static` cluster.
+    #[serde(default)]
+    pub hosts: Vec<StaticHost>,
+    pub ssh: SshConfig,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DiscoveryKind {
+    #[default]
+    Static,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct StaticHost {
+    pub name: String,
+    pub address: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SshConfig {
+    pub user: String,
+    pub private_key: PathBuf,
+    pub known_hosts: PathBuf,
+    #[serde(default = "default_ssh_port")]
+    pub port: u16,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_seconds: u64,
+    /// Keepalive interval: a connection whose peer goes silent is declared dead after
+    /// three missed answers, instead of hanging for many minutes.
+    #[serde(default = "default_keepalive")]
+    pub keepalive_seconds: u64,
+}
+
+fn default_ssh_port() -> u16 {
+    22
+}
+fn default_connect_timeout() -> u64 {
+    10
+}
+fn default_keepalive() -> u64 {
+    5
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    #[serde(default = "default_playbook")]
+    pub playbook: String,
+    #[serde(default)]
+    pub executor: ExecutorKind,
+    #[serde(default = "default_step_timeout")]
+    pub step_timeout_seconds: u64,
+    /// Operator-written text (commands, paths) that playbooks reference as `{{name}}`.
+    /// It is inserted as written; values from requests and discovery are shell-quoted.
+    #[serde(default)]
+    pub vars: BTreeMap<String, String>,
+    pub health: HealthConfig,
+}
+
+fn default_playbook() -> String {
+    "rolling".to_owned()
+}
+fn default_step_timeout() -> u64 {
+    300
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    /// A URL template, e.g. `http://{{host.address}}:8080/health`.
+    pub url: String,
+    #[serde(default = "default_expected_status")]
+    pub expected_status: u16,
+    #[serde(default = "default_health_retries")]
+    pub retries: u32,
+    #[serde(default = "default_health_interval")]
+    pub interval_ms: u64,
+    #[serde(default = "default_health_timeout")]
+    pub timeout_ms: u64,
+}
+
+fn default_expected_status() -> u16 {
+    200
+}
+fn default_health_retries() -> u32 {
+    10
+}
+fn default_health_interval() -> u64 {
+    1000
+}
+fn default_health_timeout() -> u64 {
+    2000
+}
+
+impl Config {
+    /// Reads `path`, applies the environment overrides and checks the result.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let mut config = Self::parse(&text, base).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })?;
+        config.apply_env(|name| std::env::var(name).ok());
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses a document, resolving relative paths against `base`.
+    pub fn parse(text: &str, base: &Path) -> Result<Self, String> {
+        let mut config: Self = toml::from_str(text).map_err(|e| e.to_string())?;
+        config.worker.playbooks_dir = base.join(&config.worker.playbooks_dir);
+        for cluster in config.clusters.values_mut() {
+            cluster.ssh.private_key = base.join(&cluster.ssh.private_key);
+            cluster.ssh.known_hosts = base.join(&cluster.ssh.known_hosts);
+        }
+        Ok(config)
+    }
+
+    pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) {
+        if let Some(url) = var("DATABASE_URL") {
+            self.database.url = Secret::new(url);
+        }
+        if let Some(url) = var("AMQP_URL") {
+            self.queue.url = Secret::new(url);
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        for (name, cluster) in &self.clusters {
+            if !is_identifier(name) {
+                return invalid(format!("cluster name {name:?} must match [a-z0-9][a-z0-9._-]*"));
+            }
+            let mut seen = BTreeSet::new();
+            for host in &cluster.hosts {
+                if !is_identifier(&host.name) {
+                    return invalid(format!(
+                        "cluster {name}: host name {:?} must match [a-z0-9][a-z0-9._-]*",
+                        host.name
+                    ));
+                }
+                if !seen.insert(&host.name) {
+                    return invalid(format!("cluster {name}: host {} is listed twice", host.name));
+                }
+            }
+        }
+        for (name, service) in &self.services {
+            if !is_identifier(name) {
+                return invalid(format!("service name {name:?} must match [a-z0-9][a-z0-9._-]*"));
+            }
+            if !is_identifier(&service.playbook) {
+                return invalid(format!("service {name}: playbook name {:?} is not valid", service.playbook));
+            }
+        }
+        if self.worker.max_deployments == 0 {
+            return invalid("worker.max_deployments must be at least 1".to_owned());
+        }
+        if self.worker.lease_seconds < 3 {
+            return invalid("worker.lease_seconds must be at least 3".to_owned());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [clusters.sandbox]
+        ssh = { user = "deploy", private_key = "keys/id", known_hosts = "keys/known_hosts" }
+        hosts = [{ name = "vm-01", address = "127.0.20.1" }]
+
+        [services.demo]
+        vars = { install_command = "install {{version}}" }
+        health = { url = "http://{{host.address}}:8080/health" }
+    "#;
+
+    #[test]
+    fn relative_paths_are_resolved_against_the_file() {
+        let config = Config::parse(MINIMAL, Path::new("/etc/vesemir")).expect("valid");
+        let ssh = &config.clusters["sandbox"].ssh;
+        assert_eq!(ssh.private_key, Path::new("/etc/vesemir/keys/id"));
+        assert_eq!(config.worker.playbooks_dir, Path::new("/etc/vesemir/playbooks"));
+        assert_eq!(ssh.port, 22);
+    }
+
+    #[test]
+    fn environment_overrides_the_urls() {
+        let mut config = Config::parse(MINIMAL, Path::new(".")).expect("valid");
+        config.apply_env(|name| (name == "AMQP_URL").then(|| "amqp://elsewhere".to_owned()));
+        assert_eq!(config.queue.url.expose(), "amqp://elsewhere");
+        assert!(config.database.url.expose().starts_with("postgres://"));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = Config::parse("[api]\nlisten_on = \"x\"", Path::new(".")).unwrap_err();
+        assert!(err.contains("listen_on"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_hosts_are_refused() {
+        let text = MINIMAL.replace(
+            r#"hosts = [{ name = "vm-01", address = "127.0.20.1" }]"#,
+            r#"hosts = [{ name = "vm-01", address = "a" }, { name = "vm-01", address = "b" }]"#,
+        );
+        let config = Config::parse(&text, Path::new(".")).expect("parses");
+        assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn secrets_do_not_leak_through_debug() {
+        let config = Config::parse(MINIMAL, Path::new(".")).expect("valid");
+        assert!(!format!("{config:?}").contains("guest:guest"));
+    }
+}

@@ -1,0 +1,373 @@
+//! The domain: what a deployment request says, the states a deployment and its hosts
+//! go through, and the rules an identifier must follow.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+use uuid::Uuid;
+
+/// Service, cluster, host and variable names: lower-case, short, and safe anywhere
+/// (a shell, a URL, a Chef query, an HAProxy command) without quoting.
+pub fn is_identifier(s: &str) -> bool {
+    let bytes = s.as_bytes();
+    (1..=63).contains(&bytes.len())
+        && (bytes[0].is_ascii_lowercase() || bytes[0].is_ascii_digit())
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// A release version: letters, digits and `._+-`, starting with a letter or digit.
+pub fn is_version(s: &str) -> bool {
+    let bytes = s.as_bytes();
+    (1..=128).contains(&bytes.len())
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'+' | b'-'))
+}
+
+/// A count of hosts (`2`) or a share of them (`"25%"`), as `concurrency` and
+/// `max_failures` take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Amount {
+    Count(u32),
+    Percent(u8),
+}
+
+impl Amount {
+    /// How many hosts out of `total` this amount allows, rounding down.
+    pub fn of(self, total: usize) -> usize {
+        match self {
+            Amount::Count(n) => n as usize,
+            Amount::Percent(p) => total * usize::from(p) / 100,
+        }
+    }
+}
+
+impl fmt::Display for Amount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Amount::Count(n) => write!(f, "{n}"),
+            Amount::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
+impl Serialize for Amount {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Amount::Count(n) => s.serialize_u32(*n),
+            Amount::Percent(_) => s.serialize_str(&self.to_string()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Amount {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Count(u64),
+            Text(String),
+        }
+        let invalid = || {
+            serde::de::Error::custom("expected a count of hosts (2) or a percentage (\"25%\")")
+        };
+        match Raw::deserialize(d).map_err(|_| invalid())? {
+            Raw::Count(n) => u32::try_from(n).map(Amount::Count).map_err(|_| invalid()),
+            Raw::Text(text) => {
+                let digits = text.strip_suffix('%').ok_or_else(invalid)?;
+                if digits.is_empty() || digits.len() > 3 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(invalid());
+                }
+                let p: u8 = digits.parse().map_err(|_| invalid())?;
+                if p > 100 {
+                    return Err(serde::de::Error::custom("a percentage must be between 0% and 100%"));
+                }
+                Ok(Amount::Percent(p))
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecutorKind {
+    #[default]
+    Native,
+    Ansible,
+}
+
+/// Chef search terms. Only clusters whose discovery is a search accept them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Selector {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+}
+
+fn default_concurrency() -> Amount {
+    Amount::Count(1)
+}
+fn default_max_failures() -> Amount {
+    Amount::Count(0)
+}
+
+/// A submit body, as accepted. Its serialized form is stored with the deployment and is
+/// what the worker reads its options from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeploymentRequest {
+    pub service: String,
+    pub cluster: String,
+    pub version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<Selector>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    #[serde(default = "default_concurrency")]
+    pub concurrency: Amount,
+    #[serde(default = "default_max_failures")]
+    pub max_failures: Amount,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sleep_seconds: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executor: Option<ExecutorKind>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub vars: BTreeMap<String, String>,
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+macro_rules! string_enum {
+    ($(#[$meta:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    other => Err(format!("unknown {} {other:?}", stringify!($name))),
+                }
+            }
+        }
+    };
+}
+
+string_enum!(
+    /// `queued` → `running` → `succeeded` | `failed` | `cancelled` (via `cancelling`);
+    /// a dry run ends in `planned`.
+    DeploymentState {
+        Queued => "queued",
+        Running => "running",
+        Cancelling => "cancelling",
+        Succeeded => "succeeded",
+        Failed => "failed",
+        Cancelled => "cancelled",
+        Planned => "planned",
+    }
+);
+
+impl DeploymentState {
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled | Self::Planned)
+    }
+}
+
+string_enum!(
+    /// `pending` → `running` → `succeeded` | `failed` | `unreachable`, or `skipped`.
+    HostState {
+        Pending => "pending",
+        Running => "running",
+        Succeeded => "succeeded",
+        Failed => "failed",
+        Unreachable => "unreachable",
+        Skipped => "skipped",
+    }
+);
+
+impl HostState {
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Unreachable | Self::Skipped)
+    }
+
+    /// Failed and unreachable hosts count against `max_failures`.
+    pub fn is_failure(self) -> bool {
+        matches!(self, Self::Failed | Self::Unreachable)
+    }
+}
+
+string_enum!(
+    StepState {
+        Running => "running",
+        Succeeded => "succeeded",
+        Failed => "failed",
+    }
+);
+
+string_enum!(
+    /// Where a log line came from: a remote command's stdout or stderr, or Vesemir.
+    LogStream {
+        Stdout => "stdout",
+        Stderr => "stderr",
+        System => "system",
+    }
+);
+
+/// Per-state host counts of a deployment.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    pub total: u32,
+    pub pending: u32,
+    pub running: u32,
+    pub succeeded: u32,
+    pub failed: u32,
+    pub unreachable: u32,
+    pub skipped: u32,
+}
+
+impl Summary {
+    pub fn count(&mut self, state: HostState) {
+        self.total += 1;
+        let slot = match state {
+            HostState::Pending => &mut self.pending,
+            HostState::Running => &mut self.running,
+            HostState::Succeeded => &mut self.succeeded,
+            HostState::Failed => &mut self.failed,
+            HostState::Unreachable => &mut self.unreachable,
+            HostState::Skipped => &mut self.skipped,
+        };
+        *slot += 1;
+    }
+}
+
+/// A deployment as the API returns it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Deployment {
+    pub id: Uuid,
+    pub service: String,
+    pub cluster: String,
+    pub version: String,
+    pub state: DeploymentState,
+    pub requested_by: String,
+    pub retry_of: Option<Uuid>,
+    pub attempt: i32,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub error: Option<String>,
+    pub request: DeploymentRequest,
+    pub summary: Summary,
+    /// Absent in lists, present when one deployment is fetched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hosts: Option<Vec<Host>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Host {
+    pub name: String,
+    pub address: String,
+    pub wave: i32,
+    pub state: HostState,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub error: Option<String>,
+    pub steps: Vec<Step>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Step {
+    pub name: String,
+    pub state: StepState,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub exit_code: Option<i32>,
+    pub output: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLine {
+    pub seq: i64,
+    pub host: Option<String>,
+    pub stream: LogStream,
+    pub line: String,
+    pub at: DateTime<Utc>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_are_short_lower_case_and_shell_safe() {
+        for ok in ["payments-api", "vm-01", "a", "prod.eu_1"] {
+            assert!(is_identifier(ok), "{ok}");
+        }
+        for bad in ["", "Payments", "-x", "a b", "a;b", "a/b", "ä", &"x".repeat(64)] {
+            assert!(!is_identifier(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn versions_refuse_shell_metacharacters() {
+        assert!(is_version("2024.06.01-3f9c2a1"));
+        assert!(is_version("1.2.3+build.7"));
+        for bad in ["", "$(id)", "1;rm", "a b", "'x'", "../x", ".hidden"] {
+            assert!(!is_version(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn amounts_take_counts_and_percentages() {
+        let parse = |s: &str| serde_json::from_str::<Amount>(s);
+        assert_eq!(parse("2").unwrap(), Amount::Count(2));
+        assert_eq!(parse("\"25%\"").unwrap(), Amount::Percent(25));
+        for bad in ["-1", "\"25\"", "\"%\"", "\"101%\"", "\"-5%\"", "2.5", "null", "\"1e2%\""] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(serde_json::to_string(&Amount::Percent(25)).unwrap(), "\"25%\"");
+    }
+
+    #[test]
+    fn a_percentage_rounds_down() {
+        assert_eq!(Amount::Percent(25).of(10), 2);
+        assert_eq!(Amount::Percent(100).of(7), 7);
+        assert_eq!(Amount::Count(3).of(10), 3);
+    }
+
+    #[test]
+    fn requests_refuse_unknown_fields() {
+        let body = r#"{"service":"s","cluster":"c","version":"1","concurency":2}"#;
+        let err = serde_json::from_str::<DeploymentRequest>(body).unwrap_err();
+        assert!(err.to_string().contains("concurency"), "{err}");
+    }
+}

@@ -1,0 +1,20 @@
+//! The parts of Vesemir that the API, the worker and the tests share.
+//!
+//! - [`config`]: the one TOML configuration file, with environment overrides.
+//! - [`deployment`]: the domain model: requests, states, amounts, identifiers.
+//! - [`store`]: PostgreSQL, the source of truth. Every state change of a deployment,
+//!   a host or a step goes through here.
+//! - [`queue`]: RabbitMQ, which carries only deployment ids. Publishing waits for the
+//!   broker's confirm; consuming acknowledges manually.
+//! - [`telemetry`]: tracing set-up for the binaries.
+//!
+//! Guarantees that live in this crate: a submit and its outbox row are committed in one
+//! transaction ([`store::Store::submit`]); a deployment is run by at most one claim
+//! holder at a time ([`store::Store::claim`]); log lines get gap-free, increasing
+//! sequence numbers per deployment ([`store::Store::append_logs`]).
+
+pub mod config;
+pub mod deployment;
+pub mod queue;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,280 @@
+//! Submitting, reading and listing deployments.
+
+use super::{Store, StoreError, parse};
+use crate::deployment::{
+    Deployment, DeploymentRequest, DeploymentState, Host, HostState, Step, Summary,
+};
+use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use uuid::Uuid;
+
+/// What the API asks the store to record.
+#[derive(Debug)]
+pub struct NewDeployment<'a> {
+    pub request: &'a DeploymentRequest,
+    pub requested_by: &'a str,
+    pub idempotency_key: Option<&'a str>,
+}
+
+/// The answer to a submit: a new deployment, or the one an earlier submit with the same
+/// Idempotency-Key created.
+#[derive(Debug)]
+pub enum Submitted {
+    Created(Deployment),
+    Existing(Deployment),
+}
+
+#[derive(Debug, Default)]
+pub struct ListFilter {
+    pub service: Option<String>,
+    pub cluster: Option<String>,
+    pub state: Option<DeploymentState>,
+    /// Only deployments older than this one (ids are time-ordered).
+    pub before: Option<Uuid>,
+    pub limit: i64,
+}
+
+#[derive(sqlx::FromRow)]
+struct DeploymentRow {
+    id: Uuid,
+    service: String,
+    cluster: String,
+    version: String,
+    request: sqlx::types::Json<DeploymentRequest>,
+    state: String,
+    requested_by: String,
+    retry_of: Option<Uuid>,
+    attempt: i32,
+    error: Option<String>,
+    created_at: DateTime<Utc>,
+    started_at: Option<DateTime<Utc>>,
+    finished_at: Option<DateTime<Utc>>,
+}
+
+macro_rules! deployment_columns {
+    () => {
+        "id, service, cluster, version, request, state, requested_by, retry_of, attempt, error, \
+         created_at, started_at, finished_at"
+    };
+}
+
+impl DeploymentRow {
+    fn into_deployment(self, summary: Summary, hosts: Option<Vec<Host>>) -> Result<Deployment, StoreError> {
+        Ok(Deployment {
+            id: self.id,
+            service: self.service,
+            cluster: self.cluster,
+            version: self.version,
+            state: parse(&self.state)?,
+            requested_by: self.requested_by,
+            retry_of: self.retry_of,
+            attempt: self.attempt,
+            created_at: self.created_at,
+            started_at: self.started_at,
+            finished_at: self.finished_at,
+            error: self.error,
+            request: self.request.0,
+            summary,
+            hosts,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct HostRow {
+    name: String,
+    address: String,
+    wave: i32,
+    state: String,
+    error: Option<String>,
+    started_at: Option<DateTime<Utc>>,
+    finished_at: Option<DateTime<Utc>>,
+}
+
+#[derive(sqlx::FromRow)]
+struct StepRow {
+    host: String,
+    name: String,
+    state: String,
+    exit_code: Option<i32>,
+    output: String,
+    started_at: DateTime<Utc>,
+    finished_at: Option<DateTime<Utc>>,
+}
+
+/// The hash that tells a retried submit (same request) from a conflicting one.
+fn request_hash(request: &DeploymentRequest) -> String {
+    // Serializing the typed request gives one canonical form: fields in declaration
+    // order, variables sorted, defaults made explicit.
+    let canonical = serde_json::to_vec(request).unwrap_or_default();
+    Sha256::digest(&canonical).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Store {
+    /// Records a deployment and its outbox row in one transaction. With an
+    /// Idempotency-Key that was seen before, returns the earlier deployment instead
+    /// (or refuses, if the request differs).
+    pub async fn submit(&self, new: NewDeployment<'_>) -> Result<Submitted, StoreError> {
+        let hash = request_hash(new.request);
+        let mut tx = self.pool.begin().await?;
+        let inserted: Option<(Uuid,)> = sqlx::query_as(
+            "INSERT INTO deployments (id, service, cluster, version, request, requested_by, \
+                 idempotency_key, request_hash) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING \
+             RETURNING id",
+        )
+        .bind(Uuid::now_v7())
+        .bind(&new.request.service)
+        .bind(&new.request.cluster)
+        .bind(&new.request.version)
+        .bind(sqlx::types::Json(new.request))
+        .bind(new.requested_by)
+        .bind(new.idempotency_key)
+        .bind(&hash)
+        .fetch_optional(&mut *tx)
+        .await?;
+
+        if let Some((id,)) = inserted {
+            sqlx::query("INSERT INTO outbox (deployment_id) VALUES ($1)")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            let deployment = self.deployment(id).await?.ok_or_else(|| {
+                StoreError::Corrupt(format!("deployment {id} vanished after its commit"))
+            })?;
+            return Ok(Submitted::Created(deployment));
+        }
+        tx.rollback().await?;
+
+        // The key exists: the conflicting insert waited for the first one to commit.
+        let key = new.idempotency_key.unwrap_or_default();
+        let (id, stored_hash): (Uuid, String) =
+            sqlx::query_as("SELECT id, request_hash FROM deployments WHERE idempotency_key = $1")
+                .bind(key)
+                .fetch_one(&self.pool)
+                .await?;
+        if stored_hash != hash {
+            return Err(StoreError::IdempotencyMismatch(key.to_owned()));
+        }
+        let deployment = self
+            .deployment(id)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt(format!("deployment {id} vanished")))?;
+        Ok(Submitted::Existing(deployment))
+    }
+
+    /// One deployment with its hosts and their steps.
+    pub async fn deployment(&self, id: Uuid) -> Result<Option<Deployment>, StoreError> {
+        let row: Option<DeploymentRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            deployment_columns!(),
+            " FROM deployments WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+
+        let host_rows: Vec<HostRow> = sqlx::query_as(
+            "SELECT name, address, wave, state, error, started_at, finished_at \
+             FROM hosts WHERE deployment_id = $1 ORDER BY position",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        let step_rows: Vec<StepRow> = sqlx::query_as(
+            "SELECT host, name, state, exit_code, output, started_at, finished_at \
+             FROM steps WHERE deployment_id = $1 ORDER BY host, position",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+
+        let mut steps: HashMap<String, Vec<Step>> = HashMap::new();
+        for s in step_rows {
+            steps.entry(s.host).or_default().push(Step {
+                name: s.name,
+                state: parse(&s.state)?,
+                started_at: s.started_at,
+                finished_at: s.finished_at,
+                exit_code: s.exit_code,
+                output: s.output,
+            });
+        }
+        let mut summary = Summary::default();
+        let mut hosts = Vec::with_capacity(host_rows.len());
+        for h in host_rows {
+            let state: HostState = parse(&h.state)?;
+            summary.count(state);
+            hosts.push(Host {
+                steps: steps.remove(&h.name).unwrap_or_default(),
+                name: h.name,
+                address: h.address,
+                wave: h.wave,
+                state,
+                started_at: h.started_at,
+                finished_at: h.finished_at,
+                error: h.error,
+            });
+        }
+        row.into_deployment(summary, Some(hosts)).map(Some)
+    }
+
+    /// Deployments newest first, without their hosts.
+    pub async fn list(&self, filter: &ListFilter) -> Result<Vec<Deployment>, StoreError> {
+        let rows: Vec<DeploymentRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            deployment_columns!(),
+            " FROM deployments \
+             WHERE ($1::text IS NULL OR service = $1) \
+               AND ($2::text IS NULL OR cluster = $2) \
+               AND ($3::text IS NULL OR state = $3) \
+               AND ($4::uuid IS NULL OR id < $4) \
+             ORDER BY id DESC LIMIT $5"
+        ))
+        .bind(&filter.service)
+        .bind(&filter.cluster)
+        .bind(filter.state.map(DeploymentState::as_str))
+        .bind(filter.before)
+        .bind(filter.limit)
+        .fetch_all(&self.pool)
+        .await?;
+
+        let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+        let counts: Vec<(Uuid, String, i64)> = sqlx::query_as(
+            "SELECT deployment_id, state, count(*) FROM hosts \
+             WHERE deployment_id = ANY($1) GROUP BY deployment_id, state",
+        )
+        .bind(&ids)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut summaries: HashMap<Uuid, Summary> = HashMap::new();
+        for (id, state, n) in counts {
+            let state: HostState = parse(&state)?;
+            let summary = summaries.entry(id).or_default();
+            for _ in 0..n {
+                summary.count(state);
+            }
+        }
+        rows.into_iter()
+            .map(|row| {
+                let summary = summaries.remove(&row.id).unwrap_or_default();
+                row.into_deployment(summary, None)
+            })
+            .collect()
+    }
+}
+
+impl Store {
+    /// Only the state, for pollers.
+    pub async fn deployment_state(&self, id: Uuid) -> Result<Option<DeploymentState>, StoreError> {
+        let row: Option<(String,)> = sqlx::query_as("SELECT state FROM deployments WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|(s,)| parse(&s)).transpose()
+    }
+}

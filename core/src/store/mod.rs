@@ -1,0 +1,75 @@
+//! PostgreSQL, the source of truth for deployments, hosts, steps and logs.
+//!
+//! Queries are checked at run time (`query_as` with `FromRow`), so building never needs
+//! a database; every statement is exercised by the end-to-end tests against a real one.
+
+mod claims;
+mod deployments;
+mod logs;
+mod outbox;
+
+pub use claims::{Claim, ClaimedDeployment, PlannedHost, RunHost};
+pub use deployments::{ListFilter, NewDeployment, Submitted};
+pub use logs::NewLogLine;
+pub use outbox::OutboxBatch;
+
+use crate::config::DatabaseConfig;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+use std::str::FromStr;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The Idempotency-Key was used before with a different request.
+    #[error("Idempotency-Key {0:?} was already used with a different request")]
+    IdempotencyMismatch(String),
+    /// A stored value that this version does not understand (a newer writer, or damage).
+    #[error("stored data is not valid: {0}")]
+    Corrupt(String),
+}
+
+/// A handle on the database; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: PgPool,
+}
+
+impl Store {
+    pub async fn connect(config: &DatabaseConfig) -> Result<Self, StoreError> {
+        let options = PgConnectOptions::from_str(config.url.expose())?;
+        let pool = PgPoolOptions::new()
+            .max_connections(config.max_connections)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await?;
+        Ok(Self { pool })
+    }
+
+    pub fn from_pool(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        sqlx::migrate!("../migrations").run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Readiness: the database answers a trivial query.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn parse<T: FromStr<Err = String>>(text: &str) -> Result<T, StoreError> {
+    text.parse().map_err(StoreError::Corrupt)
+}

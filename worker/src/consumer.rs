@@ -1,0 +1,94 @@
+//! The consumer: takes deployment ids from the queue, claims each deployment, runs it,
+//! and settles the message only once the outcome is stored.
+
+use crate::deployment::{Disposition, Runner};
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
+use std::time::Duration;
+use tracing::{info, warn};
+use uuid::Uuid;
+use vesemir_core::queue;
+use vesemir_core::store::Claim;
+
+/// How long to wait before asking the database again after it failed.
+const STORE_RETRY: Duration = Duration::from_secs(2);
+
+/// Handles one delivery from start to acknowledgement.
+pub async fn handle(runner: Runner, worker_id: String, delivery: Delivery) {
+    let settle = match queue::deployment_id(&delivery.data) {
+        None => {
+            warn!(body = ?String::from_utf8_lossy(&delivery.data), "message is not a deployment id; dead-lettering it");
+            Settle::DeadLetter
+        }
+        Some(id) => process(&runner, &worker_id, id).await,
+    };
+    let result = match settle {
+        Settle::Ack => delivery.ack(BasicAckOptions::default()).await,
+        Settle::Requeue => delivery.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }).await,
+        Settle::DeadLetter => delivery.reject(BasicRejectOptions { requeue: false }).await,
+    };
+    if let Err(e) = result {
+        // The channel is gone: the broker redelivers the message, and the claim makes
+        // the second delivery harmless.
+        warn!(error = %e, "settling a message failed");
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settle {
+    Ack,
+    Requeue,
+    DeadLetter,
+}
+
+async fn process(runner: &Runner, worker_id: &str, id: Uuid) -> Settle {
+    let token = format!("{worker_id}/{}", Uuid::now_v7());
+    let lease = runner.config.worker.lease_seconds;
+    let mut shutdown = runner.shutdown.clone();
+    // The holder seen last time, to tell a live holder (it renews) from a dead one.
+    let mut seen: Option<(String, chrono::DateTime<chrono::Utc>)> = None;
+    loop {
+        if *shutdown.borrow() {
+            return Settle::Requeue;
+        }
+        let wait = match runner.store.claim(id, &token, lease).await {
+            Ok(Claim::Claimed(claim)) => {
+                info!(deployment = %id, token = %token, "claimed");
+                return match runner.run(claim).await {
+                    Ok(Disposition::Ack) => Settle::Ack,
+                    Ok(Disposition::Requeue) => Settle::Requeue,
+                    Err(e) => {
+                        warn!(deployment = %id, error = %e, "running the deployment failed on the database");
+                        Settle::Requeue
+                    }
+                };
+            }
+            Ok(Claim::Finished(state)) => {
+                info!(deployment = %id, %state, "already finished; acknowledging the leftover message");
+                return Settle::Ack;
+            }
+            Ok(Claim::Missing) => {
+                warn!(deployment = %id, "no such deployment; dead-lettering the message");
+                return Settle::DeadLetter;
+            }
+            Ok(Claim::HeldBy { token: holder, until }) => {
+                if seen.as_ref().is_some_and(|(h, u)| *h == holder && until > *u) {
+                    // The holder renewed its lease: it is alive and holds its own
+                    // delivery of this id, so this one is a duplicate.
+                    info!(deployment = %id, holder = %holder, "held by a live worker; dropping the duplicate");
+                    return Settle::Ack;
+                }
+                seen = Some((holder, until));
+                (until - chrono::Utc::now()).to_std().unwrap_or_default() + Duration::from_millis(250)
+            }
+            Err(e) => {
+                warn!(deployment = %id, error = %e, "claiming failed; retrying");
+                STORE_RETRY
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.changed() => return Settle::Requeue,
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! Runs one claimed deployment: discovery, the wave plan, the rollout, the outcome.
+
+use crate::discovery;
+use crate::executor::Executor;
+use crate::lease::LeaseKeeper;
+use crate::log_pump::{LogPump, LogSink};
+use crate::playbook::Playbook;
+use crate::rollout::{Outcome, Rollout, Stop, plan_waves};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use vesemir_core::config::Config;
+use vesemir_core::deployment::DeploymentState;
+use vesemir_core::store::{ClaimedDeployment, Store, StoreError};
+
+/// What the consumer should do with the message once the deployment is handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// The outcome is stored: the message is done.
+    Ack,
+    /// Unfinished and released: another worker must pick it up.
+    Requeue,
+}
+
+#[derive(Debug, Clone)]
+pub struct Runner {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub executor: Arc<dyn Executor>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl std::fmt::Debug for dyn Executor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Executor")
+    }
+}
+
+impl Runner {
+    pub async fn run(&self, claim: ClaimedDeployment) -> Result<Disposition, StoreError> {
+        let lease = LeaseKeeper::start(self.store.clone(), claim.id, claim.token.clone(), self.config.worker.lease_seconds);
+        let (logs, pump) = LogPump::start(
+            self.store.clone(),
+            claim.id,
+            self.config.worker.log_batch_lines,
+            Duration::from_millis(self.config.worker.log_batch_ms),
+        );
+        let result = self.run_claimed(&claim, &logs, &lease).await;
+        // Logs are committed before the outcome, so whoever sees the final state can
+        // read every line.
+        pump.finish(logs).await;
+        let disposition = match result? {
+            Finished(state, error) => {
+                if self.store.finish(claim.id, &claim.token, state, error.as_deref()).await? {
+                    tracing::info!(deployment = %claim.id, %state, "deployment finished");
+                    Disposition::Ack
+                } else {
+                    tracing::warn!(deployment = %claim.id, "claim lost before the outcome was stored");
+                    Disposition::Requeue
+                }
+            }
+            Interrupted => {
+                self.store.release(claim.id, &claim.token).await?;
+                tracing::info!(deployment = %claim.id, "deployment released unfinished");
+                Disposition::Requeue
+            }
+        };
+        Ok(disposition)
+    }
+
+    async fn run_claimed(&self, claim: &ClaimedDeployment, logs: &LogSink, lease: &LeaseKeeper) -> Result<Step, StoreError> {
+        let request = &claim.request;
+        logs.system(None, format!("claimed by {}", claim.token)).await;
+        let (Some(cluster), Some(service)) =
+            (self.config.clusters.get(&request.cluster), self.config.services.get(&request.service))
+        else {
+            let message = format!(
+                "this worker's configuration has no cluster {} or no service {}",
+                request.cluster, request.service
+            );
+            logs.system(None, &message).await;
+            return Ok(Finished(DeploymentState::Failed, Some(message)));
+        };
+
+        let mut hosts = self.store.run_hosts(claim.id).await?;
+        if hosts.is_empty() {
+            let discovery = discovery::for_cluster(&request.cluster, cluster);
+            let found = match discovery.discover(request).await {
+                Ok(found) => found,
+                Err(e) => {
+                    logs.system(None, format!("discovery failed: {e}")).await;
+                    return Ok(Finished(DeploymentState::Failed, Some(format!("discovery failed: {e}"))));
+                }
+            };
+            let planned = plan_waves(found, request.concurrency);
+            hosts = self.store.plan_hosts(claim.id, &planned).await?;
+            let waves = hosts.iter().map(|h| h.wave).max().map_or(0, |w| w + 1);
+            logs.system(None, format!("discovered {} hosts in {waves} waves", hosts.len())).await;
+        } else {
+            logs.system(None, format!("resuming with {} stored hosts", hosts.len())).await;
+        }
+        if request.dry_run {
+            return Ok(Finished(DeploymentState::Planned, None));
+        }
+
+        let playbook = match Playbook::load(&self.config.worker.playbooks_dir, &service.playbook) {
+            Ok(playbook) => playbook,
+            Err(e) => {
+                logs.system(None, e.to_string()).await;
+                return Ok(Finished(DeploymentState::Failed, Some(e.to_string())));
+            }
+        };
+        let rollout = Rollout {
+            store: &self.store,
+            deployment_id: claim.id,
+            token: &claim.token,
+            request,
+            service,
+            cluster,
+            playbook: &playbook,
+            logs,
+            stop: Stop { shutdown: self.shutdown.clone(), lease_lost: lease.lost() },
+        };
+        Ok(match rollout.run(self.executor.as_ref(), hosts).await? {
+            Outcome::Succeeded => {
+                logs.system(None, "deployment succeeded").await;
+                Finished(DeploymentState::Succeeded, None)
+            }
+            Outcome::Failed(message) => {
+                logs.system(None, format!("deployment failed: {message}")).await;
+                Finished(DeploymentState::Failed, Some(message))
+            }
+            Outcome::Interrupted => {
+                logs.system(None, "stopping: hosts in flight finished, the rest is left for another worker").await;
+                Interrupted
+            }
+        })
+    }
+}
+
+/// Where `run_claimed` left the deployment.
+enum Step {
+    Finished(DeploymentState, Option<String>),
+    Interrupted,
+}
+use Step::{Finished, Interrupted};

@@ -1,0 +1,92 @@
+//! Executors run a playbook on one host and report what happened.
+//!
+//! The rollout decides which hosts run when; an executor only runs one host's steps,
+//! records each step through its [`Journal`], and returns the host's outcome.
+
+pub mod native;
+
+use crate::log_pump::LogSink;
+use crate::playbook::Playbook;
+use futures_util::future::BoxFuture;
+use uuid::Uuid;
+use vesemir_core::config::{ClusterConfig, ServiceConfig};
+use vesemir_core::deployment::{DeploymentRequest, HostState, LogStream, StepState};
+use vesemir_core::store::{RunHost, Store};
+
+/// Everything an executor needs to know to run one host.
+#[derive(Debug, Clone, Copy)]
+pub struct HostJob<'a> {
+    pub deployment_id: Uuid,
+    pub host: &'a RunHost,
+    pub request: &'a DeploymentRequest,
+    pub service: &'a ServiceConfig,
+    pub cluster: &'a ClusterConfig,
+    pub playbook: &'a Playbook,
+}
+
+/// How one host ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostReport {
+    pub state: HostState,
+    pub error: Option<String>,
+}
+
+impl HostReport {
+    pub fn succeeded() -> Self {
+        Self { state: HostState::Succeeded, error: None }
+    }
+
+    pub fn failed(error: impl Into<String>) -> Self {
+        Self { state: HostState::Failed, error: Some(error.into()) }
+    }
+
+    pub fn unreachable(error: impl Into<String>) -> Self {
+        Self { state: HostState::Unreachable, error: Some(error.into()) }
+    }
+}
+
+pub trait Executor: Send + Sync {
+    fn run<'a>(&'a self, job: HostJob<'a>, journal: &'a Journal) -> BoxFuture<'a, HostReport>;
+}
+
+/// Records one host's steps and log lines.
+#[derive(Debug, Clone)]
+pub struct Journal {
+    store: Store,
+    deployment_id: Uuid,
+    host: String,
+    logs: LogSink,
+}
+
+impl Journal {
+    pub fn new(store: Store, deployment_id: Uuid, host: String, logs: LogSink) -> Self {
+        Self { store, deployment_id, host, logs }
+    }
+
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    pub async fn log(&self, stream: LogStream, line: impl Into<String>) {
+        self.logs.line(Some(&self.host), stream, line).await;
+    }
+
+    pub async fn step_started(&self, position: usize, name: &str) {
+        self.log(LogStream::System, format!("step {name}: started")).await;
+        if let Err(e) = self.store.start_step(self.deployment_id, &self.host, position as i32, name).await {
+            tracing::warn!(host = %self.host, step = name, error = %e, "recording a step start failed");
+        }
+    }
+
+    pub async fn step_finished(&self, position: usize, name: &str, state: StepState, exit_code: Option<i32>, output: &str) {
+        let code = exit_code.map(|c| format!(" (exit code {c})")).unwrap_or_default();
+        self.log(LogStream::System, format!("step {name}: {state}{code}")).await;
+        if let Err(e) = self
+            .store
+            .finish_step(self.deployment_id, &self.host, position as i32, state, exit_code, output)
+            .await
+        {
+            tracing::warn!(host = %self.host, step = name, error = %e, "recording a step result failed");
+        }
+    }
+}

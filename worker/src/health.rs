@@ -1,0 +1,85 @@
+//! The HTTP health check of a host, from the worker: a GET that must answer the
+//! expected status, retried at an interval.
+
+use crate::executor::Journal;
+use crate::executor::native::OutputTail;
+use std::time::Duration;
+use vesemir_core::config::HealthConfig;
+use vesemir_core::deployment::LogStream;
+
+#[derive(Debug)]
+pub struct HealthCheck {
+    client: reqwest::Client,
+}
+
+#[derive(Debug)]
+pub struct HealthError {
+    pub message: String,
+}
+
+impl HealthCheck {
+    pub fn new() -> Self {
+        // Redirects would let a health endpoint send the worker elsewhere: not followed.
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .build()
+            .unwrap_or_default();
+        Self { client }
+    }
+
+    /// Polls `url` until it answers the expected status or the retries run out.
+    pub async fn wait_healthy(
+        &self,
+        url: &str,
+        config: &HealthConfig,
+        journal: &Journal,
+        tail: &mut OutputTail,
+    ) -> Result<(), HealthError> {
+        let attempts = config.retries.max(1);
+        let mut last = String::new();
+        for attempt in 1..=attempts {
+            let answer = self
+                .client
+                .get(url)
+                .timeout(Duration::from_millis(config.timeout_ms))
+                .send()
+                .await;
+            last = match answer {
+                Ok(response) if response.status().as_u16() == config.expected_status => {
+                    let line = format!("health check {url}: {} (attempt {attempt})", response.status());
+                    tail.push(&line);
+                    journal.log(LogStream::System, line).await;
+                    return Ok(());
+                }
+                Ok(response) => format!("answered {}, expected {}", response.status(), config.expected_status),
+                Err(e) if e.is_timeout() => format!("no answer within {} ms", config.timeout_ms),
+                Err(e) => format!("request failed: {}", error_chain(&e)),
+            };
+            let line = format!("health check {url}: {last} (attempt {attempt} of {attempts})");
+            tail.push(&line);
+            journal.log(LogStream::System, line).await;
+            if attempt < attempts {
+                tokio::time::sleep(Duration::from_millis(config.interval_ms)).await;
+            }
+        }
+        Err(HealthError { message: format!("health check {url} failed after {attempts} attempts: {last}") })
+    }
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

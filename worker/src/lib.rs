@@ -1,0 +1,137 @@
+//! `vesemir-worker`: consumes deployment ids, claims each deployment in PostgreSQL
+//! under a lease, discovers its hosts, rolls it out wave by wave, and stores every
+//! host's and step's outcome before acknowledging the message.
+//!
+//! - [`consumer`]: one delivery from claim to acknowledgement.
+//! - [`deployment`]: one claimed deployment: discovery, waves, rollout, outcome.
+//! - [`rollout`]: waves and the failure threshold.
+//! - [`discovery`], [`executor`]: the small interfaces behind which hosts are found
+//!   and playbooks run; [`playbook`] and [`template`] describe the steps.
+//! - [`lease`], [`log_pump`]: the background tasks of a running deployment.
+//!
+//! A SIGTERM stops consuming, lets in-flight hosts finish, releases unfinished
+//! deployments and requeues their messages, so another worker resumes them.
+
+pub mod consumer;
+pub mod deployment;
+pub mod discovery;
+pub mod executor;
+pub mod health;
+pub mod lease;
+pub mod log_pump;
+pub mod playbook;
+pub mod rollout;
+pub mod template;
+
+use crate::deployment::Runner;
+use crate::executor::native::NativeExecutor;
+use futures_util::StreamExt;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+use vesemir_core::config::Config;
+use vesemir_core::queue;
+use vesemir_core::store::{Store, StoreError};
+
+/// Wait between attempts to reach the broker.
+const RECONNECT_DELAY: Duration = Duration::from_secs(1);
+
+#[derive(Debug)]
+pub struct Worker {
+    id: String,
+    runner: Runner,
+    shutdown_tx: watch::Sender<bool>,
+}
+
+impl Worker {
+    /// Connects to the database and applies migrations; the broker is reached in `run`.
+    pub async fn build(config: Config) -> Result<Self, StoreError> {
+        let store = Store::connect(&config.database).await?;
+        store.migrate().await?;
+        let executor = Arc::new(NativeExecutor::new(config.worker.ssh_control_dir.clone()));
+        let (shutdown_tx, shutdown) = watch::channel(false);
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        let id = format!("{}:{}", host.trim(), std::process::id());
+        Ok(Self { id, runner: Runner { config: Arc::new(config), store, executor, shutdown }, shutdown_tx })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Consumes until `shutdown` resolves, then drains in-flight deployments.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) {
+        let shutdown_tx = self.shutdown_tx.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = shutdown_tx.send(true);
+        });
+        let mut stop = self.runner.shutdown.clone();
+        let mut tasks = JoinSet::new();
+        let config = &self.runner.config;
+
+        while !*stop.borrow() {
+            let (connection, channel) = match queue::open(&config.queue).await {
+                Ok(link) => link,
+                Err(e) => {
+                    warn!(error = %e, "cannot reach the message broker; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(RECONNECT_DELAY) => continue,
+                        _ = stop.changed() => break,
+                    }
+                }
+            };
+            let mut consumer =
+                match queue::consume(&channel, &config.queue, config.worker.max_deployments, &self.id).await {
+                    Ok(consumer) => consumer,
+                    Err(e) => {
+                        warn!(error = %e, "cannot start consuming; retrying");
+                        tokio::time::sleep(RECONNECT_DELAY).await;
+                        continue;
+                    }
+                };
+            info!(worker = %self.id, queue = %config.queue.queue, "consuming");
+            loop {
+                tokio::select! {
+                    _ = stop.changed() => break,
+                    Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                        if let Err(e) = done {
+                            warn!(error = %e, "a deployment task panicked");
+                        }
+                    }
+                    delivery = consumer.next() => match delivery {
+                        Some(Ok(delivery)) => {
+                            tasks.spawn(consumer::handle(self.runner.clone(), self.id.clone(), delivery));
+                        }
+                        Some(Err(e)) => {
+                            warn!(error = %e, "consuming failed; reconnecting");
+                            break;
+                        }
+                        None => {
+                            warn!("the broker ended the consumer; reconnecting");
+                            break;
+                        }
+                    },
+                }
+            }
+            if *stop.borrow() {
+                info!(in_flight = tasks.len(), "shutting down: no new deployments; finishing in-flight hosts");
+                // Stop deliveries first, then let in-flight deployments settle their
+                // messages on the still-open channel.
+                let _ = channel
+                    .basic_cancel(self.id.as_str().into(), lapin::options::BasicCancelOptions::default())
+                    .await;
+                while let Some(done) = tasks.join_next().await {
+                    if let Err(e) = done {
+                        warn!(error = %e, "a deployment task panicked");
+                    }
+                }
+                let _ = connection.close(200, "worker shutting down".into()).await;
+            }
+        }
+        self.runner.store.close().await;
+        info!(worker = %self.id, "stopped");
+    }
+}

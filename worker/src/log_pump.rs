@@ -1,0 +1,88 @@
+//! Batched log writing: lines from every host of a deployment go through one channel
+//! to one task that writes them in batches, so a chatty install costs a few INSERTs
+//! a second, not one per line.
+
+use chrono::Utc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::warn;
+use uuid::Uuid;
+use vesemir_core::deployment::LogStream;
+use vesemir_core::store::{NewLogLine, Store};
+
+/// Lines waiting to be written; a full channel slows the readers down.
+const CHANNEL_CAPACITY: usize = 10_000;
+const WRITE_ATTEMPTS: u32 = 5;
+
+/// Where a deployment's log lines go. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct LogSink {
+    tx: mpsc::Sender<NewLogLine>,
+}
+
+impl LogSink {
+    pub async fn line(&self, host: Option<&str>, stream: LogStream, line: impl Into<String>) {
+        let line = NewLogLine { host: host.map(str::to_owned), stream, line: line.into(), at: Utc::now() };
+        // Fails only once the pump has stopped, when nobody is left to read the line.
+        let _ = self.tx.send(line).await;
+    }
+
+    /// A line from Vesemir itself, about one host or (without a host) the deployment.
+    pub async fn system(&self, host: Option<&str>, line: impl Into<String>) {
+        self.line(host, LogStream::System, line).await;
+    }
+}
+
+/// The writing task; `finish` flushes what is left.
+#[derive(Debug)]
+pub struct LogPump {
+    handle: JoinHandle<()>,
+}
+
+impl LogPump {
+    pub fn start(store: Store, id: Uuid, batch_lines: usize, batch_wait: Duration) -> (LogSink, LogPump) {
+        let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+        let handle = tokio::spawn(pump(store, id, rx, batch_lines.max(1), batch_wait));
+        (LogSink { tx }, LogPump { handle })
+    }
+
+    /// Waits until every line sent before every sink was dropped is written.
+    pub async fn finish(self, sink: LogSink) {
+        drop(sink);
+        if let Err(e) = self.handle.await {
+            warn!(error = %e, "log pump task failed");
+        }
+    }
+}
+
+async fn pump(store: Store, id: Uuid, mut rx: mpsc::Receiver<NewLogLine>, batch_lines: usize, wait: Duration) {
+    let mut batch = Vec::with_capacity(batch_lines);
+    loop {
+        // Block for the first line, then gather more for at most `wait`.
+        let Some(first) = rx.recv().await else { break };
+        batch.push(first);
+        let deadline = tokio::time::Instant::now() + wait;
+        while batch.len() < batch_lines {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(line)) => batch.push(line),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        write(&store, id, &batch).await;
+        batch.clear();
+    }
+}
+
+async fn write(store: &Store, id: Uuid, batch: &[NewLogLine]) {
+    for attempt in 1..=WRITE_ATTEMPTS {
+        match store.append_logs(id, batch).await {
+            Ok(()) => return,
+            Err(e) if attempt < WRITE_ATTEMPTS => {
+                warn!(deployment = %id, error = %e, attempt, "writing log lines failed; retrying");
+                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+            }
+            Err(e) => warn!(deployment = %id, error = %e, lines = batch.len(), "log lines lost"),
+        }
+    }
+}

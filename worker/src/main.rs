@@ -1,0 +1,33 @@
+use clap::Parser;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use vesemir_core::config::Config;
+use vesemir_worker::Worker;
+
+/// Vesemir's worker: consumes deployments and rolls them out.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// The configuration file.
+    #[arg(long, env = "VESEMIR_CONFIG", default_value = "vesemir.toml")]
+    config: PathBuf,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    vesemir_core::telemetry::init("info,sqlx=warn,lapin=warn");
+    let args = Args::parse();
+    let result = async {
+        let config = Config::load(&args.config)?;
+        let worker = Worker::build(config).await?;
+        worker.run(vesemir_core::telemetry::shutdown_signal()).await;
+        anyhow::Ok(())
+    };
+    match result.await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! Playbooks: small declarative files under `playbooks/` that list a host's steps.
+//!
+//! ```toml
+//! [[steps]]
+//! name = "install"
+//! action = "run"
+//! command = "{{install_command}}"
+//!
+//! [[steps]]
+//! name = "health"
+//! action = "health_check"
+//! ```
+//!
+//! Every step must be idempotent: a host interrupted mid-way is run again from its
+//! first step.
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlaybookError {
+    #[error("cannot read playbook {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("playbook {path} is not valid: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Playbook {
+    #[serde(default)]
+    pub description: String,
+    pub steps: Vec<Step>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Step {
+    pub name: String,
+    #[serde(flatten)]
+    pub action: Action,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Action {
+    /// A shell command on the host, rendered from a template.
+    Run {
+        command: String,
+        /// Overrides the service's `step_timeout_seconds`.
+        timeout_seconds: Option<u64>,
+    },
+    /// The service's HTTP health check, from the worker to the host.
+    HealthCheck,
+}
+
+impl Playbook {
+    /// Loads `<dir>/<name>.toml`. The name was validated as an identifier, so it cannot
+    /// climb out of the directory.
+    pub fn load(dir: &Path, name: &str) -> Result<Self, PlaybookError> {
+        let path = dir.join(format!("{name}.toml"));
+        let text = std::fs::read_to_string(&path)
+            .map_err(|source| PlaybookError::Read { path: path.clone(), source })?;
+        Self::parse(&text).map_err(|message| PlaybookError::Invalid { path, message })
+    }
+
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let playbook: Self = toml::from_str(text).map_err(|e| e.to_string())?;
+        if playbook.steps.is_empty() {
+            return Err("a playbook needs at least one step".to_owned());
+        }
+        Ok(playbook)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_rolling_playbook_parses() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../playbooks");
+        let playbook = Playbook::load(&dir, "rolling").expect("valid playbook");
+        let names: Vec<_> = playbook.steps.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["install", "restart", "health"]);
+    }
+
+    #[test]
+    fn unknown_actions_and_keys_are_refused() {
+        assert!(Playbook::parse("[[steps]]\nname = \"x\"\naction = \"format_disk\"").is_err());
+        assert!(Playbook::parse("[[steps]]\nname = \"x\"\naction = \"run\"\ncommand = \"a\"\ncomand = \"b\"").is_err());
+        assert!(Playbook::parse("steps = []").is_err());
+    }
+}

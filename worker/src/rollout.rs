@@ -1,0 +1,228 @@
+//! The rollout: hosts in waves of `concurrency`, each wave finished before the next
+//! starts, and no new wave once more than `max_failures` hosts failed.
+//!
+//! A rollout can be resumed: hosts that already finished are left alone, and a host
+//! that was running when its worker died is run again from its first step.
+
+use crate::discovery::DiscoveredHost;
+use crate::executor::{Executor, HostJob, HostReport, Journal};
+use crate::log_pump::LogSink;
+use crate::playbook::Playbook;
+use futures_util::future::join_all;
+use tokio::sync::watch;
+use uuid::Uuid;
+use vesemir_core::config::{ClusterConfig, ServiceConfig};
+use vesemir_core::deployment::{Amount, DeploymentRequest, HostState};
+use vesemir_core::store::{PlannedHost, RunHost, Store, StoreError};
+
+/// Orders hosts by name and cuts them into waves of `concurrency` (at least one host).
+pub fn plan_waves(mut hosts: Vec<DiscoveredHost>, concurrency: Amount) -> Vec<PlannedHost> {
+    hosts.sort_by(|a, b| a.name.cmp(&b.name));
+    hosts.dedup_by(|a, b| a.name == b.name);
+    let per_wave = concurrency.of(hosts.len()).max(1);
+    hosts
+        .into_iter()
+        .enumerate()
+        .map(|(i, h)| PlannedHost { name: h.name, address: h.address, wave: (i / per_wave) as i32 })
+        .collect()
+}
+
+/// The failure threshold: how many failed or unreachable hosts are tolerated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Threshold {
+    allowed: usize,
+}
+
+impl Threshold {
+    pub fn new(max_failures: Amount, total: usize) -> Self {
+        Self { allowed: max_failures.of(total) }
+    }
+
+    pub fn exceeded(self, failures: usize) -> bool {
+        failures > self.allowed
+    }
+}
+
+/// How a rollout ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Succeeded,
+    Failed(String),
+    /// Stopped before the end (shutdown or lost lease): another claim resumes it.
+    Interrupted,
+}
+
+/// Decides the deployment's outcome from its hosts' final states.
+pub fn outcome(hosts: &[RunHost], threshold_exceeded: bool) -> Outcome {
+    let failed: Vec<&RunHost> = hosts.iter().filter(|h| h.state.is_failure()).collect();
+    let skipped = hosts.iter().filter(|h| h.state == HostState::Skipped).count();
+    if failed.is_empty() && skipped == 0 {
+        return Outcome::Succeeded;
+    }
+    let names: Vec<String> = failed.iter().map(|h| format!("{} ({})", h.name, h.state)).collect();
+    let mut message = format!("{} of {} hosts did not succeed", failed.len() + skipped, hosts.len());
+    if !names.is_empty() {
+        message.push_str(&format!(": {}", names.join(", ")));
+    }
+    if threshold_exceeded {
+        message.push_str(&format!("; max_failures exceeded, {skipped} hosts skipped"));
+    }
+    Outcome::Failed(message)
+}
+
+/// What stops a rollout between waves: a shutdown, or the loss of the claim.
+#[derive(Debug, Clone)]
+pub struct Stop {
+    pub shutdown: watch::Receiver<bool>,
+    pub lease_lost: watch::Receiver<bool>,
+}
+
+impl Stop {
+    fn requested(&self) -> bool {
+        *self.shutdown.borrow() || *self.lease_lost.borrow()
+    }
+}
+
+/// One deployment's rollout over its stored hosts.
+#[derive(Debug)]
+pub struct Rollout<'a> {
+    pub store: &'a Store,
+    pub deployment_id: Uuid,
+    pub token: &'a str,
+    pub request: &'a DeploymentRequest,
+    pub service: &'a ServiceConfig,
+    pub cluster: &'a ClusterConfig,
+    pub playbook: &'a Playbook,
+    pub logs: &'a LogSink,
+    pub stop: Stop,
+}
+
+impl Rollout<'_> {
+    pub async fn run(&self, executor: &dyn Executor, hosts: Vec<RunHost>) -> Result<Outcome, StoreError> {
+        let threshold = Threshold::new(self.request.max_failures, hosts.len());
+        let mut failures = hosts.iter().filter(|h| h.state.is_failure()).count();
+        let last_wave = hosts.iter().map(|h| h.wave).max().unwrap_or(0);
+
+        for wave in 0..=last_wave {
+            let todo: Vec<&RunHost> = hosts
+                .iter()
+                .filter(|h| h.wave == wave && matches!(h.state, HostState::Pending | HostState::Running))
+                .collect();
+            if todo.is_empty() {
+                continue;
+            }
+            if threshold.exceeded(failures) {
+                break;
+            }
+            if self.stop.requested() {
+                return Ok(Outcome::Interrupted);
+            }
+            let names: Vec<&str> = todo.iter().map(|h| h.name.as_str()).collect();
+            self.logs.system(None, format!("wave {}: {}", wave + 1, names.join(", "))).await;
+
+            let reports = join_all(todo.iter().map(|host| self.run_host(executor, host))).await;
+            let mut claim_lost = false;
+            for report in reports {
+                match report? {
+                    Some(report) if report.state.is_failure() => failures += 1,
+                    Some(_) => {}
+                    None => claim_lost = true,
+                }
+            }
+            if claim_lost {
+                return Ok(Outcome::Interrupted);
+            }
+        }
+
+        let exceeded = threshold.exceeded(failures);
+        if exceeded {
+            let skipped = self.store.skip_pending_hosts(self.deployment_id).await?;
+            self.logs
+                .system(None, format!("{failures} hosts failed, more than max_failures allows: {skipped} hosts skipped"))
+                .await;
+        }
+        let hosts = self.store.run_hosts(self.deployment_id).await?;
+        Ok(outcome(&hosts, exceeded))
+    }
+
+    /// Runs one host; `None` when the claim was lost before it could start.
+    async fn run_host(&self, executor: &dyn Executor, host: &RunHost) -> Result<Option<HostReport>, StoreError> {
+        if !self.store.start_host(self.deployment_id, self.token, &host.name).await? {
+            return Ok(None);
+        }
+        let journal = Journal::new(self.store.clone(), self.deployment_id, host.name.clone(), self.logs.clone());
+        let job = HostJob {
+            deployment_id: self.deployment_id,
+            host,
+            request: self.request,
+            service: self.service,
+            cluster: self.cluster,
+            playbook: self.playbook,
+        };
+        let report = executor.run(job, &journal).await;
+        let verdict = match &report.error {
+            Some(error) => format!("{}: {error}", report.state),
+            None => report.state.to_string(),
+        };
+        journal.log(vesemir_core::deployment::LogStream::System, verdict).await;
+        self.store
+            .finish_host(self.deployment_id, &host.name, report.state, report.error.as_deref())
+            .await?;
+        Ok(Some(report))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hosts(names: &[&str]) -> Vec<DiscoveredHost> {
+        names.iter().map(|n| DiscoveredHost { name: (*n).into(), address: format!("10.0.0.{}", n.len()) }).collect()
+    }
+
+    fn waves(planned: &[PlannedHost]) -> Vec<(&str, i32)> {
+        planned.iter().map(|h| (h.name.as_str(), h.wave)).collect()
+    }
+
+    #[test]
+    fn hosts_are_ordered_by_name_into_waves_of_concurrency() {
+        let planned = plan_waves(hosts(&["c", "a", "e", "b", "d"]), Amount::Count(2));
+        assert_eq!(waves(&planned), [("a", 0), ("b", 0), ("c", 1), ("d", 1), ("e", 2)]);
+    }
+
+    #[test]
+    fn a_percentage_rounds_down_but_never_below_one_host() {
+        let planned = plan_waves(hosts(&["a", "b", "c"]), Amount::Percent(10));
+        assert_eq!(waves(&planned), [("a", 0), ("b", 1), ("c", 2)]);
+        let planned = plan_waves(hosts(&["a", "b", "c", "d"]), Amount::Percent(50));
+        assert_eq!(waves(&planned), [("a", 0), ("b", 0), ("c", 1), ("d", 1)]);
+    }
+
+    #[test]
+    fn the_threshold_is_exceeded_only_past_max_failures() {
+        let none = Threshold::new(Amount::Count(0), 10);
+        assert!(!none.exceeded(0));
+        assert!(none.exceeded(1));
+        let quarter = Threshold::new(Amount::Percent(25), 10);
+        assert!(!quarter.exceeded(2));
+        assert!(quarter.exceeded(3));
+    }
+
+    fn run_host(name: &str, state: HostState) -> RunHost {
+        RunHost { name: name.into(), address: "a".into(), wave: 0, state }
+    }
+
+    #[test]
+    fn every_host_succeeding_is_success_and_anything_else_is_failure() {
+        let ok = [run_host("a", HostState::Succeeded), run_host("b", HostState::Succeeded)];
+        assert_eq!(outcome(&ok, false), Outcome::Succeeded);
+        let bad = [
+            run_host("a", HostState::Succeeded),
+            run_host("b", HostState::Unreachable),
+            run_host("c", HostState::Skipped),
+        ];
+        let Outcome::Failed(message) = outcome(&bad, true) else { panic!("expected a failure") };
+        assert!(message.contains("b (unreachable)"), "{message}");
+        assert!(message.contains("1 hosts skipped"), "{message}");
+    }
+}
