@@ -1,1 +1,233 @@
-fn main() {}
+//! `vesemir`: submit and watch deployments through Vesemir's API.
+//!
+//! Exit codes: 0 when the command worked and the deployment (if it concerns one)
+//! did not fail; 1 when the deployment failed or was cancelled; 2 for usage errors;
+//! 3 when the API cannot be reached or refuses the request.
+
+mod api;
+mod render;
+
+use api::{Api, ApiError};
+use clap::{Parser, Subcommand};
+use serde_json::{Value, json};
+use std::process::ExitCode;
+use std::time::Duration;
+
+const EXIT_DEPLOYMENT_FAILED: u8 = 1;
+const EXIT_API_ERROR: u8 = 3;
+
+#[derive(Parser)]
+#[command(name = "vesemir", version, about = "Deploy releases with Vesemir")]
+struct Cli {
+    /// Base URL of the Vesemir API.
+    #[arg(long, env = "VESEMIR_API", default_value = "http://127.0.0.1:8080", global = true)]
+    api: String,
+    /// Print JSON instead of text, for scripts.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Submit a deployment and print its id.
+    Deploy(DeployArgs),
+    /// Show a deployment's state, summary and hosts.
+    Status { id: String },
+    /// Print a deployment's log.
+    Logs {
+        id: String,
+        /// Only this host's lines.
+        #[arg(long)]
+        host: Option<String>,
+    },
+    /// List deployments, newest first.
+    List {
+        #[arg(long)]
+        service: Option<String>,
+        #[arg(long)]
+        cluster: Option<String>,
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+}
+
+#[derive(clap::Args)]
+struct DeployArgs {
+    service: String,
+    cluster: String,
+    version: String,
+    /// Deploy only to these hosts (repeatable).
+    #[arg(long = "host")]
+    hosts: Vec<String>,
+    /// Hosts per wave: a count (2) or a percentage (25%).
+    #[arg(long)]
+    concurrency: Option<String>,
+    /// Failed hosts tolerated before the rollout stops: a count or a percentage.
+    #[arg(long)]
+    max_failures: Option<String>,
+    /// Weight (percent) a host gets back first, before 100%.
+    #[arg(long)]
+    weight: Option<u16>,
+    /// Pause at the reduced weight, in seconds.
+    #[arg(long)]
+    sleep_seconds: Option<u32>,
+    /// Extra playbook variable NAME=VALUE (repeatable).
+    #[arg(long = "var", value_parser = parse_var)]
+    vars: Vec<(String, String)>,
+    /// Discover and plan only; touch no host.
+    #[arg(long)]
+    dry_run: bool,
+    /// Makes a retried submit return the same deployment.
+    #[arg(long)]
+    idempotency_key: Option<String>,
+    /// Wait until the deployment ends; the exit code tells how it ended.
+    #[arg(long)]
+    wait: bool,
+}
+
+fn parse_var(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{text:?} is not NAME=VALUE"))
+}
+
+/// A count stays a number in JSON; a percentage stays a string.
+fn amount(text: &str) -> Value {
+    text.parse::<u64>().map_or_else(|_| json!(text), |n| json!(n))
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let api = Api::new(&cli.api);
+    match run(&api, cli.json, cli.command).await {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("vesemir: {e}");
+            ExitCode::from(EXIT_API_ERROR)
+        }
+    }
+}
+
+async fn run(api: &Api, as_json: bool, command: Command) -> Result<u8, ApiError> {
+    match command {
+        Command::Deploy(args) => deploy(api, as_json, args).await,
+        Command::Status { id } => {
+            let deployment = api.deployment(&id).await?;
+            if as_json {
+                println!("{deployment:#}");
+            } else {
+                print!("{}", render::status(&deployment));
+            }
+            Ok(exit_code(&deployment))
+        }
+        Command::Logs { id, host } => {
+            let mut after = 0;
+            loop {
+                let page = api.logs(&id, after, host.as_deref()).await?;
+                let lines = page["lines"].as_array().cloned().unwrap_or_default();
+                for line in &lines {
+                    if as_json {
+                        println!("{line}");
+                    } else {
+                        println!("{}", render::log_line(line));
+                    }
+                }
+                match page["next_after"].as_i64() {
+                    Some(next) if !lines.is_empty() => after = next,
+                    _ => break,
+                }
+            }
+            Ok(0)
+        }
+        Command::List { service, cluster, state, limit } => {
+            let page = api.list(service.as_deref(), cluster.as_deref(), state.as_deref(), limit).await?;
+            if as_json {
+                println!("{page:#}");
+            } else {
+                print!("{}", render::list(&page));
+            }
+            Ok(0)
+        }
+    }
+}
+
+async fn deploy(api: &Api, as_json: bool, args: DeployArgs) -> Result<u8, ApiError> {
+    let mut body = json!({
+        "service": args.service,
+        "cluster": args.cluster,
+        "version": args.version,
+        "dry_run": args.dry_run,
+    });
+    if !args.hosts.is_empty() {
+        body["hosts"] = json!(args.hosts);
+    }
+    if let Some(c) = &args.concurrency {
+        body["concurrency"] = amount(c);
+    }
+    if let Some(m) = &args.max_failures {
+        body["max_failures"] = amount(m);
+    }
+    if let Some(w) = args.weight {
+        body["weight"] = json!(w);
+    }
+    if let Some(s) = args.sleep_seconds {
+        body["sleep_seconds"] = json!(s);
+    }
+    if !args.vars.is_empty() {
+        body["vars"] = args.vars.into_iter().map(|(k, v)| (k, json!(v))).collect::<serde_json::Map<_, _>>().into();
+    }
+    let deployment = api.submit(&body, args.idempotency_key.as_deref()).await?;
+    let id = deployment["id"].as_str().unwrap_or_default().to_owned();
+    if !args.wait {
+        if as_json {
+            println!("{deployment:#}");
+        } else {
+            println!("{id}");
+        }
+        return Ok(0);
+    }
+    if !as_json {
+        eprintln!("deployment {id} queued");
+    }
+    let finished = wait(api, &id, as_json).await?;
+    if as_json {
+        println!("{finished:#}");
+    } else {
+        print!("{}", render::status(&finished));
+    }
+    Ok(exit_code(&finished))
+}
+
+/// Polls until the deployment reaches a final state, reporting progress on stderr.
+async fn wait(api: &Api, id: &str, quiet: bool) -> Result<Value, ApiError> {
+    let mut last = String::new();
+    loop {
+        let deployment = api.deployment(id).await?;
+        let state = deployment["state"].as_str().unwrap_or_default().to_owned();
+        let progress = render::progress(&deployment);
+        if !quiet && progress != last {
+            eprintln!("{progress}");
+            last = progress;
+        }
+        if is_final(&state) {
+            return Ok(deployment);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn is_final(state: &str) -> bool {
+    matches!(state, "succeeded" | "failed" | "cancelled" | "planned")
+}
+
+fn exit_code(deployment: &Value) -> u8 {
+    match deployment["state"].as_str() {
+        Some("failed" | "cancelled") => EXIT_DEPLOYMENT_FAILED,
+        _ => 0,
+    }
+}

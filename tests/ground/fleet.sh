@@ -107,15 +107,12 @@ in_vm() {
 
 # ---------------------------------------------------------------- subnet lock
 
+# Only called with the claim lock held, so a lock without an owner is one
+# whose claimer died before writing it.
 lock_is_stale() {
     local lock=$1 owner b
     b=$(basename "$lock")
-    if [ ! -f "$lock/owner" ]; then
-        # Just created by a caller that has not written its name yet, unless
-        # it has been like that for a while.
-        [ -n "$(find "$lock" -maxdepth 0 -mmin +1 2>/dev/null)" ]
-        return
-    fi
+    [ -f "$lock/owner" ] || return 0
     pid_alive "$(read_file "$lock/up.pid")" && return 1
     owner=$(cat "$lock/owner")
     [ -d "$owner" ] || return 0
@@ -127,31 +124,33 @@ subnet_has_listeners() {
     ss -Htln | awk '{print $4}' | grep -q "^127\.0\.$1\."
 }
 
+# Prints the claimed subnet byte B. LOCK_ROOT/B exists while B is in use;
+# mkdir makes taking a free B atomic, and the claim lock keeps a stale B
+# from being reclaimed by two fleets at once.
 claim_subnet() {
-    local dir=$1 b lock
+    local dir=$1
     mkdir -p "$LOCK_ROOT"
-    for b in $(seq 20 250); do
-        lock=$LOCK_ROOT/$b
-        if ! mkdir "$lock" 2>/dev/null; then
-            lock_is_stale "$lock" || continue
-            # Renaming is atomic: of several callers finding the same stale
-            # lock, only one removes it; all then race on mkdir again.
-            if mv -T "$lock" "$LOCK_ROOT/.stale.$b.$$" 2>/dev/null; then
-                rm -rf "$LOCK_ROOT/.stale.$b.$$"
+    (
+        flock 9
+        for b in $(seq 20 250); do
+            lock=$LOCK_ROOT/$b
+            if ! mkdir "$lock" 2>/dev/null; then
+                lock_is_stale "$lock" || continue
+                rm -rf "$lock"
+                mkdir "$lock"
             fi
-            mkdir "$lock" 2>/dev/null || continue
-        fi
-        echo "$$" >"$lock/up.pid"
-        echo "$dir" >"$lock/owner"
-        if subnet_has_listeners "$b"; then
-            # Someone outside this scheme uses these addresses.
-            rm -rf "$lock"
-            continue
-        fi
-        echo "$b"
-        return 0
-    done
-    die "no free subnet in 127.0.20-250.x"
+            echo "$$" >"$lock/up.pid"
+            echo "$dir" >"$lock/owner"
+            if subnet_has_listeners "$b"; then
+                # Someone outside this scheme uses these addresses.
+                rm -rf "$lock"
+                continue
+            fi
+            echo "$b"
+            exit 0
+        done
+        die "no free subnet in 127.0.20-250.x"
+    ) 9>"$LOCK_ROOT/.claim.lock"
 }
 
 release_subnet() {
@@ -159,9 +158,13 @@ release_subnet() {
     b=$(read_file "$dir/subnet")
     [ -n "$b" ] || return 0
     lock=$LOCK_ROOT/$b
-    if [ "$(read_file "$lock/owner")" = "$dir" ]; then
-        rm -rf "$lock"
-    fi
+    mkdir -p "$LOCK_ROOT"
+    (
+        flock 9
+        if [ "$(read_file "$lock/owner")" = "$dir" ]; then
+            rm -rf "$lock"
+        fi
+    ) 9>"$LOCK_ROOT/.claim.lock"
     rm -f "$dir/subnet"
 }
 
@@ -427,8 +430,10 @@ cmd_up() {
     mkdir -p /run/sshd "$MOUNT_POINT"
     chmod 0755 /run/sshd
 
-    # From here on a failure must not leave VMs or a lock behind.
+    # From here on a failure, or being interrupted, must not leave VMs or a
+    # lock behind; bash skips the EXIT trap on a signal it does not trap.
     trap 'cmd_down "$dir"' EXIT
+    trap 'exit 1' TERM INT HUP
 
     b=$(claim_subnet "$dir")
     echo "$b" >"$dir/subnet"
@@ -484,7 +489,7 @@ cmd_up() {
     done
 
     rm -f "$LOCK_ROOT/$b/up.pid"
-    trap - EXIT
+    trap - EXIT TERM INT HUP
 }
 
 # Waits until no process (zombies aside) is left in the PID namespace NS.
@@ -499,7 +504,7 @@ wait_pidns_empty() {
 }
 
 cmd_down() {
-    local dir=$1 vmdir upid ipid ns
+    local dir=$1 vmdir upid ipid ns _
     [ -d "$dir" ] || return 0
     dir=$(realpath "$dir")
     # Ask every VM first, so they wind down in parallel.
@@ -524,6 +529,11 @@ cmd_down() {
             if [ -n "$ipid" ]; then kill -KILL "$ipid" 2>/dev/null || true; fi
             wait_pidns_empty "$ns" 50 || die "processes of $(basename "$vmdir") survive"
         fi
+        # unshare exits by itself once it has reaped the VM's PID 1.
+        for _ in $(seq 1 30); do
+            is_vm_pid "$upid" "$dir" || break
+            sleep 0.1
+        done
         if is_vm_pid "$upid" "$dir"; then
             kill -KILL "$upid" 2>/dev/null || true
         fi

@@ -12,8 +12,8 @@
 # The node has its own name, cookie, distribution port and its own epmd on a
 # private port, so neither the machine's node nor its epmd is involved.
 # Files in DIR: port, nodename, dist_port, epmd_port, rabbit.pid, epmd.pid,
-# rabbitmq.conf, rabbitmq-env.conf, enabled_plugins, .erlang.cookie, mnesia/,
-# log/.
+# session.pid, last_start_ms, rabbitmq.conf, rabbitmq-env.conf,
+# advanced.config, enabled_plugins, .erlang.cookie, mnesia/, log/.
 set -euo pipefail
 
 RABBIT_BIN=${RABBIT_BIN:-/usr/lib/rabbitmq/bin}
@@ -100,14 +100,27 @@ rabbitmqctl() {
         -n "$(cat "$dir/nodename")" "$@"
 }
 
+# Prints the PID recorded in DIR/FILE if that process runs and was started
+# for this node (all are given its name in their environment), so that a PID
+# recycled since by an unrelated process is never signalled.
+our_pid() {
+    local dir=$1 pid
+    pid=$(read_file "$dir/$2")
+    pid_alive "$pid" || return 0
+    if tr '\0' '\n' 2>/dev/null <"/proc/$pid/environ" |
+        grep -qxF "RABBITMQ_NODENAME=$(cat "$dir/nodename")"; then
+        echo "$pid"
+    fi
+}
+
 node_pid() {
-    read_file "$1/rabbit.pid"
+    our_pid "$1" rabbit.pid
 }
 
 is_running() {
     local dir=$1
     [ -f "$dir/nodename" ] && [ -f "$dir/epmd_port" ] || return 1
-    pid_alive "$(node_pid "$dir")" || return 1
+    [ -n "$(node_pid "$dir")" ] || return 1
     port_accepts "$(cat "$dir/port")"
 }
 
@@ -131,7 +144,7 @@ EOF
 
 stop_epmd() {
     local dir=$1 pid
-    pid=$(read_file "$dir/epmd.pid")
+    pid=$(our_pid "$dir" epmd.pid)
     if pid_alive "$pid"; then
         kill "$pid" 2>/dev/null || true
         wait_gone "$pid" 50 || kill -KILL "$pid" 2>/dev/null || true
@@ -208,7 +221,8 @@ cmd_start() {
     # Our own epmd, started in the foreground under our control, so that stop
     # can end it; the node would otherwise spawn a daemonised one that
     # outlives it.
-    setsid epmd -port "$(cat "$dir/epmd_port")" -address 127.0.0.1 \
+    rmq_env "$dir"
+    env -i "${RMQ_ENV[@]}" setsid epmd -port "$(cat "$dir/epmd_port")" -address 127.0.0.1 \
         </dev/null >"$dir/log/epmd.log" 2>&1 &
     echo "$!" >"$dir/epmd.pid"
     for _ in $(seq 1 50); do
@@ -216,11 +230,10 @@ cmd_start() {
         sleep 0.1
     done
 
-    # setsid makes the node lead its own session, which stop uses to find
-    # every helper process it forked.
-    # A plain command (no function, no subshell) so that $! is the server's
-    # wrapper script itself: env and setsid exec into it.
-    rmq_env "$dir"
+    # setsid detaches the node from the caller's terminal and signals. A
+    # plain command (no function, no subshell), so that $! is the server's
+    # wrapper script itself, env and setsid exec'ing into it: stop finds
+    # every process of the node below it.
     env -i "${RMQ_ENV[@]}" setsid "$RABBIT_BIN/rabbitmq-server" \
         </dev/null >"$dir/log/startup.log" 2>&1 &
     pid=$!
@@ -258,16 +271,14 @@ cmd_stop() {
     pid=$(node_pid "$dir")
     # Taken before stopping: once the parents are gone the tree is lost.
     pids=$(
-        process_tree "$(read_file "$dir/session.pid")"
+        process_tree "$(our_pid "$dir" session.pid)"
         process_tree "$pid"
     )
-    if pid_alive "$pid" && pid_alive "$(read_file "$dir/epmd.pid")"; then
-        # A clean shutdown keeps the data consistent for the next start.
-        rabbitmqctl "$dir" stop "$dir/rabbit.pid" >>"$dir/log/ctl.log" 2>&1 || true
-    fi
     if pid_alive "$pid"; then
-        kill "$pid" 2>/dev/null || true
-        wait_gone "$pid" 100 || true
+        # The node shuts down gracefully on TERM, as with `rabbitmqctl stop`,
+        # without the second or two the CLI takes to boot.
+        kill -TERM "$pid" 2>/dev/null || true
+        wait_gone "$pid" 300 || true
     fi
     for p in $pids; do
         if ! wait_gone "$p" 50; then

@@ -1,1 +1,496 @@
+//! The test ground: real PostgreSQL, real RabbitMQ, and a sandbox fleet of sshd VMs,
+//! all on this machine's loopback.
+//!
+//! - PostgreSQL and RabbitMQ come from `DATABASE_URL` and `AMQP_URL` (the test command
+//!   sets them, starting throwaway servers when none run). Each test gets its own
+//!   database and its own queue, so leftovers of an earlier run cannot interfere.
+//! - [`Fleet`] brings up VMs with `tests/ground/fleet.sh`: each an sshd and a small
+//!   HTTP app on its own 127.0.B.i address, in its own mount and PID namespace.
+//! - [`TestApp`] runs the API and any number of workers in-process against them.
+//!
+//! Everything a test starts is stopped when its handle drops.
 
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+use vesemir_core::config::Config;
+
+pub const ADMIN_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+fn ground_script(name: &str) -> PathBuf {
+    repo_root().join("tests/ground").join(name)
+}
+
+/// Runs a ground script and returns its stdout.
+pub fn run_script(script: &str, args: &[&str]) -> anyhow::Result<String> {
+    let output = Command::new("bash")
+        .arg(ground_script(script))
+        .args(args)
+        .output()
+        .with_context(|| format!("running {script}"))?;
+    if !output.status.success() {
+        bail!(
+            "{script} {} failed ({}): {}{}",
+            args.join(" "),
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+/// A directory removed on drop, with a short path (ssh control sockets live in such).
+#[derive(Debug)]
+pub struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    pub fn new(prefix: &str) -> anyhow::Result<Self> {
+        let id = Uuid::now_v7().simple().to_string();
+        let dir = PathBuf::from(format!("/tmp/{prefix}-{}", &id[id.len() - 10..]));
+        std::fs::create_dir_all(&dir)?;
+        Ok(Self(dir))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A fresh database on the test server, dropped with the handle.
+#[derive(Debug)]
+pub struct TestDatabase {
+    pub name: String,
+    pub url: String,
+    admin_url: String,
+}
+
+impl TestDatabase {
+    pub async fn create() -> anyhow::Result<Self> {
+        let admin_url = std::env::var("DATABASE_URL").unwrap_or_else(|_| ADMIN_DATABASE_URL.to_owned());
+        let name = format!("vesemir_test_{}", Uuid::now_v7().simple());
+        let pool = sqlx::PgPool::connect(&admin_url).await.context("connecting to the test PostgreSQL")?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&pool).await?;
+        pool.close().await;
+        let (base, _) = admin_url.rsplit_once('/').context("DATABASE_URL has no database name")?;
+        let url = format!("{base}/{name}");
+        Ok(Self { name, url, admin_url })
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        // Drop runs outside async: a short blocking psql call is the simplest.
+        let _ = Command::new("psql")
+            .arg(&self.admin_url)
+            .args(["-q", "-c", &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)])
+            .output();
+    }
+}
+
+/// A sandbox fleet of VMs, torn down on drop.
+#[derive(Debug)]
+pub struct Fleet {
+    pub dir: ScratchDir,
+    pub hosts: Vec<(String, String)>,
+}
+
+impl Fleet {
+    pub fn up(n: usize) -> anyhow::Result<Self> {
+        let dir = ScratchDir::new("vf")?;
+        let path = dir.path().to_string_lossy().into_owned();
+        run_script("fleet.sh", &["up", &path, &n.to_string()])?;
+        let hosts = std::fs::read_to_string(dir.path().join("hosts.tsv"))?
+            .lines()
+            .filter_map(|l| l.split_once('\t').map(|(n, a)| (n.to_owned(), a.to_owned())))
+            .collect();
+        Ok(Self { dir, hosts })
+    }
+
+    pub fn key(&self) -> PathBuf {
+        self.dir.path().join("id_ed25519")
+    }
+
+    pub fn known_hosts(&self) -> PathBuf {
+        self.dir.path().join("known_hosts")
+    }
+
+    pub fn address(&self, name: &str) -> &str {
+        self.hosts.iter().find(|(n, _)| n == name).map(|(_, a)| a.as_str()).unwrap_or("")
+    }
+
+    fn script(&self, verb: &str, args: &[&str]) -> anyhow::Result<String> {
+        let path = self.dir.path().to_string_lossy().into_owned();
+        let mut all = vec![verb, path.as_str()];
+        all.extend_from_slice(args);
+        run_script("fleet.sh", &all)
+    }
+
+    pub fn stop_sshd(&self, name: &str) -> anyhow::Result<()> {
+        self.script("sshd-stop", &[name]).map(drop)
+    }
+
+    pub fn start_sshd(&self, name: &str) -> anyhow::Result<()> {
+        self.script("sshd-start", &[name]).map(drop)
+    }
+
+    /// Runs a command inside a VM, as root.
+    pub fn exec(&self, name: &str, command: &[&str]) -> anyhow::Result<String> {
+        let mut args = vec![name];
+        args.extend_from_slice(command);
+        self.script("exec", &args)
+    }
+
+    /// What the VM's app says its version is.
+    pub async fn served_version(&self, name: &str) -> anyhow::Result<String> {
+        let url = format!("http://{}:8080/version", self.address(name));
+        Ok(reqwest::get(&url).await?.text().await?.trim().to_owned())
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        let path = self.dir.path().to_string_lossy().into_owned();
+        if let Err(e) = run_script("fleet.sh", &["down", &path]) {
+            eprintln!("tearing the fleet down: {e:#}");
+        }
+    }
+}
+
+/// What a test app is made of, beyond the defaults.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    pub workers: usize,
+    pub amqp_url: String,
+    pub lease_seconds: u64,
+    /// A known_hosts file other than the fleet's.
+    pub known_hosts: Option<PathBuf>,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Self {
+            workers: 1,
+            amqp_url: std::env::var("AMQP_URL").unwrap_or_else(|_| DEFAULT_AMQP_URL.to_owned()),
+            lease_seconds: 6,
+            known_hosts: None,
+        }
+    }
+}
+
+/// A worker running in-process.
+#[derive(Debug)]
+pub struct WorkerHandle {
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl WorkerHandle {
+    /// As SIGTERM would: stop consuming, finish in-flight hosts, release the rest.
+    pub async fn shut_down(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for WorkerHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The API and workers, in-process, on a fresh database and queue.
+#[derive(Debug)]
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub config: Config,
+    pub workers: Vec<WorkerHandle>,
+    api_stop: Option<oneshot::Sender<()>>,
+    api_task: Option<JoinHandle<()>>,
+    _control_dir: ScratchDir,
+    database: TestDatabase,
+}
+
+impl TestApp {
+    pub async fn start(fleet: Option<&Fleet>, setup: Setup) -> anyhow::Result<Self> {
+        vesemir_core::telemetry::init("warn");
+        let database = TestDatabase::create().await?;
+        let control_dir = ScratchDir::new("vs")?;
+        let config = config_for(&database.url, &control_dir, fleet, &setup)?;
+
+        let app = vesemir_api::App::build(config.clone()).await?;
+        let base = format!("http://127.0.0.1:{}", app.port());
+        let (api_stop, stopped) = oneshot::channel::<()>();
+        let api_task = tokio::spawn(async move {
+            let _ = app.run(async move { let _ = stopped.await; }).await;
+        });
+        let mut test_app = Self {
+            base,
+            client: reqwest::Client::new(),
+            config,
+            workers: Vec::new(),
+            api_stop: Some(api_stop),
+            api_task: Some(api_task),
+            _control_dir: control_dir,
+            database,
+        };
+        for _ in 0..setup.workers {
+            test_app.add_worker().await?;
+        }
+        Ok(test_app)
+    }
+
+    pub async fn add_worker(&mut self) -> anyhow::Result<()> {
+        let worker = vesemir_worker::Worker::build(self.config.clone()).await?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(worker.run(async move { let _ = stopped.await; }));
+        self.workers.push(WorkerHandle { stop: Some(stop), task });
+        Ok(())
+    }
+
+    pub fn database_url(&self) -> &str {
+        &self.database.url
+    }
+
+    pub async fn store(&self) -> anyhow::Result<vesemir_core::store::Store> {
+        let pool = sqlx::PgPool::connect(&self.database.url).await?;
+        Ok(vesemir_core::store::Store::from_pool(pool))
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// POSTs a submit; returns the status and the JSON body.
+    pub async fn submit(&self, body: &Value) -> anyhow::Result<(u16, Value)> {
+        let response = self.client.post(self.url("/v1/deployments")).json(body).send().await?;
+        let status = response.status().as_u16();
+        Ok((status, response.json().await?))
+    }
+
+    /// Submits and expects a 202; returns the deployment id.
+    pub async fn deploy(&self, body: &Value) -> anyhow::Result<String> {
+        let (status, answer) = self.submit(body).await?;
+        if status != 202 {
+            bail!("submit answered {status}: {answer}");
+        }
+        Ok(answer["id"].as_str().context("no id")?.to_owned())
+    }
+
+    pub async fn get_json(&self, path: &str) -> anyhow::Result<(u16, Value)> {
+        let response = self.client.get(self.url(path)).send().await?;
+        let status = response.status().as_u16();
+        Ok((status, response.json().await?))
+    }
+
+    pub async fn deployment(&self, id: &str) -> anyhow::Result<Value> {
+        let (status, body) = self.get_json(&format!("/v1/deployments/{id}")).await?;
+        if status != 200 {
+            bail!("GET deployment answered {status}: {body}");
+        }
+        Ok(body)
+    }
+
+    /// Polls until the deployment reaches a final state.
+    pub async fn wait_final(&self, id: &str, timeout: Duration) -> anyhow::Result<Value> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let d = self.deployment(id).await?;
+            if matches!(d["state"].as_str(), Some("succeeded" | "failed" | "cancelled" | "planned")) {
+                return Ok(d);
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("deployment {id} did not finish within {timeout:?}: {d:#}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Every log line of a deployment.
+    pub async fn logs(&self, id: &str) -> anyhow::Result<Vec<Value>> {
+        let mut lines = Vec::new();
+        let mut after = 0;
+        loop {
+            let (_, page) = self.get_json(&format!("/v1/deployments/{id}/logs?after={after}")).await?;
+            let batch = page["lines"].as_array().cloned().unwrap_or_default();
+            if batch.is_empty() {
+                return Ok(lines);
+            }
+            after = page["next_after"].as_i64().context("no next_after")?;
+            lines.extend(batch);
+        }
+    }
+
+    pub async fn shut_down(mut self) {
+        for worker in std::mem::take(&mut self.workers) {
+            worker.shut_down().await;
+        }
+        if let Some(stop) = self.api_stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.api_task.take() {
+            let _ = task.await;
+        }
+        let _ = delete_queues(&self.config).await;
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(task) = &self.api_task {
+            task.abort();
+        }
+    }
+}
+
+async fn delete_queues(config: &Config) -> anyhow::Result<()> {
+    let (connection, channel) = vesemir_core::queue::open(&config.queue).await?;
+    for queue in [config.queue.queue.clone(), format!("{}.dead", config.queue.queue)] {
+        channel.queue_delete(queue.as_str().into(), Default::default()).await?;
+    }
+    connection.close(200, "done".into()).await?;
+    Ok(())
+}
+
+/// A host-key file for `fleet` in which two hosts' keys are swapped: both are "changed".
+pub fn swapped_known_hosts(fleet: &Fleet, dir: &Path, a: &str, b: &str) -> anyhow::Result<PathBuf> {
+    let text = std::fs::read_to_string(fleet.known_hosts())?;
+    let key_of = |addr: &str| {
+        text.lines()
+            .find(|l| l.split_whitespace().next() == Some(addr))
+            .map(|l| l.split_once(' ').map(|(_, k)| k.to_owned()).unwrap_or_default())
+    };
+    let (addr_a, addr_b) = (fleet.address(a), fleet.address(b));
+    let (key_a, key_b) = (key_of(addr_a).context("no key")?, key_of(addr_b).context("no key")?);
+    let swapped: Vec<String> = text
+        .lines()
+        .map(|l| match l.split_whitespace().next() {
+            Some(addr) if addr == addr_a => format!("{addr_a} {key_b}"),
+            Some(addr) if addr == addr_b => format!("{addr_b} {key_a}"),
+            _ => l.to_owned(),
+        })
+        .collect();
+    let path = dir.join("known_hosts.swapped");
+    std::fs::write(&path, swapped.join("\n") + "\n")?;
+    Ok(path)
+}
+
+fn config_for(database_url: &str, control_dir: &ScratchDir, fleet: Option<&Fleet>, setup: &Setup) -> anyhow::Result<Config> {
+    let queue = format!("vesemir.test.{}", Uuid::now_v7().simple());
+    let mut text = format!(
+        r#"
+[api]
+listen = "127.0.0.1:0"
+outbox_interval_ms = 300
+
+[database]
+url = {database_url:?}
+max_connections = 8
+
+[queue]
+url = {amqp:?}
+queue = {queue:?}
+
+[worker]
+max_deployments = 4
+lease_seconds = {lease}
+playbooks_dir = {playbooks:?}
+ssh_control_dir = {control:?}
+log_batch_ms = 50
+
+[services.demo]
+step_timeout_seconds = 60
+[services.demo.vars]
+app = "/opt/sandbox-app"
+install_command = "{{{{app}}}}/bin/install {{{{version}}}}"
+restart_command = "{{{{app}}}}/bin/restart"
+[services.demo.health]
+url = "http://{{{{host.address}}}}:8080/health"
+retries = 3
+interval_ms = 200
+timeout_ms = 1000
+
+[services.noted]
+step_timeout_seconds = 60
+[services.noted.vars]
+install_command = "/opt/sandbox-app/bin/install {{{{version}}}} && echo note: {{{{vars.note}}}}"
+restart_command = "/opt/sandbox-app/bin/restart"
+[services.noted.health]
+url = "http://{{{{host.address}}}}:8080/health"
+"#,
+        amqp = setup.amqp_url,
+        lease = setup.lease_seconds,
+        playbooks = repo_root().join("playbooks"),
+        control = control_dir.path(),
+    );
+    if let Some(fleet) = fleet {
+        let hosts: Vec<String> =
+            fleet.hosts.iter().map(|(n, a)| format!("{{ name = {n:?}, address = {a:?} }}")).collect();
+        let known_hosts = setup.known_hosts.clone().unwrap_or_else(|| fleet.known_hosts());
+        text.push_str(&format!(
+            r#"
+[clusters.sandbox]
+hosts = [{hosts}]
+[clusters.sandbox.ssh]
+user = "deploy"
+private_key = {key:?}
+known_hosts = {known_hosts:?}
+connect_timeout_seconds = 3
+"#,
+            hosts = hosts.join(", "),
+            key = fleet.key(),
+        ));
+    } else {
+        // A cluster with hosts nobody runs, for tests that never reach a worker.
+        text.push_str(
+            r#"
+[clusters.sandbox]
+hosts = [{ name = "vm-01", address = "127.0.0.1" }, { name = "vm-02", address = "127.0.0.1" }]
+[clusters.sandbox.ssh]
+user = "deploy"
+private_key = "/nonexistent/key"
+known_hosts = "/nonexistent/known_hosts"
+"#,
+        );
+    }
+    let config = Config::parse(&text, Path::new("/")).map_err(anyhow::Error::msg)?;
+    config.validate()?;
+    Ok(config)
+}
+
+/// A submit body for the demo service on the sandbox cluster.
+pub fn demo_request(version: &str) -> Value {
+    json!({ "service": "demo", "cluster": "sandbox", "version": version })
+}
+
+/// Per-host states of a deployment, by name.
+pub fn host_states(deployment: &Value) -> Vec<(String, String)> {
+    deployment["hosts"]
+        .as_array()
+        .map(|hosts| {
+            hosts
+                .iter()
+                .map(|h| (h["name"].as_str().unwrap_or("").to_owned(), h["state"].as_str().unwrap_or("").to_owned()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
