@@ -255,9 +255,11 @@ echo "$name" >/proc/sys/kernel/hostname
 mount --bind "$vmdir/app" "$mount_point"
 env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin \
     /usr/sbin/sshd -D -f "$vmdir/sshd_config" -E "$vmdir/sshd.log" &
+# In the background, so that a TERM arriving meanwhile is acted on at once.
 env -i PATH=/usr/bin:/bin HOME="$mount_point" LANG=C.UTF-8 \
     setpriv --reuid="$deploy_user" --regid="$deploy_user" --init-groups \
-    "$mount_point/bin/restart"
+    "$mount_point/bin/restart" &
+wait $! || echo "$name: app failed to start"
 echo "$name: up"
 
 # Orphans (the detached app, daemonised sshds) are adopted by PID 1; bash
@@ -382,6 +384,8 @@ start_vm() {
     setsid unshare --mount --pid --uts --ipc --fork --kill-child=TERM --mount-proc \
         /bin/bash "$vmdir/init" </dev/null >"$vmdir/console.log" 2>&1 &
     upid=$!
+    # Its end is watched through the pid file, not reported as a job.
+    disown "$upid"
     echo "$upid" >"$vmdir/pid"
 }
 
@@ -492,12 +496,25 @@ cmd_up() {
     trap - EXIT TERM INT HUP
 }
 
-# Waits until no process (zombies aside) is left in the PID namespace NS.
-wait_pidns_empty() {
-    local ns=$1 n=$2 _
-    for _ in $(seq 1 "$n"); do
-        ps -e -o pidns=,stat= | awk -v ns="$ns" '$1 == ns && $2 !~ /^Z/ {found=1} END {exit !found}' ||
-            return 0
+pidns_empty() {
+    ! ps -e -o pidns=,stat= | awk -v ns="$1" '$1 == ns && $2 !~ /^Z/ {found=1} END {exit !found}'
+}
+
+# Waits until no process (zombies aside) is left in the PID namespace NS of
+# the VM whose init is IPID, repeating the TERM: one sent before the init
+# had installed its handler is lost.
+wait_vm_gone() {
+    local ns=$1 ipid=$2 i
+    for i in $(seq 1 50); do
+        pidns_empty "$ns" && return 0
+        if [ $((i % 5)) = 0 ] && [ -n "$ipid" ]; then
+            kill -TERM "$ipid" 2>/dev/null || true
+        fi
+        sleep 0.1
+    done
+    if [ -n "$ipid" ]; then kill -KILL "$ipid" 2>/dev/null || true; fi
+    for i in $(seq 1 50); do
+        pidns_empty "$ns" && return 0
         sleep 0.1
     done
     return 1
@@ -512,6 +529,10 @@ cmd_down() {
         vmdir=${vmdir%/}
         [ -f "$vmdir/pid" ] || continue
         upid=$(cat "$vmdir/pid")
+        if is_vm_pid "$upid" "$dir" && [ ! -f "$vmdir/init.pid" ]; then
+            # Interrupted right after starting it.
+            record_init_pid "$vmdir" || true
+        fi
         ipid=$(read_file "$vmdir/init.pid")
         if is_vm_pid "$upid" "$dir"; then
             # Its PID 1 exits on TERM, and the kernel kills the rest.
@@ -525,9 +546,8 @@ cmd_down() {
         upid=$(cat "$vmdir/pid")
         ipid=$(read_file "$vmdir/init.pid")
         ns=$(read_file "$vmdir/pidns")
-        if [ -n "$ns" ] && ! wait_pidns_empty "$ns" 50; then
-            if [ -n "$ipid" ]; then kill -KILL "$ipid" 2>/dev/null || true; fi
-            wait_pidns_empty "$ns" 50 || die "processes of $(basename "$vmdir") survive"
+        if [ -n "$ns" ] && ! wait_vm_gone "$ns" "$ipid"; then
+            die "processes of $(basename "$vmdir") survive"
         fi
         # unshare exits by itself once it has reaped the VM's PID 1.
         for _ in $(seq 1 30); do

@@ -28,10 +28,13 @@ as_pg() {
 }
 
 port_is_free() {
-    # A real bind catches listeners on 0.0.0.0 and lingering sockets alike.
+    # A real bind also catches listeners on 0.0.0.0. SO_REUSEADDR, as the
+    # servers themselves use, lets connections of a previous run that linger
+    # in TIME_WAIT pass, so a restarted server can keep its port.
     "$PYTHON" - "$1" <<'EOF' 2>/dev/null
 import socket, sys
 s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(("127.0.0.1", int(sys.argv[1])))
 EOF
 }

@@ -12,7 +12,7 @@
 # The node has its own name, cookie, distribution port and its own epmd on a
 # private port, so neither the machine's node nor its epmd is involved.
 # Files in DIR: port, nodename, dist_port, epmd_port, rabbit.pid, epmd.pid,
-# session.pid, last_start_ms, rabbitmq.conf, rabbitmq-env.conf,
+# wrapper.pid, last_start_ms, rabbitmq.conf, rabbitmq-env.conf,
 # advanced.config, enabled_plugins, .erlang.cookie, mnesia/, log/.
 set -euo pipefail
 
@@ -30,10 +30,13 @@ usage() {
 }
 
 port_is_free() {
-    # A real bind catches listeners on 0.0.0.0 and lingering sockets alike.
+    # A real bind also catches listeners on 0.0.0.0. SO_REUSEADDR, as the
+    # servers themselves use, lets connections of a previous run that linger
+    # in TIME_WAIT pass, so a restarted server can keep its port.
     "$PYTHON" - "$1" <<'EOF' 2>/dev/null
 import socket, sys
 s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(("127.0.0.1", int(sys.argv[1])))
 EOF
 }
@@ -237,7 +240,7 @@ cmd_start() {
     env -i "${RMQ_ENV[@]}" setsid "$RABBIT_BIN/rabbitmq-server" \
         </dev/null >"$dir/log/startup.log" 2>&1 &
     pid=$!
-    echo "$pid" >"$dir/session.pid"
+    echo "$pid" >"$dir/wrapper.pid"
 
     local deadline=$((SECONDS + START_TIMEOUT))
     while ! port_accepts "$port"; do
@@ -271,7 +274,7 @@ cmd_stop() {
     pid=$(node_pid "$dir")
     # Taken before stopping: once the parents are gone the tree is lost.
     pids=$(
-        process_tree "$(our_pid "$dir" session.pid)"
+        process_tree "$(our_pid "$dir" wrapper.pid)"
         process_tree "$pid"
     )
     if pid_alive "$pid"; then
@@ -287,7 +290,7 @@ cmd_stop() {
         fi
     done
     stop_epmd "$dir"
-    rm -f "$dir/rabbit.pid" "$dir/session.pid"
+    rm -f "$dir/rabbit.pid" "$dir/wrapper.pid"
 }
 
 case ${1:-} in
