@@ -42,7 +42,9 @@ impl Relay {
                     warn!(deployment = %id, error = %e, "clearing the outbox row failed");
                 }
             }
-            Err(e) => warn!(deployment = %id, error = %e, "publishing failed; the outbox will retry"),
+            Err(e) => {
+                warn!(deployment = %id, error = %e, "publishing failed; the outbox will retry")
+            }
         }
     }
 

@@ -289,7 +289,9 @@ impl Config {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         for (name, cluster) in &self.clusters {
             if !is_identifier(name) {
-                return invalid(format!("cluster name {name:?} must match [a-z0-9][a-z0-9._-]*"));
+                return invalid(format!(
+                    "cluster name {name:?} must match [a-z0-9][a-z0-9._-]*"
+                ));
             }
             let mut seen = BTreeSet::new();
             for host in &cluster.hosts {
@@ -300,16 +302,24 @@ impl Config {
                     ));
                 }
                 if !seen.insert(&host.name) {
-                    return invalid(format!("cluster {name}: host {} is listed twice", host.name));
+                    return invalid(format!(
+                        "cluster {name}: host {} is listed twice",
+                        host.name
+                    ));
                 }
             }
         }
         for (name, service) in &self.services {
             if !is_identifier(name) {
-                return invalid(format!("service name {name:?} must match [a-z0-9][a-z0-9._-]*"));
+                return invalid(format!(
+                    "service name {name:?} must match [a-z0-9][a-z0-9._-]*"
+                ));
             }
             if !is_identifier(&service.playbook) {
-                return invalid(format!("service {name}: playbook name {:?} is not valid", service.playbook));
+                return invalid(format!(
+                    "service {name}: playbook name {:?} is not valid",
+                    service.playbook
+                ));
             }
         }
         if self.worker.max_deployments == 0 {
@@ -341,7 +351,10 @@ mod tests {
         let config = Config::parse(MINIMAL, Path::new("/etc/vesemir")).expect("valid");
         let ssh = &config.clusters["sandbox"].ssh;
         assert_eq!(ssh.private_key, Path::new("/etc/vesemir/keys/id"));
-        assert_eq!(config.worker.playbooks_dir, Path::new("/etc/vesemir/playbooks"));
+        assert_eq!(
+            config.worker.playbooks_dir,
+            Path::new("/etc/vesemir/playbooks")
+        );
         assert_eq!(ssh.port, 22);
     }
 

@@ -14,9 +14,9 @@ pub fn is_identifier(s: &str) -> bool {
     let bytes = s.as_bytes();
     (1..=63).contains(&bytes.len())
         && (bytes[0].is_ascii_lowercase() || bytes[0].is_ascii_digit())
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'))
+        && bytes.iter().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+        })
 }
 
 /// A release version: letters, digits and `._+-`, starting with a letter or digit.
@@ -73,19 +73,23 @@ impl<'de> Deserialize<'de> for Amount {
             Count(u64),
             Text(String),
         }
-        let invalid = || {
-            serde::de::Error::custom("expected a count of hosts (2) or a percentage (\"25%\")")
-        };
+        let invalid =
+            || serde::de::Error::custom("expected a count of hosts (2) or a percentage (\"25%\")");
         match Raw::deserialize(d).map_err(|_| invalid())? {
             Raw::Count(n) => u32::try_from(n).map(Amount::Count).map_err(|_| invalid()),
             Raw::Text(text) => {
                 let digits = text.strip_suffix('%').ok_or_else(invalid)?;
-                if digits.is_empty() || digits.len() > 3 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                if digits.is_empty()
+                    || digits.len() > 3
+                    || !digits.bytes().all(|b| b.is_ascii_digit())
+                {
                     return Err(invalid());
                 }
                 let p: u8 = digits.parse().map_err(|_| invalid())?;
                 if p > 100 {
-                    return Err(serde::de::Error::custom("a percentage must be between 0% and 100%"));
+                    return Err(serde::de::Error::custom(
+                        "a percentage must be between 0% and 100%",
+                    ));
                 }
                 Ok(Amount::Percent(p))
             }
@@ -199,7 +203,10 @@ string_enum!(
 
 impl DeploymentState {
     pub fn is_final(self) -> bool {
-        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled | Self::Planned)
+        matches!(
+            self,
+            Self::Succeeded | Self::Failed | Self::Cancelled | Self::Planned
+        )
     }
 }
 
@@ -217,7 +224,10 @@ string_enum!(
 
 impl HostState {
     pub fn is_final(self) -> bool {
-        matches!(self, Self::Succeeded | Self::Failed | Self::Unreachable | Self::Skipped)
+        matches!(
+            self,
+            Self::Succeeded | Self::Failed | Self::Unreachable | Self::Skipped
+        )
     }
 
     /// Failed and unreachable hosts count against `max_failures`.
@@ -332,7 +342,16 @@ mod tests {
         for ok in ["payments-api", "vm-01", "a", "prod.eu_1"] {
             assert!(is_identifier(ok), "{ok}");
         }
-        for bad in ["", "Payments", "-x", "a b", "a;b", "a/b", "ä", &"x".repeat(64)] {
+        for bad in [
+            "",
+            "Payments",
+            "-x",
+            "a b",
+            "a;b",
+            "a/b",
+            "ä",
+            &"x".repeat(64),
+        ] {
             assert!(!is_identifier(bad), "{bad}");
         }
     }
@@ -351,10 +370,15 @@ mod tests {
         let parse = |s: &str| serde_json::from_str::<Amount>(s);
         assert_eq!(parse("2").unwrap(), Amount::Count(2));
         assert_eq!(parse("\"25%\"").unwrap(), Amount::Percent(25));
-        for bad in ["-1", "\"25\"", "\"%\"", "\"101%\"", "\"-5%\"", "2.5", "null", "\"1e2%\""] {
+        for bad in [
+            "-1", "\"25\"", "\"%\"", "\"101%\"", "\"-5%\"", "2.5", "null", "\"1e2%\"",
+        ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
-        assert_eq!(serde_json::to_string(&Amount::Percent(25)).unwrap(), "\"25%\"");
+        assert_eq!(
+            serde_json::to_string(&Amount::Percent(25)).unwrap(),
+            "\"25%\""
+        );
     }
 
     #[test]

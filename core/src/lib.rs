@@ -13,6 +13,8 @@
 //! holder at a time ([`store::Store::claim`]); log lines get gap-free, increasing
 //! sequence numbers per deployment ([`store::Store::append_logs`]).
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 pub mod config;
 pub mod deployment;
 pub mod queue;

@@ -1,20 +1,29 @@
 //! The pipeline end to end: REST → PostgreSQL → RabbitMQ → worker → SSH to sandbox VMs
 //! → results and logs back, on real services.
 
+#![allow(clippy::unwrap_used)] // A test that unwraps fails loudly, which is what a test should do.
+
 use serde_json::json;
 use std::time::Duration;
-use vesemir_tests::{Fleet, ScratchDir, Setup, TestApp, demo_request, host_states, run_script, swapped_known_hosts};
+use vesemir_tests::{
+    Fleet, ScratchDir, Setup, TestApp, demo_request, host_states, run_script, swapped_known_hosts,
+};
 
 const FINISH: Duration = Duration::from_secs(120);
 
-fn states<'a>(pairs: &'a [(String, String)]) -> Vec<(&'a str, &'a str)> {
-    pairs.iter().map(|(n, s)| (n.as_str(), s.as_str())).collect()
+fn states(pairs: &[(String, String)]) -> Vec<(&str, &str)> {
+    pairs
+        .iter()
+        .map(|(n, s)| (n.as_str(), s.as_str()))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_vms_at_concurrency_two_all_serve_the_new_version() {
     let fleet = Fleet::up(5).unwrap();
-    let app = TestApp::start(Some(&fleet), Setup::default()).await.unwrap();
+    let app = TestApp::start(Some(&fleet), Setup::default())
+        .await
+        .unwrap();
 
     let mut request = demo_request("2024.06.01-3f9c2a1");
     request["concurrency"] = json!(2);
@@ -23,7 +32,12 @@ async fn five_vms_at_concurrency_two_all_serve_the_new_version() {
 
     assert_eq!(done["state"], "succeeded", "{done:#}");
     assert_eq!(done["summary"]["succeeded"], 5);
-    let waves: Vec<i64> = done["hosts"].as_array().unwrap().iter().map(|h| h["wave"].as_i64().unwrap()).collect();
+    let waves: Vec<i64> = done["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["wave"].as_i64().unwrap())
+        .collect();
     assert_eq!(waves, [0, 0, 1, 1, 2]);
     for host in done["hosts"].as_array().unwrap() {
         let steps: Vec<(&str, &str)> = host["steps"]
@@ -32,34 +46,78 @@ async fn five_vms_at_concurrency_two_all_serve_the_new_version() {
             .iter()
             .map(|s| (s["name"].as_str().unwrap(), s["state"].as_str().unwrap()))
             .collect();
-        assert_eq!(steps, [("install", "succeeded"), ("restart", "succeeded"), ("health", "succeeded")]);
+        assert_eq!(
+            steps,
+            [
+                ("install", "succeeded"),
+                ("restart", "succeeded"),
+                ("health", "succeeded")
+            ]
+        );
         assert_eq!(host["steps"][0]["exit_code"], 0);
         assert!(host["steps"][0]["finished_at"].is_string());
     }
     for (name, _) in &fleet.hosts {
-        assert_eq!(fleet.served_version(name).await.unwrap(), "2024.06.01-3f9c2a1", "{name}");
+        assert_eq!(
+            fleet.served_version(name).await.unwrap(),
+            "2024.06.01-3f9c2a1",
+            "{name}"
+        );
     }
 
     // A wave starts only once the previous one has finished.
     let hosts = done["hosts"].as_array().unwrap();
-    let finished_wave0 = hosts[..2].iter().map(|h| h["finished_at"].as_str().unwrap().to_owned()).max().unwrap();
-    let started_wave1 = hosts[2..4].iter().map(|h| h["started_at"].as_str().unwrap().to_owned()).min().unwrap();
-    assert!(finished_wave0 <= started_wave1, "wave 1 started at {started_wave1} before wave 0 ended at {finished_wave0}");
+    let finished_wave0 = hosts[..2]
+        .iter()
+        .map(|h| h["finished_at"].as_str().unwrap().to_owned())
+        .max()
+        .unwrap();
+    let started_wave1 = hosts[2..4]
+        .iter()
+        .map(|h| h["started_at"].as_str().unwrap().to_owned())
+        .min()
+        .unwrap();
+    assert!(
+        finished_wave0 <= started_wave1,
+        "wave 1 started at {started_wave1} before wave 0 ended at {finished_wave0}"
+    );
 
     // The remote commands' output is in the log, per host, in order.
     let logs = app.logs(&id).await.unwrap();
     let seqs: Vec<i64> = logs.iter().map(|l| l["seq"].as_i64().unwrap()).collect();
-    assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>(), "sequence numbers have no gaps");
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as i64).collect::<Vec<_>>(),
+        "sequence numbers have no gaps"
+    );
     let installed = logs
         .iter()
-        .filter(|l| l["stream"] == "stdout" && l["line"].as_str().unwrap().contains("2024.06.01-3f9c2a1"))
+        .filter(|l| {
+            l["stream"] == "stdout" && l["line"].as_str().unwrap().contains("2024.06.01-3f9c2a1")
+        })
         .filter_map(|l| l["host"].as_str())
         .collect::<std::collections::BTreeSet<_>>();
-    assert_eq!(installed.len(), 5, "every host's install output was logged: {installed:?}");
-    assert!(logs.iter().any(|l| l["stream"] == "stderr"), "stderr lines are logged too");
+    assert_eq!(
+        installed.len(),
+        5,
+        "every host's install output was logged: {installed:?}"
+    );
+    assert!(
+        logs.iter().any(|l| l["stream"] == "stderr"),
+        "stderr lines are logged too"
+    );
 
-    let (_, only_vm3) = app.get_json(&format!("/v1/deployments/{id}/logs?host=vm-03")).await.unwrap();
-    assert!(only_vm3["lines"].as_array().unwrap().iter().all(|l| l["host"] == "vm-03"));
+    let (_, only_vm3) = app
+        .get_json(&format!("/v1/deployments/{id}/logs?host=vm-03"))
+        .await
+        .unwrap();
+    assert!(
+        only_vm3["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["host"] == "vm-03")
+    );
     app.shut_down().await;
 }
 
@@ -67,7 +125,9 @@ async fn five_vms_at_concurrency_two_all_serve_the_new_version() {
 async fn an_unreachable_vm_fails_the_deployment_and_the_others_are_recorded() {
     let fleet = Fleet::up(4).unwrap();
     fleet.stop_sshd("vm-02").unwrap();
-    let app = TestApp::start(Some(&fleet), Setup::default()).await.unwrap();
+    let app = TestApp::start(Some(&fleet), Setup::default())
+        .await
+        .unwrap();
 
     let mut request = demo_request("1.1.0");
     request["concurrency"] = json!(2);
@@ -79,11 +139,21 @@ async fn an_unreachable_vm_fails_the_deployment_and_the_others_are_recorded() {
     let hosts = host_states(&done);
     assert_eq!(
         states(&hosts),
-        [("vm-01", "succeeded"), ("vm-02", "unreachable"), ("vm-03", "succeeded"), ("vm-04", "succeeded")]
+        [
+            ("vm-01", "succeeded"),
+            ("vm-02", "unreachable"),
+            ("vm-03", "succeeded"),
+            ("vm-04", "succeeded")
+        ]
     );
     let error = done["hosts"][1]["error"].as_str().unwrap();
     assert!(error.contains("Connection refused"), "{error}");
-    assert!(done["error"].as_str().unwrap().contains("vm-02 (unreachable)"));
+    assert!(
+        done["error"]
+            .as_str()
+            .unwrap()
+            .contains("vm-02 (unreachable)")
+    );
     // The app on the unreachable VM was not touched.
     assert_eq!(fleet.served_version("vm-02").await.unwrap(), "none");
     app.shut_down().await;
@@ -92,7 +162,9 @@ async fn an_unreachable_vm_fails_the_deployment_and_the_others_are_recorded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_health_check_with_no_failures_allowed_stops_the_rollout() {
     let fleet = Fleet::up(3).unwrap();
-    let app = TestApp::start(Some(&fleet), Setup::default()).await.unwrap();
+    let app = TestApp::start(Some(&fleet), Setup::default())
+        .await
+        .unwrap();
 
     // A release whose service comes up unhealthy.
     let mut request = demo_request("broken-7");
@@ -101,7 +173,14 @@ async fn a_failing_health_check_with_no_failures_allowed_stops_the_rollout() {
     let done = app.wait_final(&id, FINISH).await.unwrap();
 
     assert_eq!(done["state"], "failed");
-    assert_eq!(states(&host_states(&done)), [("vm-01", "failed"), ("vm-02", "skipped"), ("vm-03", "skipped")]);
+    assert_eq!(
+        states(&host_states(&done)),
+        [
+            ("vm-01", "failed"),
+            ("vm-02", "skipped"),
+            ("vm-03", "skipped")
+        ]
+    );
     let vm1 = &done["hosts"][0];
     assert_eq!(vm1["steps"][2]["name"], "health");
     assert_eq!(vm1["steps"][2]["state"], "failed");
@@ -115,7 +194,15 @@ async fn a_failing_health_check_with_no_failures_allowed_stops_the_rollout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_duplicated_message_does_not_run_a_deployment_twice() {
     let fleet = Fleet::up(2).unwrap();
-    let app = TestApp::start(Some(&fleet), Setup { workers: 2, ..Setup::default() }).await.unwrap();
+    let app = TestApp::start(
+        Some(&fleet),
+        Setup {
+            workers: 2,
+            ..Setup::default()
+        },
+    )
+    .await
+    .unwrap();
 
     let id = app.deploy(&demo_request("2.0.0")).await.unwrap();
     // The broker may deliver any message twice; publish the id again to make sure.
@@ -128,9 +215,18 @@ async fn a_duplicated_message_does_not_run_a_deployment_twice() {
     // Let the duplicates be consumed, then count what ran.
     tokio::time::sleep(Duration::from_secs(8)).await;
     let logs = app.logs(&id).await.unwrap();
-    let installs = logs.iter().filter(|l| l["line"] == "step install: started").count();
-    assert_eq!(installs, 2, "each of the 2 hosts was installed exactly once");
-    let claims = logs.iter().filter(|l| l["line"].as_str().unwrap().starts_with("claimed by")).count();
+    let installs = logs
+        .iter()
+        .filter(|l| l["line"] == "step install: started")
+        .count();
+    assert_eq!(
+        installs, 2,
+        "each of the 2 hosts was installed exactly once"
+    );
+    let claims = logs
+        .iter()
+        .filter(|l| l["line"].as_str().unwrap().starts_with("claimed by"))
+        .count();
     assert_eq!(claims, 1);
     publisher.close().await;
     app.shut_down().await;
@@ -139,7 +235,9 @@ async fn a_duplicated_message_does_not_run_a_deployment_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hostile_variable_reaches_no_shell() {
     let fleet = Fleet::up(1).unwrap();
-    let app = TestApp::start(Some(&fleet), Setup::default()).await.unwrap();
+    let app = TestApp::start(Some(&fleet), Setup::default())
+        .await
+        .unwrap();
     let marker = format!("/tmp/vesemir-pwned-{}", uuid::Uuid::now_v7().simple());
     let payloads = [
         format!("'; touch {marker}; echo '"),
@@ -158,12 +256,25 @@ async fn a_hostile_variable_reaches_no_shell() {
         let logs = app.logs(&id).await.unwrap();
         let first_line = payload.lines().next().unwrap();
         assert!(
-            logs.iter().any(|l| l["line"].as_str().unwrap() == format!("note: {first_line}")),
+            logs.iter()
+                .any(|l| l["line"].as_str().unwrap() == format!("note: {first_line}")),
             "the payload was printed literally"
         );
     }
-    assert!(!std::path::Path::new(&marker).exists(), "a payload reached a shell on the host");
-    let inside = fleet.exec("vm-01", &["sh", "-c", &format!("test -e {marker} && echo yes || echo no")]).unwrap();
+    assert!(
+        !std::path::Path::new(&marker).exists(),
+        "a payload reached a shell on the host"
+    );
+    let inside = fleet
+        .exec(
+            "vm-01",
+            &[
+                "sh",
+                "-c",
+                &format!("test -e {marker} && echo yes || echo no"),
+            ],
+        )
+        .unwrap();
     assert_eq!(inside, "no", "a payload reached a shell in the VM");
     app.shut_down().await;
 }
@@ -174,7 +285,10 @@ async fn a_changed_host_key_fails_the_host_and_is_never_accepted() {
     let scratch = ScratchDir::new("vk").unwrap();
     let known_hosts = swapped_known_hosts(&fleet, scratch.path(), "vm-01", "vm-02").unwrap();
     let before = std::fs::read_to_string(&known_hosts).unwrap();
-    let setup = Setup { known_hosts: Some(known_hosts.clone()), ..Setup::default() };
+    let setup = Setup {
+        known_hosts: Some(known_hosts.clone()),
+        ..Setup::default()
+    };
     let app = TestApp::start(Some(&fleet), setup).await.unwrap();
 
     let mut request = demo_request("4.0.0");
@@ -184,10 +298,21 @@ async fn a_changed_host_key_fails_the_host_and_is_never_accepted() {
     let done = app.wait_final(&id, FINISH).await.unwrap();
 
     assert_eq!(done["state"], "failed");
-    assert_eq!(states(&host_states(&done)), [("vm-01", "failed"), ("vm-02", "failed"), ("vm-03", "succeeded")]);
+    assert_eq!(
+        states(&host_states(&done)),
+        [
+            ("vm-01", "failed"),
+            ("vm-02", "failed"),
+            ("vm-03", "succeeded")
+        ]
+    );
     let error = done["hosts"][0]["error"].as_str().unwrap();
     assert!(error.contains("host key verification failed"), "{error}");
-    assert_eq!(std::fs::read_to_string(&known_hosts).unwrap(), before, "known_hosts was not modified");
+    assert_eq!(
+        std::fs::read_to_string(&known_hosts).unwrap(),
+        before,
+        "known_hosts was not modified"
+    );
     assert_eq!(fleet.served_version("vm-01").await.unwrap(), "none");
     app.shut_down().await;
 }
@@ -195,15 +320,21 @@ async fn a_changed_host_key_fails_the_host_and_is_never_accepted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dry_run_plans_hosts_and_waves_and_touches_none() {
     let fleet = Fleet::up(3).unwrap();
-    let app = TestApp::start(Some(&fleet), Setup::default()).await.unwrap();
+    let app = TestApp::start(Some(&fleet), Setup::default())
+        .await
+        .unwrap();
     let mut request = demo_request("5.0.0");
     request["dry_run"] = json!(true);
     request["concurrency"] = json!("50%");
     let id = app.deploy(&request).await.unwrap();
     let done = app.wait_final(&id, FINISH).await.unwrap();
     assert_eq!(done["state"], "planned");
-    let waves: Vec<(&str, i64)> =
-        done["hosts"].as_array().unwrap().iter().map(|h| (h["name"].as_str().unwrap(), h["wave"].as_i64().unwrap())).collect();
+    let waves: Vec<(&str, i64)> = done["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| (h["name"].as_str().unwrap(), h["wave"].as_i64().unwrap()))
+        .collect();
     assert_eq!(waves, [("vm-01", 0), ("vm-02", 1), ("vm-03", 2)]);
     assert_eq!(done["summary"]["pending"], 3);
     assert_eq!(fleet.served_version("vm-01").await.unwrap(), "none");
@@ -213,7 +344,9 @@ async fn a_dry_run_plans_hosts_and_waves_and_touches_none() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_shut_down_mid_rollout_hands_the_rest_to_another() {
     let fleet = Fleet::up(4).unwrap();
-    let mut app = TestApp::start(Some(&fleet), Setup::default()).await.unwrap();
+    let mut app = TestApp::start(Some(&fleet), Setup::default())
+        .await
+        .unwrap();
     let id = app.deploy(&demo_request("6.0.0")).await.unwrap();
 
     // Wait until the first host is done, then stop the only worker as SIGTERM would.
@@ -229,16 +362,28 @@ async fn a_worker_shut_down_mid_rollout_hands_the_rest_to_another() {
     let first = app.workers.remove(0);
     first.shut_down().await;
     let paused = app.deployment(&id).await.unwrap();
-    assert_eq!(paused["state"], "running", "released, not finished: {paused:#}");
-    assert_eq!(paused["summary"]["running"], 0, "in-flight hosts finished before the worker stopped");
+    assert_eq!(
+        paused["state"], "running",
+        "released, not finished: {paused:#}"
+    );
+    assert_eq!(
+        paused["summary"]["running"], 0,
+        "in-flight hosts finished before the worker stopped"
+    );
 
     app.add_worker().await.unwrap();
     let done = app.wait_final(&id, FINISH).await.unwrap();
     assert_eq!(done["state"], "succeeded", "{done:#}");
     let logs = app.logs(&id).await.unwrap();
-    let installs = logs.iter().filter(|l| l["line"] == "step install: started").count();
+    let installs = logs
+        .iter()
+        .filter(|l| l["line"] == "step install: started")
+        .count();
     assert_eq!(installs, 4, "no host ran twice");
-    assert!(logs.iter().any(|l| l["line"] == "resuming with 4 stored hosts"));
+    assert!(
+        logs.iter()
+            .any(|l| l["line"] == "resuming with 4 stored hosts")
+    );
     app.shut_down().await;
 }
 
@@ -247,7 +392,14 @@ async fn a_submit_while_the_broker_is_down_runs_once_it_is_back() {
     let broker = ScratchDir::new("vr").unwrap();
     let broker_dir = broker.path().to_string_lossy().into_owned();
     let amqp_url = run_script("rabbitmq.sh", &["start", &broker_dir]).unwrap();
-    let port = amqp_url.rsplit(':').next().unwrap().split('/').next().unwrap().to_owned();
+    let port = amqp_url
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
     struct StopBroker(String);
     impl Drop for StopBroker {
         fn drop(&mut self) {
@@ -257,7 +409,15 @@ async fn a_submit_while_the_broker_is_down_runs_once_it_is_back() {
     let _stop = StopBroker(broker_dir.clone());
 
     let fleet = Fleet::up(2).unwrap();
-    let app = TestApp::start(Some(&fleet), Setup { amqp_url, ..Setup::default() }).await.unwrap();
+    let app = TestApp::start(
+        Some(&fleet),
+        Setup {
+            amqp_url,
+            ..Setup::default()
+        },
+    )
+    .await
+    .unwrap();
     run_script("rabbitmq.sh", &["stop", &broker_dir]).unwrap();
 
     let id = app.deploy(&demo_request("7.0.0")).await.unwrap();

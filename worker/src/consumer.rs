@@ -24,7 +24,14 @@ pub async fn handle(runner: Runner, worker_id: String, delivery: Delivery) {
     };
     let result = match settle {
         Settle::Ack => delivery.ack(BasicAckOptions::default()).await,
-        Settle::Requeue => delivery.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }).await,
+        Settle::Requeue => {
+            delivery
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                })
+                .await
+        }
         Settle::DeadLetter => delivery.reject(BasicRejectOptions { requeue: false }).await,
     };
     if let Err(e) = result {
@@ -54,7 +61,7 @@ async fn process(runner: &Runner, worker_id: &str, id: Uuid) -> Settle {
         let wait = match runner.store.claim(id, &token, lease).await {
             Ok(Claim::Claimed(claim)) => {
                 info!(deployment = %id, token = %token, "claimed");
-                return match runner.run(claim).await {
+                return match runner.run(*claim).await {
                     Ok(Disposition::Ack) => Settle::Ack,
                     Ok(Disposition::Requeue) => Settle::Requeue,
                     Err(e) => {
@@ -71,15 +78,22 @@ async fn process(runner: &Runner, worker_id: &str, id: Uuid) -> Settle {
                 warn!(deployment = %id, "no such deployment; dead-lettering the message");
                 return Settle::DeadLetter;
             }
-            Ok(Claim::HeldBy { token: holder, until }) => {
-                if seen.as_ref().is_some_and(|(h, u)| *h == holder && until > *u) {
+            Ok(Claim::HeldBy {
+                token: holder,
+                until,
+            }) => {
+                if seen
+                    .as_ref()
+                    .is_some_and(|(h, u)| *h == holder && until > *u)
+                {
                     // The holder renewed its lease: it is alive and holds its own
                     // delivery of this id, so this one is a duplicate.
                     info!(deployment = %id, holder = %holder, "held by a live worker; dropping the duplicate");
                     return Settle::Ack;
                 }
                 seen = Some((holder, until));
-                (until - chrono::Utc::now()).to_std().unwrap_or_default() + Duration::from_millis(250)
+                (until - chrono::Utc::now()).to_std().unwrap_or_default()
+                    + Duration::from_millis(250)
             }
             Err(e) => {
                 warn!(deployment = %id, error = %e, "claiming failed; retrying");

@@ -38,7 +38,12 @@ impl std::fmt::Debug for dyn Executor {
 
 impl Runner {
     pub async fn run(&self, claim: ClaimedDeployment) -> Result<Disposition, StoreError> {
-        let lease = LeaseKeeper::start(self.store.clone(), claim.id, claim.token.clone(), self.config.worker.lease_seconds);
+        let lease = LeaseKeeper::start(
+            self.store.clone(),
+            claim.id,
+            claim.token.clone(),
+            self.config.worker.lease_seconds,
+        );
         let (logs, pump) = LogPump::start(
             self.store.clone(),
             claim.id,
@@ -51,7 +56,11 @@ impl Runner {
         pump.finish(logs).await;
         let disposition = match result? {
             Finished(state, error) => {
-                if self.store.finish(claim.id, &claim.token, state, error.as_deref()).await? {
+                if self
+                    .store
+                    .finish(claim.id, &claim.token, state, error.as_deref())
+                    .await?
+                {
                     tracing::info!(deployment = %claim.id, %state, "deployment finished");
                     Disposition::Ack
                 } else {
@@ -68,12 +77,19 @@ impl Runner {
         Ok(disposition)
     }
 
-    async fn run_claimed(&self, claim: &ClaimedDeployment, logs: &LogSink, lease: &LeaseKeeper) -> Result<Step, StoreError> {
+    async fn run_claimed(
+        &self,
+        claim: &ClaimedDeployment,
+        logs: &LogSink,
+        lease: &LeaseKeeper,
+    ) -> Result<Step, StoreError> {
         let request = &claim.request;
-        logs.system(None, format!("claimed by {}", claim.token)).await;
-        let (Some(cluster), Some(service)) =
-            (self.config.clusters.get(&request.cluster), self.config.services.get(&request.service))
-        else {
+        logs.system(None, format!("claimed by {}", claim.token))
+            .await;
+        let (Some(cluster), Some(service)) = (
+            self.config.clusters.get(&request.cluster),
+            self.config.services.get(&request.service),
+        ) else {
             let message = format!(
                 "this worker's configuration has no cluster {} or no service {}",
                 request.cluster, request.service
@@ -89,15 +105,23 @@ impl Runner {
                 Ok(found) => found,
                 Err(e) => {
                     logs.system(None, format!("discovery failed: {e}")).await;
-                    return Ok(Finished(DeploymentState::Failed, Some(format!("discovery failed: {e}"))));
+                    return Ok(Finished(
+                        DeploymentState::Failed,
+                        Some(format!("discovery failed: {e}")),
+                    ));
                 }
             };
             let planned = plan_waves(found, request.concurrency);
             hosts = self.store.plan_hosts(claim.id, &planned).await?;
             let waves = hosts.iter().map(|h| h.wave).max().map_or(0, |w| w + 1);
-            logs.system(None, format!("discovered {} hosts in {waves} waves", hosts.len())).await;
+            logs.system(
+                None,
+                format!("discovered {} hosts in {waves} waves", hosts.len()),
+            )
+            .await;
         } else {
-            logs.system(None, format!("resuming with {} stored hosts", hosts.len())).await;
+            logs.system(None, format!("resuming with {} stored hosts", hosts.len()))
+                .await;
         }
         if request.dry_run {
             return Ok(Finished(DeploymentState::Planned, None));
@@ -119,7 +143,10 @@ impl Runner {
             cluster,
             playbook: &playbook,
             logs,
-            stop: Stop { shutdown: self.shutdown.clone(), lease_lost: lease.lost() },
+            stop: Stop {
+                shutdown: self.shutdown.clone(),
+                lease_lost: lease.lost(),
+            },
         };
         Ok(match rollout.run(self.executor.as_ref(), hosts).await? {
             Outcome::Succeeded => {
@@ -127,11 +154,16 @@ impl Runner {
                 Finished(DeploymentState::Succeeded, None)
             }
             Outcome::Failed(message) => {
-                logs.system(None, format!("deployment failed: {message}")).await;
+                logs.system(None, format!("deployment failed: {message}"))
+                    .await;
                 Finished(DeploymentState::Failed, Some(message))
             }
             Outcome::Interrupted => {
-                logs.system(None, "stopping: hosts in flight finished, the rest is left for another worker").await;
+                logs.system(
+                    None,
+                    "stopping: hosts in flight finished, the rest is left for another worker",
+                )
+                .await;
                 Interrupted
             }
         })

@@ -12,6 +12,8 @@
 //! A SIGTERM stops consuming, lets in-flight hosts finish, releases unfinished
 //! deployments and requeues their messages, so another worker resumes them.
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 pub mod consumer;
 pub mod deployment;
 pub mod discovery;
@@ -54,7 +56,16 @@ impl Worker {
         let (shutdown_tx, shutdown) = watch::channel(false);
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         let id = format!("{}:{}", host.trim(), std::process::id());
-        Ok(Self { id, runner: Runner { config: Arc::new(config), store, executor, shutdown }, shutdown_tx })
+        Ok(Self {
+            id,
+            runner: Runner {
+                config: Arc::new(config),
+                store,
+                executor,
+                shutdown,
+            },
+            shutdown_tx,
+        })
     }
 
     pub fn id(&self) -> &str {
@@ -83,15 +94,21 @@ impl Worker {
                     }
                 }
             };
-            let mut consumer =
-                match queue::consume(&channel, &config.queue, config.worker.max_deployments, &self.id).await {
-                    Ok(consumer) => consumer,
-                    Err(e) => {
-                        warn!(error = %e, "cannot start consuming; retrying");
-                        tokio::time::sleep(RECONNECT_DELAY).await;
-                        continue;
-                    }
-                };
+            let mut consumer = match queue::consume(
+                &channel,
+                &config.queue,
+                config.worker.max_deployments,
+                &self.id,
+            )
+            .await
+            {
+                Ok(consumer) => consumer,
+                Err(e) => {
+                    warn!(error = %e, "cannot start consuming; retrying");
+                    tokio::time::sleep(RECONNECT_DELAY).await;
+                    continue;
+                }
+            };
             info!(worker = %self.id, queue = %config.queue.queue, "consuming");
             loop {
                 tokio::select! {
@@ -117,11 +134,17 @@ impl Worker {
                 }
             }
             if *stop.borrow() {
-                info!(in_flight = tasks.len(), "shutting down: no new deployments; finishing in-flight hosts");
+                info!(
+                    in_flight = tasks.len(),
+                    "shutting down: no new deployments; finishing in-flight hosts"
+                );
                 // Stop deliveries first, then let in-flight deployments settle their
                 // messages on the still-open channel.
                 let _ = channel
-                    .basic_cancel(self.id.as_str().into(), lapin::options::BasicCancelOptions::default())
+                    .basic_cancel(
+                        self.id.as_str().into(),
+                        lapin::options::BasicCancelOptions::default(),
+                    )
                     .await;
                 while let Some(done) = tasks.join_next().await {
                     if let Err(e) = done {

@@ -20,7 +20,10 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum PlaybookError {
     #[error("cannot read playbook {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("playbook {path} is not valid: {message}")]
     Invalid { path: PathBuf, message: String },
 }
@@ -58,8 +61,10 @@ impl Playbook {
     /// climb out of the directory.
     pub fn load(dir: &Path, name: &str) -> Result<Self, PlaybookError> {
         let path = dir.join(format!("{name}.toml"));
-        let text = std::fs::read_to_string(&path)
-            .map_err(|source| PlaybookError::Read { path: path.clone(), source })?;
+        let text = std::fs::read_to_string(&path).map_err(|source| PlaybookError::Read {
+            path: path.clone(),
+            source,
+        })?;
         Self::parse(&text).map_err(|message| PlaybookError::Invalid { path, message })
     }
 
@@ -87,7 +92,12 @@ mod tests {
     #[test]
     fn unknown_actions_and_keys_are_refused() {
         assert!(Playbook::parse("[[steps]]\nname = \"x\"\naction = \"format_disk\"").is_err());
-        assert!(Playbook::parse("[[steps]]\nname = \"x\"\naction = \"run\"\ncommand = \"a\"\ncomand = \"b\"").is_err());
+        assert!(
+            Playbook::parse(
+                "[[steps]]\nname = \"x\"\naction = \"run\"\ncommand = \"a\"\ncomand = \"b\""
+            )
+            .is_err()
+        );
         assert!(Playbook::parse("steps = []").is_err());
     }
 }

@@ -23,7 +23,11 @@ pub fn plan_waves(mut hosts: Vec<DiscoveredHost>, concurrency: Amount) -> Vec<Pl
     hosts
         .into_iter()
         .enumerate()
-        .map(|(i, h)| PlannedHost { name: h.name, address: h.address, wave: (i / per_wave) as i32 })
+        .map(|(i, h)| PlannedHost {
+            name: h.name,
+            address: h.address,
+            wave: (i / per_wave) as i32,
+        })
         .collect()
 }
 
@@ -35,7 +39,9 @@ pub struct Threshold {
 
 impl Threshold {
     pub fn new(max_failures: Amount, total: usize) -> Self {
-        Self { allowed: max_failures.of(total) }
+        Self {
+            allowed: max_failures.of(total),
+        }
     }
 
     pub fn exceeded(self, failures: usize) -> bool {
@@ -55,12 +61,22 @@ pub enum Outcome {
 /// Decides the deployment's outcome from its hosts' final states.
 pub fn outcome(hosts: &[RunHost], threshold_exceeded: bool) -> Outcome {
     let failed: Vec<&RunHost> = hosts.iter().filter(|h| h.state.is_failure()).collect();
-    let skipped = hosts.iter().filter(|h| h.state == HostState::Skipped).count();
+    let skipped = hosts
+        .iter()
+        .filter(|h| h.state == HostState::Skipped)
+        .count();
     if failed.is_empty() && skipped == 0 {
         return Outcome::Succeeded;
     }
-    let names: Vec<String> = failed.iter().map(|h| format!("{} ({})", h.name, h.state)).collect();
-    let mut message = format!("{} of {} hosts did not succeed", failed.len() + skipped, hosts.len());
+    let names: Vec<String> = failed
+        .iter()
+        .map(|h| format!("{} ({})", h.name, h.state))
+        .collect();
+    let mut message = format!(
+        "{} of {} hosts did not succeed",
+        failed.len() + skipped,
+        hosts.len()
+    );
     if !names.is_empty() {
         message.push_str(&format!(": {}", names.join(", ")));
     }
@@ -98,7 +114,11 @@ pub struct Rollout<'a> {
 }
 
 impl Rollout<'_> {
-    pub async fn run(&self, executor: &dyn Executor, hosts: Vec<RunHost>) -> Result<Outcome, StoreError> {
+    pub async fn run(
+        &self,
+        executor: &dyn Executor,
+        hosts: Vec<RunHost>,
+    ) -> Result<Outcome, StoreError> {
         let threshold = Threshold::new(self.request.max_failures, hosts.len());
         let mut failures = hosts.iter().filter(|h| h.state.is_failure()).count();
         let last_wave = hosts.iter().map(|h| h.wave).max().unwrap_or(0);
@@ -106,7 +126,9 @@ impl Rollout<'_> {
         for wave in 0..=last_wave {
             let todo: Vec<&RunHost> = hosts
                 .iter()
-                .filter(|h| h.wave == wave && matches!(h.state, HostState::Pending | HostState::Running))
+                .filter(|h| {
+                    h.wave == wave && matches!(h.state, HostState::Pending | HostState::Running)
+                })
                 .collect();
             if todo.is_empty() {
                 continue;
@@ -118,7 +140,9 @@ impl Rollout<'_> {
                 return Ok(Outcome::Interrupted);
             }
             let names: Vec<&str> = todo.iter().map(|h| h.name.as_str()).collect();
-            self.logs.system(None, format!("wave {}: {}", wave + 1, names.join(", "))).await;
+            self.logs
+                .system(None, format!("wave {}: {}", wave + 1, names.join(", ")))
+                .await;
 
             let reports = join_all(todo.iter().map(|host| self.run_host(executor, host))).await;
             let mut claim_lost = false;
@@ -146,11 +170,24 @@ impl Rollout<'_> {
     }
 
     /// Runs one host; `None` when the claim was lost before it could start.
-    async fn run_host(&self, executor: &dyn Executor, host: &RunHost) -> Result<Option<HostReport>, StoreError> {
-        if !self.store.start_host(self.deployment_id, self.token, &host.name).await? {
+    async fn run_host(
+        &self,
+        executor: &dyn Executor,
+        host: &RunHost,
+    ) -> Result<Option<HostReport>, StoreError> {
+        if !self
+            .store
+            .start_host(self.deployment_id, self.token, &host.name)
+            .await?
+        {
             return Ok(None);
         }
-        let journal = Journal::new(self.store.clone(), self.deployment_id, host.name.clone(), self.logs.clone());
+        let journal = Journal::new(
+            self.store.clone(),
+            self.deployment_id,
+            host.name.clone(),
+            self.logs.clone(),
+        );
         let job = HostJob {
             deployment_id: self.deployment_id,
             host,
@@ -164,9 +201,16 @@ impl Rollout<'_> {
             Some(error) => format!("{}: {error}", report.state),
             None => report.state.to_string(),
         };
-        journal.log(vesemir_core::deployment::LogStream::System, verdict).await;
+        journal
+            .log(vesemir_core::deployment::LogStream::System, verdict)
+            .await;
         self.store
-            .finish_host(self.deployment_id, &host.name, report.state, report.error.as_deref())
+            .finish_host(
+                self.deployment_id,
+                &host.name,
+                report.state,
+                report.error.as_deref(),
+            )
             .await?;
         Ok(Some(report))
     }
@@ -177,7 +221,13 @@ mod tests {
     use super::*;
 
     fn hosts(names: &[&str]) -> Vec<DiscoveredHost> {
-        names.iter().map(|n| DiscoveredHost { name: (*n).into(), address: format!("10.0.0.{}", n.len()) }).collect()
+        names
+            .iter()
+            .map(|n| DiscoveredHost {
+                name: (*n).into(),
+                address: format!("10.0.0.{}", n.len()),
+            })
+            .collect()
     }
 
     fn waves(planned: &[PlannedHost]) -> Vec<(&str, i32)> {
@@ -187,7 +237,10 @@ mod tests {
     #[test]
     fn hosts_are_ordered_by_name_into_waves_of_concurrency() {
         let planned = plan_waves(hosts(&["c", "a", "e", "b", "d"]), Amount::Count(2));
-        assert_eq!(waves(&planned), [("a", 0), ("b", 0), ("c", 1), ("d", 1), ("e", 2)]);
+        assert_eq!(
+            waves(&planned),
+            [("a", 0), ("b", 0), ("c", 1), ("d", 1), ("e", 2)]
+        );
     }
 
     #[test]
@@ -209,19 +262,29 @@ mod tests {
     }
 
     fn run_host(name: &str, state: HostState) -> RunHost {
-        RunHost { name: name.into(), address: "a".into(), wave: 0, state }
+        RunHost {
+            name: name.into(),
+            address: "a".into(),
+            wave: 0,
+            state,
+        }
     }
 
     #[test]
     fn every_host_succeeding_is_success_and_anything_else_is_failure() {
-        let ok = [run_host("a", HostState::Succeeded), run_host("b", HostState::Succeeded)];
+        let ok = [
+            run_host("a", HostState::Succeeded),
+            run_host("b", HostState::Succeeded),
+        ];
         assert_eq!(outcome(&ok, false), Outcome::Succeeded);
         let bad = [
             run_host("a", HostState::Succeeded),
             run_host("b", HostState::Unreachable),
             run_host("c", HostState::Skipped),
         ];
-        let Outcome::Failed(message) = outcome(&bad, true) else { panic!("expected a failure") };
+        let Outcome::Failed(message) = outcome(&bad, true) else {
+            panic!("expected a failure")
+        };
         assert!(message.contains("b (unreachable)"), "{message}");
         assert!(message.contains("1 hosts skipped"), "{message}");
     }

@@ -22,8 +22,12 @@ const MAX_LOG_LINES: i64 = 5000;
 const REQUESTED_BY: &str = "anonymous";
 
 fn parse_id(text: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(text)
-        .map_err(|_| ApiError::bad_request("invalid_id", format!("{text:?} is not a deployment id (a UUID)")))
+    Uuid::parse_str(text).map_err(|_| {
+        ApiError::bad_request(
+            "invalid_id",
+            format!("{text:?} is not a deployment id (a UUID)"),
+        )
+    })
 }
 
 pub async fn submit(
@@ -35,7 +39,10 @@ pub async fn submit(
         None => None,
         Some(value) => {
             let key = value.to_str().map_err(|_| {
-                ApiError::bad_request("invalid_idempotency_key", "Idempotency-Key must be visible ASCII")
+                ApiError::bad_request(
+                    "invalid_idempotency_key",
+                    "Idempotency-Key must be visible ASCII",
+                )
             })?;
             validate::idempotency_key(key)?;
             Some(key)
@@ -45,7 +52,11 @@ pub async fn submit(
 
     let submitted = state
         .store
-        .submit(NewDeployment { request: &request, requested_by: REQUESTED_BY, idempotency_key: key })
+        .submit(NewDeployment {
+            request: &request,
+            requested_by: REQUESTED_BY,
+            idempotency_key: key,
+        })
         .await?;
     let (status, deployment) = match submitted {
         Submitted::Created(d) => {
@@ -58,14 +69,24 @@ pub async fn submit(
         Submitted::Existing(d) => (StatusCode::OK, d),
     };
     let location = format!("/v1/deployments/{}", deployment.id);
-    Ok((status, [(header::LOCATION, location)], axum::Json(deployment)).into_response())
+    Ok((
+        status,
+        [(header::LOCATION, location)],
+        axum::Json(deployment),
+    )
+        .into_response())
 }
 
-pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub async fn get(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     match state.store.deployment(id).await? {
         Some(d) => Ok(axum::Json(d).into_response()),
-        None => Err(ApiError::NotFound(format!("deployment {id} does not exist"))),
+        None => Err(ApiError::NotFound(format!(
+            "deployment {id} does not exist"
+        ))),
     }
 }
 
@@ -79,10 +100,16 @@ pub struct ListParams {
     cursor: Option<String>,
 }
 
-pub async fn list(State(state): State<AppState>, Query(params): Query<ListParams>) -> Result<Response, ApiError> {
+pub async fn list(
+    State(state): State<AppState>,
+    Query(params): Query<ListParams>,
+) -> Result<Response, ApiError> {
     let limit = params.limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::bad_request("invalid_limit", format!("limit must be between 1 and {MAX_PAGE}")));
+        return Err(ApiError::bad_request(
+            "invalid_limit",
+            format!("limit must be between 1 and {MAX_PAGE}"),
+        ));
     }
     let deployment_state = params
         .state
@@ -90,19 +117,37 @@ pub async fn list(State(state): State<AppState>, Query(params): Query<ListParams
         .map(|s| {
             s.parse::<DeploymentState>().map_err(|_| {
                 let known: Vec<&str> = DeploymentState::ALL.iter().map(|s| s.as_str()).collect();
-                ApiError::bad_request("invalid_state", format!("state must be one of {}", known.join(", ")))
+                ApiError::bad_request(
+                    "invalid_state",
+                    format!("state must be one of {}", known.join(", ")),
+                )
             })
         })
         .transpose()?;
     let before = params
         .cursor
         .as_deref()
-        .map(|c| Uuid::parse_str(c).map_err(|_| ApiError::bad_request("invalid_cursor", "cursor is not one this API gave")))
+        .map(|c| {
+            Uuid::parse_str(c).map_err(|_| {
+                ApiError::bad_request("invalid_cursor", "cursor is not one this API gave")
+            })
+        })
         .transpose()?;
-    let filter = ListFilter { service: params.service, cluster: params.cluster, state: deployment_state, before, limit };
+    let filter = ListFilter {
+        service: params.service,
+        cluster: params.cluster,
+        state: deployment_state,
+        before,
+        limit,
+    };
     let deployments = state.store.list(&filter).await?;
-    let next_cursor = (deployments.len() as i64 == limit).then(|| deployments.last().map(|d| d.id)).flatten();
-    Ok(axum::Json(json!({ "deployments": deployments, "next_cursor": next_cursor })).into_response())
+    let next_cursor = (deployments.len() as i64 == limit)
+        .then(|| deployments.last().map(|d| d.id))
+        .flatten();
+    Ok(
+        axum::Json(json!({ "deployments": deployments, "next_cursor": next_cursor }))
+            .into_response(),
+    )
 }
 
 #[derive(Debug, Deserialize)]
@@ -121,17 +166,31 @@ pub async fn logs(
     let id = parse_id(&id)?;
     let after = params.after.unwrap_or(0);
     if after < 0 {
-        return Err(ApiError::bad_request("invalid_after", "after must be a sequence number, 0 or more"));
+        return Err(ApiError::bad_request(
+            "invalid_after",
+            "after must be a sequence number, 0 or more",
+        ));
     }
     let limit = params.limit.unwrap_or(DEFAULT_LOG_LINES);
     if !(1..=MAX_LOG_LINES).contains(&limit) {
-        return Err(ApiError::bad_request("invalid_limit", format!("limit must be between 1 and {MAX_LOG_LINES}")));
+        return Err(ApiError::bad_request(
+            "invalid_limit",
+            format!("limit must be between 1 and {MAX_LOG_LINES}"),
+        ));
     }
     // Read the state first: if it is final, every line was committed before it.
     let Some(deployment_state) = state.store.deployment_state(id).await? else {
-        return Err(ApiError::NotFound(format!("deployment {id} does not exist")));
+        return Err(ApiError::NotFound(format!(
+            "deployment {id} does not exist"
+        )));
     };
-    let lines = state.store.logs(id, after, params.host.as_deref(), limit).await?;
+    let lines = state
+        .store
+        .logs(id, after, params.host.as_deref(), limit)
+        .await?;
     let next_after = lines.last().map_or(after, |l| l.seq);
-    Ok(axum::Json(json!({ "state": deployment_state, "lines": lines, "next_after": next_after })).into_response())
+    Ok(
+        axum::Json(json!({ "state": deployment_state, "lines": lines, "next_after": next_after }))
+            .into_response(),
+    )
 }

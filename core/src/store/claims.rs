@@ -21,11 +21,14 @@ pub struct ClaimedDeployment {
 
 #[derive(Debug)]
 pub enum Claim {
-    Claimed(ClaimedDeployment),
+    Claimed(Box<ClaimedDeployment>),
     /// Already in a final state: the message is a leftover.
     Finished(DeploymentState),
     /// Another claim holds a live lease.
-    HeldBy { token: String, until: DateTime<Utc> },
+    HeldBy {
+        token: String,
+        until: DateTime<Utc>,
+    },
     /// No such deployment.
     Missing,
 }
@@ -49,7 +52,12 @@ pub struct RunHost {
 
 impl Store {
     /// Takes the deployment if nobody holds a live lease on it.
-    pub async fn claim(&self, id: Uuid, token: &str, lease_seconds: u64) -> Result<Claim, StoreError> {
+    pub async fn claim(
+        &self,
+        id: Uuid,
+        token: &str,
+        lease_seconds: u64,
+    ) -> Result<Claim, StoreError> {
         let claimed: Option<(sqlx::types::Json<DeploymentRequest>,)> = sqlx::query_as(
             "UPDATE deployments SET worker_id = $2, \
                  lease_expires_at = now() + make_interval(secs => $3), \
@@ -65,11 +73,11 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         if let Some((request,)) = claimed {
-            return Ok(Claim::Claimed(ClaimedDeployment {
+            return Ok(Claim::Claimed(Box::new(ClaimedDeployment {
                 id,
                 request: request.0,
                 token: token.to_owned(),
-            }));
+            })));
         }
 
         let row: Option<(String, Option<String>, Option<DateTime<Utc>>)> = sqlx::query_as(
@@ -86,14 +94,22 @@ impl Store {
                     _ if state.is_final() => Claim::Finished(state),
                     (Some(token), Some(until)) => Claim::HeldBy { token, until },
                     // Released between the two statements: the caller tries again.
-                    _ => Claim::HeldBy { token: String::new(), until: Utc::now() },
+                    _ => Claim::HeldBy {
+                        token: String::new(),
+                        until: Utc::now(),
+                    },
                 }
             }
         })
     }
 
     /// Extends the lease; false when the claim was lost.
-    pub async fn renew_lease(&self, id: Uuid, token: &str, lease_seconds: u64) -> Result<bool, StoreError> {
+    pub async fn renew_lease(
+        &self,
+        id: Uuid,
+        token: &str,
+        lease_seconds: u64,
+    ) -> Result<bool, StoreError> {
         let done = sqlx::query(
             "UPDATE deployments SET lease_expires_at = now() + make_interval(secs => $3) \
              WHERE id = $1 AND worker_id = $2",
@@ -143,15 +159,20 @@ impl Store {
 
     /// Stores the discovered hosts, unless an earlier claim already did (a resumed
     /// deployment keeps its hosts and their progress). Returns the stored hosts.
-    pub async fn plan_hosts(&self, id: Uuid, hosts: &[PlannedHost]) -> Result<Vec<RunHost>, StoreError> {
+    pub async fn plan_hosts(
+        &self,
+        id: Uuid,
+        hosts: &[PlannedHost],
+    ) -> Result<Vec<RunHost>, StoreError> {
         let names: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
         let addresses: Vec<&str> = hosts.iter().map(|h| h.address.as_str()).collect();
         let waves: Vec<i32> = hosts.iter().map(|h| h.wave).collect();
         let mut tx = self.pool.begin().await?;
-        let (existing,): (i64,) = sqlx::query_as("SELECT count(*) FROM hosts WHERE deployment_id = $1")
-            .bind(id)
-            .fetch_one(&mut *tx)
-            .await?;
+        let (existing,): (i64,) =
+            sqlx::query_as("SELECT count(*) FROM hosts WHERE deployment_id = $1")
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await?;
         if existing == 0 {
             sqlx::query(
                 "INSERT INTO hosts (deployment_id, name, address, wave, position) \
@@ -178,7 +199,14 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter()
-            .map(|(name, address, wave, state)| Ok(RunHost { name, address, wave, state: parse(&state)? }))
+            .map(|(name, address, wave, state)| {
+                Ok(RunHost {
+                    name,
+                    address,
+                    wave,
+                    state: parse(&state)?,
+                })
+            })
             .collect()
     }
 
@@ -240,7 +268,13 @@ impl Store {
         Ok(done.rows_affected())
     }
 
-    pub async fn start_step(&self, id: Uuid, host: &str, position: i32, name: &str) -> Result<(), StoreError> {
+    pub async fn start_step(
+        &self,
+        id: Uuid,
+        host: &str,
+        position: i32,
+        name: &str,
+    ) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO steps (deployment_id, host, position, name, state, started_at) \
              VALUES ($1, $2, $3, $4, 'running', now()) \

@@ -60,7 +60,11 @@ macro_rules! deployment_columns {
 }
 
 impl DeploymentRow {
-    fn into_deployment(self, summary: Summary, hosts: Option<Vec<Host>>) -> Result<Deployment, StoreError> {
+    fn into_deployment(
+        self,
+        summary: Summary,
+        hosts: Option<Vec<Host>>,
+    ) -> Result<Deployment, StoreError> {
         Ok(Deployment {
             id: self.id,
             service: self.service,
@@ -108,7 +112,10 @@ fn request_hash(request: &DeploymentRequest) -> String {
     // Serializing the typed request gives one canonical form: fields in declaration
     // order, variables sorted, defaults made explicit.
     let canonical = serde_json::to_vec(request).unwrap_or_default();
-    Sha256::digest(&canonical).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(&canonical)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 impl Store {

@@ -69,7 +69,8 @@ impl Store {
         host: Option<&str>,
         limit: i64,
     ) -> Result<Vec<LogLine>, StoreError> {
-        let rows: Vec<(i64, Option<String>, String, String, DateTime<Utc>)> = sqlx::query_as(
+        type Row = (i64, Option<String>, String, String, DateTime<Utc>);
+        let rows: Vec<Row> = sqlx::query_as(
             "SELECT seq, host, stream, line, at FROM log_lines \
              WHERE deployment_id = $1 AND seq > $2 AND ($3::text IS NULL OR host = $3) \
              ORDER BY seq LIMIT $4",
@@ -82,7 +83,13 @@ impl Store {
         .await?;
         rows.into_iter()
             .map(|(seq, host, stream, line, at)| {
-                Ok(LogLine { seq, host, stream: parse(&stream)?, line, at })
+                Ok(LogLine {
+                    seq,
+                    host,
+                    stream: parse(&stream)?,
+                    line,
+                    at,
+                })
             })
             .collect()
     }

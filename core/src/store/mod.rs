@@ -14,8 +14,8 @@ pub use logs::NewLogLine;
 pub use outbox::OutboxBatch;
 
 use crate::config::DatabaseConfig;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use std::str::FromStr;
 use std::time::Duration;
 

@@ -41,7 +41,11 @@ impl OutboxBatch {
 impl Store {
     /// Locks up to `limit` outbox rows older than `min_age_ms` (younger ones are still
     /// being published by the request that made them).
-    pub async fn outbox_batch(&self, min_age_ms: i64, limit: i64) -> Result<OutboxBatch, StoreError> {
+    pub async fn outbox_batch(
+        &self,
+        min_age_ms: i64,
+        limit: i64,
+    ) -> Result<OutboxBatch, StoreError> {
         let mut tx = self.pool.begin().await?;
         let rows: Vec<(Uuid,)> = sqlx::query_as(
             "SELECT deployment_id FROM outbox \
@@ -52,7 +56,10 @@ impl Store {
         .bind(limit)
         .fetch_all(&mut *tx)
         .await?;
-        Ok(OutboxBatch { tx, ids: rows.into_iter().map(|(id,)| id).collect() })
+        Ok(OutboxBatch {
+            tx,
+            ids: rows.into_iter().map(|(id,)| id).collect(),
+        })
     }
 
     /// The request that created the row published it: drop the row.
@@ -65,7 +72,9 @@ impl Store {
     }
 
     pub async fn outbox_len(&self) -> Result<i64, StoreError> {
-        let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM outbox").fetch_one(&self.pool).await?;
+        let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM outbox")
+            .fetch_one(&self.pool)
+            .await?;
         Ok(n)
     }
 }

@@ -26,7 +26,10 @@ pub enum DiscoveryError {
 }
 
 pub trait Discovery: Send + Sync {
-    fn discover<'a>(&'a self, request: &'a DeploymentRequest) -> BoxFuture<'a, Result<Vec<DiscoveredHost>, DiscoveryError>>;
+    fn discover<'a>(
+        &'a self,
+        request: &'a DeploymentRequest,
+    ) -> BoxFuture<'a, Result<Vec<DiscoveredHost>, DiscoveryError>>;
 }
 
 /// The discovery source a cluster's configuration names.

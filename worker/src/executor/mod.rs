@@ -33,15 +33,24 @@ pub struct HostReport {
 
 impl HostReport {
     pub fn succeeded() -> Self {
-        Self { state: HostState::Succeeded, error: None }
+        Self {
+            state: HostState::Succeeded,
+            error: None,
+        }
     }
 
     pub fn failed(error: impl Into<String>) -> Self {
-        Self { state: HostState::Failed, error: Some(error.into()) }
+        Self {
+            state: HostState::Failed,
+            error: Some(error.into()),
+        }
     }
 
     pub fn unreachable(error: impl Into<String>) -> Self {
-        Self { state: HostState::Unreachable, error: Some(error.into()) }
+        Self {
+            state: HostState::Unreachable,
+            error: Some(error.into()),
+        }
     }
 }
 
@@ -60,7 +69,12 @@ pub struct Journal {
 
 impl Journal {
     pub fn new(store: Store, deployment_id: Uuid, host: String, logs: LogSink) -> Self {
-        Self { store, deployment_id, host, logs }
+        Self {
+            store,
+            deployment_id,
+            host,
+            logs,
+        }
     }
 
     pub fn host(&self) -> &str {
@@ -72,18 +86,40 @@ impl Journal {
     }
 
     pub async fn step_started(&self, position: usize, name: &str) {
-        self.log(LogStream::System, format!("step {name}: started")).await;
-        if let Err(e) = self.store.start_step(self.deployment_id, &self.host, position as i32, name).await {
+        self.log(LogStream::System, format!("step {name}: started"))
+            .await;
+        if let Err(e) = self
+            .store
+            .start_step(self.deployment_id, &self.host, position as i32, name)
+            .await
+        {
             tracing::warn!(host = %self.host, step = name, error = %e, "recording a step start failed");
         }
     }
 
-    pub async fn step_finished(&self, position: usize, name: &str, state: StepState, exit_code: Option<i32>, output: &str) {
-        let code = exit_code.map(|c| format!(" (exit code {c})")).unwrap_or_default();
-        self.log(LogStream::System, format!("step {name}: {state}{code}")).await;
+    pub async fn step_finished(
+        &self,
+        position: usize,
+        name: &str,
+        state: StepState,
+        exit_code: Option<i32>,
+        output: &str,
+    ) {
+        let code = exit_code
+            .map(|c| format!(" (exit code {c})"))
+            .unwrap_or_default();
+        self.log(LogStream::System, format!("step {name}: {state}{code}"))
+            .await;
         if let Err(e) = self
             .store
-            .finish_step(self.deployment_id, &self.host, position as i32, state, exit_code, output)
+            .finish_step(
+                self.deployment_id,
+                &self.host,
+                position as i32,
+                state,
+                exit_code,
+                output,
+            )
             .await
         {
             tracing::warn!(host = %self.host, step = name, error = %e, "recording a step result failed");

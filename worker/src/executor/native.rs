@@ -33,7 +33,10 @@ pub struct NativeExecutor {
 
 impl NativeExecutor {
     pub fn new(control_dir: PathBuf) -> Self {
-        Self { control_dir, health: HealthCheck::new() }
+        Self {
+            control_dir,
+            health: HealthCheck::new(),
+        }
     }
 }
 
@@ -72,12 +75,21 @@ fn prepare(job: &HostJob<'_>) -> Result<Vec<(String, Prepared)>, (String, Templa
         .iter()
         .map(|step| {
             let prepared = match &step.action {
-                Action::Run { command, timeout_seconds } => Prepared::Run {
-                    command: vars.render(command, Context::Shell).map_err(|e| (step.name.clone(), e))?,
-                    timeout: Duration::from_secs(timeout_seconds.unwrap_or(job.service.step_timeout_seconds)),
+                Action::Run {
+                    command,
+                    timeout_seconds,
+                } => Prepared::Run {
+                    command: vars
+                        .render(command, Context::Shell)
+                        .map_err(|e| (step.name.clone(), e))?,
+                    timeout: Duration::from_secs(
+                        timeout_seconds.unwrap_or(job.service.step_timeout_seconds),
+                    ),
                 },
                 Action::HealthCheck => Prepared::HealthCheck {
-                    url: vars.render(&job.service.health.url, Context::Url).map_err(|e| (step.name.clone(), e))?,
+                    url: vars
+                        .render(&job.service.health.url, Context::Url)
+                        .map_err(|e| (step.name.clone(), e))?,
                 },
             };
             Ok((step.name.clone(), prepared))
@@ -88,7 +100,10 @@ fn prepare(job: &HostJob<'_>) -> Result<Vec<(String, Prepared)>, (String, Templa
 /// Why a step did not succeed.
 enum StepFailure {
     /// The host's fault: the command failed or the service is unhealthy.
-    Failed { exit_code: Option<i32>, message: String },
+    Failed {
+        exit_code: Option<i32>,
+        message: String,
+    },
     /// The connection broke: nothing can be said about the host.
     Lost(String),
 }
@@ -111,20 +126,30 @@ impl NativeExecutor {
             journal.step_started(position, name).await;
             let mut tail = OutputTail::default();
             let result = match step {
-                Prepared::Run { command, timeout } => run_command(&session, command, *timeout, journal, &mut tail).await,
-                Prepared::HealthCheck { url } => self.check_health(&job, url, journal, &mut tail).await,
+                Prepared::Run { command, timeout } => {
+                    run_command(&session, command, *timeout, journal, &mut tail).await
+                }
+                Prepared::HealthCheck { url } => {
+                    self.check_health(&job, url, journal, &mut tail).await
+                }
             };
             match result {
                 Ok(exit_code) => {
-                    journal.step_finished(position, name, StepState::Succeeded, exit_code, tail.text()).await;
+                    journal
+                        .step_finished(position, name, StepState::Succeeded, exit_code, tail.text())
+                        .await;
                 }
                 Err(StepFailure::Failed { exit_code, message }) => {
-                    journal.step_finished(position, name, StepState::Failed, exit_code, tail.text()).await;
+                    journal
+                        .step_finished(position, name, StepState::Failed, exit_code, tail.text())
+                        .await;
                     report = HostReport::failed(format!("step {name}: {message}"));
                     break;
                 }
                 Err(StepFailure::Lost(message)) => {
-                    journal.step_finished(position, name, StepState::Failed, None, tail.text()).await;
+                    journal
+                        .step_finished(position, name, StepState::Failed, None, tail.text())
+                        .await;
                     report = HostReport::unreachable(format!("step {name}: {message}"));
                     break;
                 }
@@ -158,7 +183,13 @@ impl NativeExecutor {
                 NonZeroUsize::new(CONTROL_IDLE_SECONDS).unwrap_or(NonZeroUsize::MIN),
             ));
         journal
-            .log(LogStream::System, format!("connecting to {}@{}:{}", ssh.user, job.host.address, ssh.port))
+            .log(
+                LogStream::System,
+                format!(
+                    "connecting to {}@{}:{}",
+                    ssh.user, job.host.address, ssh.port
+                ),
+            )
             .await;
         // ssh's own ConnectTimeout covers the TCP connect; this bounds the handshake too.
         let limit = Duration::from_secs(ssh.connect_timeout_seconds * 2 + 5);
@@ -168,7 +199,9 @@ impl NativeExecutor {
             Ok(Err(e)) => connect_error_text(&e),
             Err(_) => format!("connecting timed out after {limit:?}"),
         };
-        journal.log(LogStream::System, format!("ssh: {error}")).await;
+        journal
+            .log(LogStream::System, format!("ssh: {error}"))
+            .await;
         if is_host_key_problem(&error) {
             Err(HostReport::failed(format!(
                 "host key verification failed for {}: its key is unknown or has changed. \
@@ -182,15 +215,27 @@ impl NativeExecutor {
                 ssh.user, job.host.address
             )))
         } else {
-            Err(HostReport::unreachable(format!("cannot connect over ssh to {}: {error}", job.host.address)))
+            Err(HostReport::unreachable(format!(
+                "cannot connect over ssh to {}: {error}",
+                job.host.address
+            )))
         }
     }
 
-    async fn check_health(&self, job: &HostJob<'_>, url: &str, journal: &Journal, tail: &mut OutputTail) -> Result<Option<i32>, StepFailure> {
+    async fn check_health(
+        &self,
+        job: &HostJob<'_>,
+        url: &str,
+        journal: &Journal,
+        tail: &mut OutputTail,
+    ) -> Result<Option<i32>, StepFailure> {
         let health = &job.service.health;
         match self.health.wait_healthy(url, health, journal, tail).await {
             Ok(()) => Ok(None),
-            Err(HealthError { message }) => Err(StepFailure::Failed { exit_code: None, message }),
+            Err(HealthError { message }) => Err(StepFailure::Failed {
+                exit_code: None,
+                message,
+            }),
         }
     }
 }
@@ -208,9 +253,14 @@ fn connect_error_text(error: &openssh::Error) -> String {
 }
 
 pub fn is_host_key_problem(ssh_error: &str) -> bool {
-    ["Host key verification failed", "REMOTE HOST IDENTIFICATION HAS CHANGED", "No ED25519 host key is known", "host key is known"]
-        .iter()
-        .any(|needle| ssh_error.contains(needle))
+    [
+        "Host key verification failed",
+        "REMOTE HOST IDENTIFICATION HAS CHANGED",
+        "No ED25519 host key is known",
+        "host key is known",
+    ]
+    .iter()
+    .any(|needle| ssh_error.contains(needle))
 }
 
 async fn run_command(
@@ -229,7 +279,12 @@ async fn run_command(
         .await;
     let mut child = match spawned {
         Ok(child) => child,
-        Err(e) => return Err(StepFailure::Lost(format!("cannot start the command: {}", connect_error_text(&e)))),
+        Err(e) => {
+            return Err(StepFailure::Lost(format!(
+                "cannot start the command: {}",
+                connect_error_text(&e)
+            )));
+        }
     };
     let stdout = child.stdout().take();
     let stderr = child.stderr().take();
@@ -242,7 +297,10 @@ async fn run_command(
         (out, err, child.wait().await)
     };
     let Ok((out, err, status)) = tokio::time::timeout(timeout, run).await else {
-        return Err(StepFailure::Failed { exit_code: None, message: format!("timed out after {}s", timeout.as_secs()) });
+        return Err(StepFailure::Failed {
+            exit_code: None,
+            message: format!("timed out after {}s", timeout.as_secs()),
+        });
     };
     // Interleave the two streams' tails in the order they were read is not possible
     // after the fact; stdout then stderr is what a reader expects from a failed step.
@@ -251,16 +309,31 @@ async fn run_command(
     match status {
         Ok(status) => match status.code() {
             Some(0) => Ok(Some(0)),
-            Some(code) => Err(StepFailure::Failed { exit_code: Some(code), message: format!("command exited with status {code}") }),
-            None => Err(StepFailure::Failed { exit_code: None, message: "command was killed by a signal".to_owned() }),
+            Some(code) => Err(StepFailure::Failed {
+                exit_code: Some(code),
+                message: format!("command exited with status {code}"),
+            }),
+            None => Err(StepFailure::Failed {
+                exit_code: None,
+                message: "command was killed by a signal".to_owned(),
+            }),
         },
-        Err(e) => Err(StepFailure::Lost(format!("connection lost while the command ran: {}", connect_error_text(&e)))),
+        Err(e) => Err(StepFailure::Lost(format!(
+            "connection lost while the command ran: {}",
+            connect_error_text(&e)
+        ))),
     }
 }
 
 /// Forwards each line to the log as it arrives; returns the last lines for the step.
-async fn stream_lines(reader: Option<impl AsyncRead + Unpin>, stream: LogStream, journal: &Journal) -> Vec<String> {
-    let Some(reader) = reader else { return Vec::new() };
+async fn stream_lines(
+    reader: Option<impl AsyncRead + Unpin>,
+    stream: LogStream,
+    journal: &Journal,
+) -> Vec<String> {
+    let Some(reader) = reader else {
+        return Vec::new();
+    };
     let mut reader = BufReader::new(reader);
     let mut tail = OutputTail::default();
     let mut buf = Vec::new();
@@ -269,12 +342,16 @@ async fn stream_lines(reader: Option<impl AsyncRead + Unpin>, stream: LogStream,
         match reader.read_until(b'\n', &mut buf).await {
             Ok(0) => break,
             Ok(_) => {
-                let line = String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']).to_owned();
+                let line = String::from_utf8_lossy(&buf)
+                    .trim_end_matches(['\n', '\r'])
+                    .to_owned();
                 tail.push(&line);
                 journal.log(stream, line).await;
             }
             Err(e) => {
-                journal.log(LogStream::System, format!("reading {stream} failed: {e}")).await;
+                journal
+                    .log(LogStream::System, format!("reading {stream} failed: {e}"))
+                    .await;
                 break;
             }
         }
@@ -319,8 +396,12 @@ mod tests {
     #[test]
     fn host_key_failures_are_recognised() {
         assert!(is_host_key_problem("Host key verification failed."));
-        assert!(is_host_key_problem("@@@ WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED! @@@"));
-        assert!(!is_host_key_problem("connect to host 127.0.0.1 port 22: Connection refused"));
+        assert!(is_host_key_problem(
+            "@@@ WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED! @@@"
+        ));
+        assert!(!is_host_key_problem(
+            "connect to host 127.0.0.1 port 22: Connection refused"
+        ));
     }
 
     #[test]
