@@ -107,7 +107,6 @@ pub enum ExecutorKind {
 
 /// Chef search terms. Only clusters whose discovery is a search accept them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Selector {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub roles: Vec<String>,
@@ -128,8 +127,10 @@ fn default_max_failures() -> Amount {
 
 /// A submit body, as accepted. Its serialized form is stored with the deployment and is
 /// what the worker reads its options from.
+///
+/// Reading is lenient about unknown fields, so that a worker still reads what a newer
+/// API stored; submits are held to [`DeploymentRequest::unknown_field`] instead.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct DeploymentRequest {
     pub service: String,
     pub cluster: String,
@@ -152,6 +153,37 @@ pub struct DeploymentRequest {
     pub vars: BTreeMap<String, String>,
     #[serde(default)]
     pub dry_run: bool,
+}
+
+impl DeploymentRequest {
+    const FIELDS: &'static [&'static str] = &[
+        "service",
+        "cluster",
+        "version",
+        "selector",
+        "hosts",
+        "concurrency",
+        "max_failures",
+        "weight",
+        "sleep_seconds",
+        "executor",
+        "vars",
+        "dry_run",
+    ];
+    const SELECTOR_FIELDS: &'static [&'static str] = &["roles", "tags", "environment", "query"];
+
+    /// The first field of a submit body that this version does not know, if any.
+    pub fn unknown_field(body: &serde_json::Value) -> Option<String> {
+        let unknown = |object: &serde_json::Value, known: &[&str], prefix: &str| {
+            object
+                .as_object()?
+                .keys()
+                .find(|k| !known.contains(&k.as_str()))
+                .map(|k| format!("{prefix}{k}"))
+        };
+        unknown(body, Self::FIELDS, "")
+            .or_else(|| unknown(&body["selector"], Self::SELECTOR_FIELDS, "selector."))
+    }
 }
 
 macro_rules! string_enum {
@@ -389,9 +421,26 @@ mod tests {
     }
 
     #[test]
-    fn requests_refuse_unknown_fields() {
-        let body = r#"{"service":"s","cluster":"c","version":"1","concurency":2}"#;
-        let err = serde_json::from_str::<DeploymentRequest>(body).unwrap_err();
-        assert!(err.to_string().contains("concurency"), "{err}");
+    fn submits_name_their_unknown_fields() {
+        let body =
+            serde_json::json!({"service": "s", "cluster": "c", "version": "1", "concurency": 2});
+        assert_eq!(
+            DeploymentRequest::unknown_field(&body),
+            Some("concurency".to_owned())
+        );
+        let body = serde_json::json!({"service": "s", "selector": {"role": ["x"]}});
+        assert_eq!(
+            DeploymentRequest::unknown_field(&body),
+            Some("selector.role".to_owned())
+        );
+        let body =
+            serde_json::json!({"service": "s", "selector": {"roles": ["x"]}, "dry_run": true});
+        assert_eq!(DeploymentRequest::unknown_field(&body), None);
+    }
+
+    #[test]
+    fn stored_requests_with_newer_fields_still_read() {
+        let stored = r#"{"service":"s","cluster":"c","version":"1","canary":true}"#;
+        assert!(serde_json::from_str::<DeploymentRequest>(stored).is_ok());
     }
 }

@@ -384,6 +384,27 @@ impl TestApp {
         }
     }
 
+    /// Messages ready in the queue and in its dead-letter queue.
+    pub async fn queue_depths(&self) -> anyhow::Result<(u32, u32)> {
+        let (connection, channel) = vesemir_core::queue::open(&self.config.queue).await?;
+        let passive = lapin::options::QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let mut depths = Vec::new();
+        for queue in [
+            self.config.queue.queue.clone(),
+            format!("{}.dead", self.config.queue.queue),
+        ] {
+            let declared = channel
+                .queue_declare(queue.as_str().into(), passive, Default::default())
+                .await?;
+            depths.push(declared.message_count());
+        }
+        connection.close(200, "done".into()).await?;
+        Ok((depths[0], depths[1]))
+    }
+
     pub async fn shut_down(mut self) {
         for worker in std::mem::take(&mut self.workers) {
             worker.shut_down().await;

@@ -519,6 +519,24 @@ fn cases() -> Vec<Case> {
             400,
             "invalid_query",
         ),
+        get(
+            "list filtered by a NUL byte",
+            "/v1/deployments?service=%00",
+            400,
+            "invalid_query",
+        ),
+        get(
+            "list filtered by SQL",
+            "/v1/deployments?cluster=x'%20OR%201=1--",
+            400,
+            "invalid_query",
+        ),
+        get(
+            "logs of a host with a NUL byte",
+            "/v1/deployments/0190a6b0-0000-7000-8000-000000000000/logs?host=%00",
+            400,
+            "invalid_query",
+        ),
         get("unknown endpoint", "/v1/deploy", 404, "not_found"),
         Case {
             what: "wrong method",

@@ -67,14 +67,17 @@ async fn five_vms_at_concurrency_two_all_serve_the_new_version() {
 
     // A wave starts only once the previous one has finished.
     let hosts = done["hosts"].as_array().unwrap();
+    let at = |h: &serde_json::Value, field: &str| {
+        chrono::DateTime::parse_from_rfc3339(h[field].as_str().unwrap()).unwrap()
+    };
     let finished_wave0 = hosts[..2]
         .iter()
-        .map(|h| h["finished_at"].as_str().unwrap().to_owned())
+        .map(|h| at(h, "finished_at"))
         .max()
         .unwrap();
     let started_wave1 = hosts[2..4]
         .iter()
-        .map(|h| h["started_at"].as_str().unwrap().to_owned())
+        .map(|h| at(h, "started_at"))
         .min()
         .unwrap();
     assert!(

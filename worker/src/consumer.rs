@@ -62,12 +62,8 @@ async fn process(runner: &Runner, worker_id: &str, id: Uuid) -> Settle {
             Ok(Claim::Claimed(claim)) => {
                 info!(deployment = %id, token = %token, "claimed");
                 return match runner.run(*claim).await {
-                    Ok(Disposition::Ack) => Settle::Ack,
-                    Ok(Disposition::Requeue) => Settle::Requeue,
-                    Err(e) => {
-                        warn!(deployment = %id, error = %e, "running the deployment failed on the database");
-                        Settle::Requeue
-                    }
+                    Disposition::Ack => Settle::Ack,
+                    Disposition::Requeue => Settle::Requeue,
                 };
             }
             Ok(Claim::Finished(state)) => {
@@ -81,6 +77,7 @@ async fn process(runner: &Runner, worker_id: &str, id: Uuid) -> Settle {
             Ok(Claim::HeldBy {
                 token: holder,
                 until,
+                remaining,
             }) => {
                 if seen
                     .as_ref()
@@ -92,8 +89,7 @@ async fn process(runner: &Runner, worker_id: &str, id: Uuid) -> Settle {
                     return Settle::Ack;
                 }
                 seen = Some((holder, until));
-                (until - chrono::Utc::now()).to_std().unwrap_or_default()
-                    + Duration::from_millis(250)
+                remaining + Duration::from_millis(250)
             }
             Err(e) => {
                 warn!(deployment = %id, error = %e, "claiming failed; retrying");

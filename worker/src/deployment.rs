@@ -16,9 +16,10 @@ use vesemir_core::store::{ClaimedDeployment, Store, StoreError};
 /// What the consumer should do with the message once the deployment is handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Disposition {
-    /// The outcome is stored: the message is done.
+    /// The outcome is stored, or the deployment was released with its id back in the
+    /// outbox, or another claim holds it: this message is done either way.
     Ack,
-    /// Unfinished and released: another worker must pick it up.
+    /// Nothing could be stored: the broker must deliver the message again.
     Requeue,
 }
 
@@ -30,14 +31,8 @@ pub struct Runner {
     pub shutdown: watch::Receiver<bool>,
 }
 
-impl std::fmt::Debug for dyn Executor {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Executor")
-    }
-}
-
 impl Runner {
-    pub async fn run(&self, claim: ClaimedDeployment) -> Result<Disposition, StoreError> {
+    pub async fn run(&self, claim: ClaimedDeployment) -> Disposition {
         let lease = LeaseKeeper::start(
             self.store.clone(),
             claim.id,
@@ -54,27 +49,38 @@ impl Runner {
         // Logs are committed before the outcome, so whoever sees the final state can
         // read every line.
         pump.finish(logs).await;
-        let disposition = match result? {
-            Finished(state, error) => {
-                if self
-                    .store
-                    .finish(claim.id, &claim.token, state, error.as_deref())
-                    .await?
-                {
-                    tracing::info!(deployment = %claim.id, %state, "deployment finished");
-                    Disposition::Ack
-                } else {
-                    tracing::warn!(deployment = %claim.id, "claim lost before the outcome was stored");
-                    Disposition::Requeue
-                }
-            }
-            Interrupted => {
-                self.store.release(claim.id, &claim.token).await?;
-                tracing::info!(deployment = %claim.id, "deployment released unfinished");
-                Disposition::Requeue
+        let settled = match result {
+            Ok(Finished(state, error)) => self.store.finish(claim.id, &claim.token, state, error.as_deref()).await.map(
+                |stored| {
+                    if stored {
+                        tracing::info!(deployment = %claim.id, %state, "deployment finished");
+                    } else {
+                        // Another claim took over; it holds its own delivery.
+                        tracing::warn!(deployment = %claim.id, "claim lost before the outcome was stored");
+                    }
+                },
+            ),
+            Ok(Interrupted) => self.release(&claim).await,
+            Err(e) => {
+                tracing::warn!(deployment = %claim.id, error = %e, "the database failed mid-deployment; releasing it");
+                self.release(&claim).await
             }
         };
-        Ok(disposition)
+        match settled {
+            Ok(()) => Disposition::Ack,
+            Err(e) => {
+                // The lease will expire and the redelivered message resumes it.
+                tracing::warn!(deployment = %claim.id, error = %e, "cannot store the deployment's state");
+                Disposition::Requeue
+            }
+        }
+    }
+
+    async fn release(&self, claim: &ClaimedDeployment) -> Result<(), StoreError> {
+        if self.store.release(claim.id, &claim.token).await? {
+            tracing::info!(deployment = %claim.id, "deployment released unfinished; queued again");
+        }
+        Ok(())
     }
 
     async fn run_claimed(

@@ -19,25 +19,27 @@ impl LeaseKeeper {
     pub fn start(store: Store, id: Uuid, token: String, lease_seconds: u64) -> Self {
         let (tx, lost) = watch::channel(false);
         let handle = tokio::spawn(async move {
-            let every = Duration::from_secs(lease_seconds).div_f64(3.0);
+            let lease = Duration::from_secs(lease_seconds);
+            let every = lease.div_f64(3.0);
             let mut last_renewal = tokio::time::Instant::now();
             loop {
                 tokio::time::sleep(every).await;
-                match store.renew_lease(id, &token, lease_seconds).await {
-                    Ok(true) => last_renewal = tokio::time::Instant::now(),
-                    Ok(false) => {
+                let renewal =
+                    tokio::time::timeout(every, store.renew_lease(id, &token, lease_seconds)).await;
+                match renewal {
+                    Ok(Ok(true)) => last_renewal = tokio::time::Instant::now(),
+                    Ok(Ok(false)) => {
                         warn!(deployment = %id, "lease lost: another worker holds the deployment");
                         let _ = tx.send(true);
                         return;
                     }
-                    Err(e) => {
-                        warn!(deployment = %id, error = %e, "renewing the lease failed");
-                        // Past the lease, another worker may take over: stop starting hosts.
-                        if last_renewal.elapsed() >= Duration::from_secs(lease_seconds) {
-                            let _ = tx.send(true);
-                            return;
-                        }
-                    }
+                    Ok(Err(e)) => warn!(deployment = %id, error = %e, "renewing the lease failed"),
+                    Err(_) => warn!(deployment = %id, "renewing the lease timed out"),
+                }
+                // Stop starting hosts well before another worker could take over.
+                if last_renewal.elapsed() >= lease / 2 {
+                    let _ = tx.send(true);
+                    return;
                 }
             }
         });

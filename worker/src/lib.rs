@@ -134,11 +134,7 @@ impl Worker {
                 }
             }
             if *stop.borrow() {
-                info!(
-                    in_flight = tasks.len(),
-                    "shutting down: no new deployments; finishing in-flight hosts"
-                );
-                // Stop deliveries first, then let in-flight deployments settle their
+                // Stop deliveries first; in-flight deployments then settle their
                 // messages on the still-open channel.
                 let _ = channel
                     .basic_cancel(
@@ -146,15 +142,28 @@ impl Worker {
                         lapin::options::BasicCancelOptions::default(),
                     )
                     .await;
-                while let Some(done) = tasks.join_next().await {
-                    if let Err(e) = done {
-                        warn!(error = %e, "a deployment task panicked");
-                    }
-                }
+                drain(&mut tasks).await;
                 let _ = connection.close(200, "worker shutting down".into()).await;
             }
         }
+        // Also when the stop came while the broker was unreachable.
+        drain(&mut tasks).await;
         self.runner.store.close().await;
         info!(worker = %self.id, "stopped");
+    }
+}
+
+/// Waits for every in-flight deployment: hosts in flight finish their playbook.
+async fn drain(tasks: &mut JoinSet<()>) {
+    if !tasks.is_empty() {
+        info!(
+            in_flight = tasks.len(),
+            "shutting down: no new deployments; finishing in-flight hosts"
+        );
+    }
+    while let Some(done) = tasks.join_next().await {
+        if let Err(e) = done {
+            warn!(error = %e, "a deployment task panicked");
+        }
     }
 }

@@ -13,7 +13,8 @@ use vesemir_core::store::{NewLogLine, Store};
 
 /// Lines waiting to be written; a full channel slows the readers down.
 const CHANNEL_CAPACITY: usize = 10_000;
-const WRITE_ATTEMPTS: u32 = 5;
+/// A batch is retried for about a minute of database trouble before it is given up.
+const WRITE_ATTEMPTS: u32 = 30;
 
 /// Where a deployment's log lines go. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -96,7 +97,8 @@ async fn write(store: &Store, id: Uuid, batch: &[NewLogLine]) {
             Ok(()) => return,
             Err(e) if attempt < WRITE_ATTEMPTS => {
                 warn!(deployment = %id, error = %e, attempt, "writing log lines failed; retrying");
-                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+                tokio::time::sleep(Duration::from_millis((200 * u64::from(attempt)).min(2000)))
+                    .await;
             }
             Err(e) => warn!(deployment = %id, error = %e, lines = batch.len(), "log lines lost"),
         }

@@ -169,7 +169,7 @@ impl Rollout<'_> {
         Ok(outcome(&hosts, exceeded))
     }
 
-    /// Runs one host; `None` when the claim was lost before it could start.
+    /// Runs one host; `None` when the claim was lost before its outcome was stored.
     async fn run_host(
         &self,
         executor: &dyn Executor,
@@ -185,6 +185,7 @@ impl Rollout<'_> {
         let journal = Journal::new(
             self.store.clone(),
             self.deployment_id,
+            self.token.to_owned(),
             host.name.clone(),
             self.logs.clone(),
         );
@@ -204,15 +205,17 @@ impl Rollout<'_> {
         journal
             .log(vesemir_core::deployment::LogStream::System, verdict)
             .await;
-        self.store
+        let stored = self
+            .store
             .finish_host(
                 self.deployment_id,
+                self.token,
                 &host.name,
                 report.state,
                 report.error.as_deref(),
             )
             .await?;
-        Ok(Some(report))
+        Ok(stored.then_some(report))
     }
 }
 

@@ -22,6 +22,8 @@ pub enum TemplateError {
     TooDeep(String),
     #[error("value of {{{{{0}}}}} cannot be used in a URL")]
     UnsafeInUrl(String),
+    #[error("{{{{{0}}}}} is inside quotes in the template: remove them, values are quoted for you")]
+    InsideQuotes(String),
     #[error("value of {{{{{0}}}}} contains a NUL byte")]
     Nul(String),
 }
@@ -52,19 +54,25 @@ impl Variables {
     }
 
     pub fn render(&self, template: &str, context: Context) -> Result<String, TemplateError> {
-        self.render_at(template, context, 0)
+        let mut out = String::with_capacity(template.len());
+        self.render_into(&mut out, template, context, Quote::None, 0)?;
+        Ok(out)
     }
 
-    fn render_at(
+    /// Renders `template` onto `out`, starting in shell quoting state `quote`;
+    /// returns the state after it (operator text may open a quote another closes).
+    fn render_into(
         &self,
+        out: &mut String,
         template: &str,
         context: Context,
+        mut quote: Quote,
         depth: usize,
-    ) -> Result<String, TemplateError> {
-        let mut out = String::with_capacity(template.len());
+    ) -> Result<Quote, TemplateError> {
         let mut rest = template;
         while let Some(start) = rest.find("{{") {
             out.push_str(&rest[..start]);
+            quote = quote.after(&rest[..start]);
             let after = &rest[start + 2..];
             let end = after.find("}}").ok_or(TemplateError::Unclosed)?;
             let name = after[..end].trim();
@@ -72,8 +80,12 @@ impl Variables {
                 if depth >= MAX_DEPTH {
                     return Err(TemplateError::TooDeep(name.to_owned()));
                 }
-                out.push_str(&self.render_at(text, context, depth + 1)?);
+                quote = self.render_into(out, text, context, quote, depth + 1)?;
             } else if let Some(value) = self.values.get(name) {
+                // A quoted value inside the operator's own quotes would be unquoted.
+                if context == Context::Shell && quote != Quote::None {
+                    return Err(TemplateError::InsideQuotes(name.to_owned()));
+                }
                 out.push_str(&escape(name, value, context)?);
             } else {
                 return Err(TemplateError::Unknown(name.to_owned()));
@@ -81,7 +93,40 @@ impl Variables {
             rest = &after[end + 2..];
         }
         out.push_str(rest);
-        Ok(out)
+        Ok(quote.after(rest))
+    }
+}
+
+/// Where a POSIX shell word is, as far as quoting goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Quote {
+    None,
+    Single,
+    Double,
+}
+
+impl Quote {
+    fn after(mut self, text: &str) -> Self {
+        let mut escaped = false;
+        for c in text.chars() {
+            self = match (self, c) {
+                (Quote::Single, '\'') => Quote::None,
+                (Quote::Single, _) => Quote::Single,
+                (_, _) if escaped => {
+                    escaped = false;
+                    self
+                }
+                (_, '\\') => {
+                    escaped = true;
+                    self
+                }
+                (Quote::None, '\'') => Quote::Single,
+                (Quote::None, '"') => Quote::Double,
+                (Quote::Double, '"') => Quote::None,
+                (q, _) => q,
+            };
+        }
+        self
     }
 }
 
@@ -179,6 +224,37 @@ mod tests {
             vars().render("{{loop}}", Context::Shell),
             Err(TemplateError::TooDeep(_))
         ));
+    }
+
+    #[test]
+    fn a_value_inside_the_operators_quotes_is_refused() {
+        for template in [
+            "echo \"{{version}}\"",
+            "echo 'x {{version}}'",
+            "echo \"a\\\" {{version}}\"",
+        ] {
+            let err = vars().render(template, Context::Shell).unwrap_err();
+            assert_eq!(
+                err,
+                TemplateError::InsideQuotes("version".into()),
+                "{template}"
+            );
+        }
+        let nested = Variables::new(BTreeMap::from([("open".to_owned(), "echo \"".to_owned())]))
+            .value("v", "x");
+        assert!(nested.render("{{open}}{{v}}\"", Context::Shell).is_err());
+        assert_eq!(
+            vars()
+                .render("echo \"a\" {{version}} 'b'", Context::Shell)
+                .unwrap(),
+            "echo \"a\" '1.2.3' 'b'"
+        );
+        assert_eq!(
+            vars()
+                .render("echo \\' {{version}}", Context::Shell)
+                .unwrap(),
+            "echo \\' '1.2.3'"
+        );
     }
 
     #[test]

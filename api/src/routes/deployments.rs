@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
-use vesemir_core::deployment::{DeploymentRequest, DeploymentState};
+use vesemir_core::deployment::{DeploymentRequest, DeploymentState, is_identifier};
 use vesemir_core::store::{ListFilter, NewDeployment, Submitted};
 
 const DEFAULT_PAGE: i64 = 20;
@@ -20,6 +20,18 @@ const MAX_LOG_LINES: i64 = 5000;
 
 /// Until tokens arrive, every request is anonymous.
 const REQUESTED_BY: &str = "anonymous";
+
+/// A name filter from a query string: anything but an identifier cannot match, and
+/// some bytes (NUL) cannot even be sent to the database.
+fn name_filter(field: &str, value: Option<String>) -> Result<Option<String>, ApiError> {
+    match value {
+        Some(v) if !is_identifier(&v) => Err(ApiError::bad_request(
+            "invalid_query",
+            format!("{field} must match [a-z0-9][a-z0-9._-]{{0,62}}"),
+        )),
+        other => Ok(other),
+    }
+}
 
 fn parse_id(text: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(text).map_err(|_| {
@@ -33,8 +45,22 @@ fn parse_id(text: &str) -> Result<Uuid, ApiError> {
 pub async fn submit(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Json(request): Json<DeploymentRequest>,
+    Json(body): Json<serde_json::Value>,
 ) -> Result<Response, ApiError> {
+    if !body.is_object() {
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            "the body must be a JSON object",
+        ));
+    }
+    if let Some(field) = DeploymentRequest::unknown_field(&body) {
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            format!("unknown field {field:?}"),
+        ));
+    }
+    let request: DeploymentRequest = serde_json::from_value(body)
+        .map_err(|e| ApiError::bad_request("invalid_body", format!("invalid request: {e}")))?;
     let key = match headers.get("idempotency-key") {
         None => None,
         Some(value) => {
@@ -134,8 +160,8 @@ pub async fn list(
         })
         .transpose()?;
     let filter = ListFilter {
-        service: params.service,
-        cluster: params.cluster,
+        service: name_filter("service", params.service)?,
+        cluster: name_filter("cluster", params.cluster)?,
         state: deployment_state,
         before,
         limit,
@@ -178,16 +204,14 @@ pub async fn logs(
             format!("limit must be between 1 and {MAX_LOG_LINES}"),
         ));
     }
+    let host = name_filter("host", params.host)?;
     // Read the state first: if it is final, every line was committed before it.
     let Some(deployment_state) = state.store.deployment_state(id).await? else {
         return Err(ApiError::NotFound(format!(
             "deployment {id} does not exist"
         )));
     };
-    let lines = state
-        .store
-        .logs(id, after, params.host.as_deref(), limit)
-        .await?;
+    let lines = state.store.logs(id, after, host.as_deref(), limit).await?;
     let next_after = lines.last().map_or(after, |l| l.seq);
     Ok(
         axum::Json(json!({ "state": deployment_state, "lines": lines, "next_after": next_after }))

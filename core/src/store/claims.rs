@@ -8,6 +8,7 @@
 use super::{Store, StoreError, parse};
 use crate::deployment::{DeploymentRequest, DeploymentState, HostState, StepState};
 use chrono::{DateTime, Utc};
+use std::time::Duration;
 use uuid::Uuid;
 
 /// A deployment this worker now holds.
@@ -28,6 +29,8 @@ pub enum Claim {
     HeldBy {
         token: String,
         until: DateTime<Utc>,
+        /// How long the lease still runs, by the database's clock.
+        remaining: Duration,
     },
     /// No such deployment.
     Missing,
@@ -80,23 +83,33 @@ impl Store {
             })));
         }
 
-        let row: Option<(String, Option<String>, Option<DateTime<Utc>>)> = sqlx::query_as(
-            "SELECT state, worker_id, lease_expires_at FROM deployments WHERE id = $1",
+        // The remaining lease is computed by the database, whose clock set it.
+        type Row = (String, Option<String>, Option<DateTime<Utc>>, Option<f64>);
+        let row: Option<Row> = sqlx::query_as(
+            "SELECT state, worker_id, lease_expires_at, \
+                    GREATEST(EXTRACT(EPOCH FROM lease_expires_at - now()), 0)::float8 \
+             FROM deployments WHERE id = $1",
         )
         .bind(id)
         .fetch_optional(&self.pool)
         .await?;
         Ok(match row {
             None => Claim::Missing,
-            Some((state, holder, until)) => {
+            Some((state, holder, until, remaining)) => {
                 let state: DeploymentState = parse(&state)?;
+                let remaining = Duration::from_secs_f64(remaining.unwrap_or(0.0));
                 match (holder, until) {
                     _ if state.is_final() => Claim::Finished(state),
-                    (Some(token), Some(until)) => Claim::HeldBy { token, until },
+                    (Some(token), Some(until)) => Claim::HeldBy {
+                        token,
+                        until,
+                        remaining,
+                    },
                     // Released between the two statements: the caller tries again.
                     _ => Claim::HeldBy {
                         token: String::new(),
                         until: Utc::now(),
+                        remaining: Duration::ZERO,
                     },
                 }
             }
@@ -122,17 +135,23 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Gives the deployment up unfinished, so that another worker resumes it.
-    pub async fn release(&self, id: Uuid, token: &str) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE deployments SET worker_id = NULL, lease_expires_at = NULL \
-             WHERE id = $1 AND worker_id = $2",
+    /// Gives the deployment up unfinished and, in the same statement, queues its id
+    /// again through the outbox, so another worker resumes it even if this worker's
+    /// message cannot be requeued (a dead channel, a delivery limit). Returns false
+    /// when the claim was already gone.
+    pub async fn release(&self, id: Uuid, token: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "WITH released AS ( \
+                 UPDATE deployments SET worker_id = NULL, lease_expires_at = NULL \
+                 WHERE id = $1 AND worker_id = $2 RETURNING id) \
+             INSERT INTO outbox (deployment_id) SELECT id FROM released \
+             ON CONFLICT (deployment_id) DO NOTHING",
         )
         .bind(id)
         .bind(token)
         .execute(&self.pool)
         .await?;
-        Ok(())
+        Ok(done.rows_affected() == 1)
     }
 
     /// Records the outcome and drops the claim; false when the claim was lost.
@@ -217,7 +236,8 @@ impl Store {
         let started = sqlx::query(
             "UPDATE hosts SET state = 'running', started_at = now(), finished_at = NULL, error = NULL \
              WHERE deployment_id = $1 AND name = $3 \
-               AND EXISTS (SELECT 1 FROM deployments WHERE id = $1 AND worker_id = $2)",
+               AND EXISTS (SELECT 1 FROM deployments \
+                           WHERE id = $1 AND worker_id = $2 AND lease_expires_at > now())",
         )
         .bind(id)
         .bind(token)
@@ -236,24 +256,29 @@ impl Store {
         Ok(true)
     }
 
+    /// Records a host's outcome; false when the claim was lost (the host's result
+    /// then belongs to whoever took over).
     pub async fn finish_host(
         &self,
         id: Uuid,
+        token: &str,
         host: &str,
         state: HostState,
         error: Option<&str>,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE hosts SET state = $3, error = $4, finished_at = now() \
-             WHERE deployment_id = $1 AND name = $2",
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE hosts SET state = $4, error = $5, finished_at = now() \
+             WHERE deployment_id = $1 AND name = $3 \
+               AND EXISTS (SELECT 1 FROM deployments WHERE id = $1 AND worker_id = $2)",
         )
         .bind(id)
+        .bind(token)
         .bind(host)
         .bind(state.as_str())
         .bind(error)
         .execute(&self.pool)
         .await?;
-        Ok(())
+        Ok(done.rows_affected() == 1)
     }
 
     /// Marks every host that never started `skipped`.
@@ -271,18 +296,21 @@ impl Store {
     pub async fn start_step(
         &self,
         id: Uuid,
+        token: &str,
         host: &str,
         position: i32,
         name: &str,
     ) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO steps (deployment_id, host, position, name, state, started_at) \
-             VALUES ($1, $2, $3, $4, 'running', now()) \
+             SELECT $1, $3, $4, $5, 'running', now() \
+             WHERE EXISTS (SELECT 1 FROM deployments WHERE id = $1 AND worker_id = $2) \
              ON CONFLICT (deployment_id, host, position) DO UPDATE \
-             SET name = $4, state = 'running', started_at = now(), finished_at = NULL, \
+             SET name = $5, state = 'running', started_at = now(), finished_at = NULL, \
                  exit_code = NULL, output = ''",
         )
         .bind(id)
+        .bind(token)
         .bind(host)
         .bind(position)
         .bind(name)
@@ -291,9 +319,11 @@ impl Store {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)] // One column each; a struct would only rename them.
     pub async fn finish_step(
         &self,
         id: Uuid,
+        token: &str,
         host: &str,
         position: i32,
         state: StepState,
@@ -301,10 +331,12 @@ impl Store {
         output: &str,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE steps SET state = $4, exit_code = $5, output = $6, finished_at = now() \
-             WHERE deployment_id = $1 AND host = $2 AND position = $3",
+            "UPDATE steps SET state = $5, exit_code = $6, output = $7, finished_at = now() \
+             WHERE deployment_id = $1 AND host = $3 AND position = $4 \
+               AND EXISTS (SELECT 1 FROM deployments WHERE id = $1 AND worker_id = $2)",
         )
         .bind(id)
+        .bind(token)
         .bind(host)
         .bind(position)
         .bind(state.as_str())

@@ -125,14 +125,15 @@ impl Store {
     pub async fn submit(&self, new: NewDeployment<'_>) -> Result<Submitted, StoreError> {
         let hash = request_hash(new.request);
         let mut tx = self.pool.begin().await?;
-        let inserted: Option<(Uuid,)> = sqlx::query_as(
+        let id = Uuid::now_v7();
+        let inserted: Option<(DateTime<Utc>,)> = sqlx::query_as(
             "INSERT INTO deployments (id, service, cluster, version, request, requested_by, \
                  idempotency_key, request_hash) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
              ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING \
-             RETURNING id",
+             RETURNING created_at",
         )
-        .bind(Uuid::now_v7())
+        .bind(id)
         .bind(&new.request.service)
         .bind(&new.request.cluster)
         .bind(&new.request.version)
@@ -143,16 +144,30 @@ impl Store {
         .fetch_optional(&mut *tx)
         .await?;
 
-        if let Some((id,)) = inserted {
+        if let Some((created_at,)) = inserted {
             sqlx::query("INSERT INTO outbox (deployment_id) VALUES ($1)")
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?;
-            let deployment = self.deployment(id).await?.ok_or_else(|| {
-                StoreError::Corrupt(format!("deployment {id} vanished after its commit"))
-            })?;
-            return Ok(Submitted::Created(deployment));
+            // Everything a new deployment holds is known here: no need to read it back.
+            return Ok(Submitted::Created(Deployment {
+                id,
+                service: new.request.service.clone(),
+                cluster: new.request.cluster.clone(),
+                version: new.request.version.clone(),
+                state: DeploymentState::Queued,
+                requested_by: new.requested_by.to_owned(),
+                retry_of: None,
+                attempt: 1,
+                created_at,
+                started_at: None,
+                finished_at: None,
+                error: None,
+                request: new.request.clone(),
+                summary: Summary::default(),
+                hosts: Some(Vec::new()),
+            }));
         }
         tx.rollback().await?;
 

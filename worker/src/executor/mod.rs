@@ -54,7 +54,7 @@ impl HostReport {
     }
 }
 
-pub trait Executor: Send + Sync {
+pub trait Executor: Send + Sync + std::fmt::Debug {
     fn run<'a>(&'a self, job: HostJob<'a>, journal: &'a Journal) -> BoxFuture<'a, HostReport>;
 }
 
@@ -63,15 +63,24 @@ pub trait Executor: Send + Sync {
 pub struct Journal {
     store: Store,
     deployment_id: Uuid,
+    /// The claim token: step writes of a worker that lost its claim are refused.
+    token: String,
     host: String,
     logs: LogSink,
 }
 
 impl Journal {
-    pub fn new(store: Store, deployment_id: Uuid, host: String, logs: LogSink) -> Self {
+    pub fn new(
+        store: Store,
+        deployment_id: Uuid,
+        token: String,
+        host: String,
+        logs: LogSink,
+    ) -> Self {
         Self {
             store,
             deployment_id,
+            token,
             host,
             logs,
         }
@@ -90,7 +99,13 @@ impl Journal {
             .await;
         if let Err(e) = self
             .store
-            .start_step(self.deployment_id, &self.host, position as i32, name)
+            .start_step(
+                self.deployment_id,
+                &self.token,
+                &self.host,
+                position as i32,
+                name,
+            )
             .await
         {
             tracing::warn!(host = %self.host, step = name, error = %e, "recording a step start failed");
@@ -114,6 +129,7 @@ impl Journal {
             .store
             .finish_step(
                 self.deployment_id,
+                &self.token,
                 &self.host,
                 position as i32,
                 state,

@@ -9,14 +9,23 @@
 use super::{Executor, HostJob, HostReport, Journal};
 use crate::health::{HealthCheck, HealthError};
 use crate::playbook::Action;
-use crate::template::{Context, TemplateError, Variables};
+use crate::template::{Context, TemplateError, Variables, shell_quote};
 use futures_util::future::BoxFuture;
 use openssh::{ControlPersist, KnownHosts, Session, SessionBuilder, Stdio};
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, BufReader};
 use vesemir_core::deployment::{LogStream, StepState};
+
+/// After a step's timeout, how long the host waits before KILLing what TERM did not stop.
+const KILL_AFTER_SECONDS: u64 = 5;
+/// Exit statuses of coreutils `timeout`: the command timed out; it had to be killed.
+const TIMEOUT_EXIT: i32 = 124;
+const TIMEOUT_KILLED_EXIT: i32 = 137;
+
+/// Longest line read from a remote command before it is split.
+const MAX_LINE_BYTES: usize = 16 * 1024;
 
 /// How much of a step's output is kept with the step (the whole output is in the log).
 const OUTPUT_TAIL_BYTES: usize = 4096;
@@ -270,8 +279,15 @@ async fn run_command(
     journal: &Journal,
     tail: &mut OutputTail,
 ) -> Result<Option<i32>, StepFailure> {
+    // The host enforces the timeout itself (coreutils `timeout` signals the command's
+    // whole process group), so a timed-out step does not go on running remotely.
+    let secs = timeout.as_secs().max(1);
+    let wrapped = format!(
+        "timeout --kill-after={KILL_AFTER_SECONDS} {secs} sh -c {}",
+        shell_quote(command)
+    );
     let spawned = session
-        .raw_command(command)
+        .raw_command(&wrapped)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -296,11 +312,13 @@ async fn run_command(
         );
         (out, err, child.wait().await)
     };
-    let Ok((out, err, status)) = tokio::time::timeout(timeout, run).await else {
-        return Err(StepFailure::Failed {
-            exit_code: None,
-            message: format!("timed out after {}s", timeout.as_secs()),
-        });
+    // A backstop, for a host whose `timeout` never answers.
+    let backstop = timeout + Duration::from_secs(KILL_AFTER_SECONDS + 10);
+    let Ok((out, err, status)) = tokio::time::timeout(backstop, run).await else {
+        return Err(StepFailure::Lost(format!(
+            "no answer from the host {}s after the step's timeout",
+            backstop.as_secs()
+        )));
     };
     // Interleave the two streams' tails in the order they were read is not possible
     // after the fact; stdout then stderr is what a reader expects from a failed step.
@@ -309,6 +327,10 @@ async fn run_command(
     match status {
         Ok(status) => match status.code() {
             Some(0) => Ok(Some(0)),
+            Some(code @ (TIMEOUT_EXIT | TIMEOUT_KILLED_EXIT)) => Err(StepFailure::Failed {
+                exit_code: Some(code),
+                message: format!("timed out after {secs}s and was stopped on the host"),
+            }),
             Some(code) => Err(StepFailure::Failed {
                 exit_code: Some(code),
                 message: format!("command exited with status {code}"),
@@ -339,7 +361,7 @@ async fn stream_lines(
     let mut buf = Vec::new();
     loop {
         buf.clear();
-        match reader.read_until(b'\n', &mut buf).await {
+        match read_line_capped(&mut reader, &mut buf, MAX_LINE_BYTES).await {
             Ok(0) => break,
             Ok(_) => {
                 let line = String::from_utf8_lossy(&buf)
@@ -357,6 +379,34 @@ async fn stream_lines(
         }
     }
     tail.lines
+}
+
+/// Reads up to and including a newline, or `max` bytes of a longer line (the rest
+/// comes as the next line): a command printing without newlines cannot fill memory.
+async fn read_line_capped<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> std::io::Result<usize> {
+    loop {
+        let available = reader.fill_buf().await?;
+        if available.is_empty() {
+            return Ok(buf.len());
+        }
+        let room = max.saturating_sub(buf.len());
+        let chunk = &available[..available.len().min(room)];
+        if let Some(newline) = chunk.iter().position(|b| *b == b'\n') {
+            buf.extend_from_slice(&chunk[..=newline]);
+            reader.consume(newline + 1);
+            return Ok(buf.len());
+        }
+        let taken = chunk.len();
+        buf.extend_from_slice(chunk);
+        reader.consume(taken);
+        if buf.len() >= max {
+            return Ok(buf.len());
+        }
+    }
 }
 
 /// The last lines of a step's output, within [`OUTPUT_TAIL_BYTES`].
@@ -402,6 +452,21 @@ mod tests {
         assert!(!is_host_key_problem(
             "connect to host 127.0.0.1 port 22: Connection refused"
         ));
+    }
+
+    #[tokio::test]
+    async fn lines_are_read_whole_or_split_at_the_cap() {
+        let input: &[u8] = b"short\nabcdefghij\nend";
+        let mut reader = BufReader::with_capacity(4, input);
+        let mut lines = Vec::new();
+        loop {
+            let mut buf = Vec::new();
+            if read_line_capped(&mut reader, &mut buf, 6).await.unwrap() == 0 {
+                break;
+            }
+            lines.push(String::from_utf8(buf).unwrap());
+        }
+        assert_eq!(lines, ["short\n", "abcdef", "ghij\n", "end"]);
     }
 
     #[test]
