@@ -437,3 +437,30 @@ async fn a_submit_while_the_broker_is_down_runs_once_it_is_back() {
     assert_eq!(store.outbox_len().await.unwrap(), 0, "the outbox drained");
     app.shut_down().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_that_is_not_a_deployment_id_is_dead_lettered() {
+    let app = TestApp::start(None, Setup::default()).await.unwrap();
+    let (connection, channel) = vesemir_core::queue::open(&app.config.queue).await.unwrap();
+    channel
+        .basic_publish(
+            "".into(),
+            app.config.queue.queue.as_str().into(),
+            Default::default(),
+            b"rm -rf /",
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while app.queue_depths().await.unwrap() != (0, 1) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not dead-lettered: {:?}",
+            app.queue_depths().await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    connection.close(200, "done".into()).await.unwrap();
+    app.shut_down().await;
+}
