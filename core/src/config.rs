@@ -155,6 +155,35 @@ pub struct ClusterConfig {
     #[serde(default)]
     pub hosts: Vec<StaticHost>,
     pub ssh: SshConfig,
+    /// Every load balancer in front of the cluster's hosts: each change goes to all.
+    #[serde(default)]
+    pub load_balancers: Vec<LoadBalancerConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoadBalancerConfig {
+    pub name: String,
+    pub runtime_api: RuntimeApi,
+    /// Longest wait for one Runtime API answer.
+    #[serde(default = "default_lb_timeout")]
+    pub timeout_ms: u64,
+}
+
+fn default_lb_timeout() -> u64 {
+    3000
+}
+
+/// Where HAProxy's Runtime API is reached. Its TCP port has no authentication, so
+/// production load balancers often expose only the unix socket: reach it locally, or
+/// through SSH to the load balancer host (with the cluster's SSH settings; the host
+/// needs `socat`).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum RuntimeApi {
+    Tcp { address: String },
+    Unix { path: PathBuf },
+    Ssh { host: String, socket: String },
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -211,6 +240,40 @@ pub struct ServiceConfig {
     #[serde(default)]
     pub vars: BTreeMap<String, String>,
     pub health: HealthConfig,
+    /// How the service's hosts appear in the cluster's load balancers.
+    #[serde(default)]
+    pub load_balancer: Option<ServiceBalancing>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceBalancing {
+    /// The HAProxy backend holding the service's servers.
+    pub backend: String,
+    /// The server name of a host in that backend, a template such as `{{host.name}}`.
+    #[serde(default = "default_server_template")]
+    pub server: String,
+    /// Longest wait for a drained server's sessions to reach zero before `maint`.
+    #[serde(default = "default_drain_timeout")]
+    pub drain_timeout_seconds: u64,
+    /// Longest wait for a server put back to be reported UP by every load balancer.
+    #[serde(default = "default_up_timeout")]
+    pub up_timeout_seconds: u64,
+    #[serde(default = "default_poll_interval")]
+    pub poll_interval_ms: u64,
+}
+
+fn default_server_template() -> String {
+    "{{host.name}}".to_owned()
+}
+fn default_drain_timeout() -> u64 {
+    60
+}
+fn default_up_timeout() -> u64 {
+    60
+}
+fn default_poll_interval() -> u64 {
+    250
 }
 
 fn default_playbook() -> String {
@@ -246,6 +309,12 @@ fn default_health_interval() -> u64 {
 }
 fn default_health_timeout() -> u64 {
     2000
+}
+
+/// HAProxy proxy and server names: letters, digits and `._:-`, which also keeps a
+/// name from smuggling a second Runtime API command.
+pub fn is_haproxy_name(s: &str) -> bool {
+    (1..=100).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
 impl Config {
@@ -293,6 +362,12 @@ impl Config {
                     "cluster name {name:?} must match [a-z0-9][a-z0-9._-]*"
                 ));
             }
+            let mut balancers = BTreeSet::new();
+            for lb in &cluster.load_balancers {
+                if !is_identifier(&lb.name) || !balancers.insert(&lb.name) {
+                    return invalid(format!("cluster {name}: load balancer name {:?} is invalid or repeated", lb.name));
+                }
+            }
             let mut seen = BTreeSet::new();
             for host in &cluster.hosts {
                 if !is_identifier(&host.name) {
@@ -314,6 +389,11 @@ impl Config {
                 return invalid(format!(
                     "service name {name:?} must match [a-z0-9][a-z0-9._-]*"
                 ));
+            }
+            if let Some(lb) = &service.load_balancer
+                && !is_haproxy_name(&lb.backend)
+            {
+                return invalid(format!("service {name}: backend {:?} is not a valid HAProxy name", lb.backend));
             }
             if !is_identifier(&service.playbook) {
                 return invalid(format!(
