@@ -60,9 +60,8 @@ impl App {
     pub async fn build(config: Config) -> Result<Self, StartError> {
         let store = Store::connect(&config.database).await?;
         store.migrate().await?;
-        let listener = TcpListener::bind(config.api.listen)
-            .await
-            .map_err(|e| StartError::Listen(config.api.listen, e))?;
+        let listener =
+            TcpListener::bind(config.api.listen).await.map_err(|e| StartError::Listen(config.api.listen, e))?;
         let publisher = Arc::new(Publisher::new(config.queue.clone()));
         let (nudge, nudges) = mpsc::channel(NUDGE_CAPACITY);
         let relay = outbox::Relay {
@@ -72,20 +71,9 @@ impl App {
             interval: Duration::from_millis(config.api.outbox_interval_ms),
         };
         let max_body = config.api.max_body_bytes;
-        let state = AppState {
-            config: Arc::new(config),
-            store: store.clone(),
-            publisher: publisher.clone(),
-            nudge,
-        };
+        let state = AppState { config: Arc::new(config), store: store.clone(), publisher: publisher.clone(), nudge };
         let router = router(state, max_body);
-        Ok(Self {
-            listener,
-            router,
-            relay,
-            store,
-            publisher,
-        })
+        Ok(Self { listener, router, relay, store, publisher })
     }
 
     pub fn port(&self) -> u16 {
@@ -93,10 +81,7 @@ impl App {
     }
 
     /// Serves until `shutdown` resolves, then finishes in-flight requests.
-    pub async fn run(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> std::io::Result<()> {
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let (stop_tx, stop) = watch::channel(false);
         let relay = tokio::spawn(self.relay.run(stop.clone()));
         let served = axum::serve(self.listener, self.router)
@@ -115,10 +100,7 @@ impl App {
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     use routes::{deployments, health};
     Router::new()
-        .route(
-            "/v1/deployments",
-            get(deployments::list).post(deployments::submit),
-        )
+        .route("/v1/deployments", get(deployments::list).post(deployments::submit))
         .route("/v1/deployments/{id}", get(deployments::get))
         .route("/v1/deployments/{id}/logs", get(deployments::logs))
         .route("/healthz", get(health::healthz))

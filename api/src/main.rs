@@ -8,12 +8,7 @@ use vesemir_core::config::Config;
 #[command(version)]
 struct Args {
     /// The configuration file.
-    #[arg(
-        long,
-        env = "VESEMIR_CONFIG",
-        default_value = "vesemir.toml",
-        global = true
-    )]
+    #[arg(long, env = "VESEMIR_CONFIG", default_value = "vesemir.toml", global = true)]
     config: PathBuf,
     #[command(subcommand)]
     command: Option<Command>,

@@ -4,9 +4,7 @@
 use crate::error::ApiError;
 use std::collections::BTreeSet;
 use vesemir_core::config::{Config, DiscoveryKind};
-use vesemir_core::deployment::{
-    Amount, DeploymentRequest, ExecutorKind, is_identifier, is_version,
-};
+use vesemir_core::deployment::{Amount, DeploymentRequest, ExecutorKind, is_identifier, is_version};
 
 const MAX_HOSTS: usize = 10_000;
 const MAX_VARS: usize = 64;
@@ -19,16 +17,10 @@ fn bad(code: &'static str, message: impl Into<String>) -> ApiError {
 
 pub fn request(config: &Config, r: &DeploymentRequest) -> Result<(), ApiError> {
     if !config.services.contains_key(&r.service) {
-        return Err(bad(
-            "unknown_service",
-            format!("service {:?} is not configured", r.service),
-        ));
+        return Err(bad("unknown_service", format!("service {:?} is not configured", r.service)));
     }
     let Some(cluster) = config.clusters.get(&r.cluster) else {
-        return Err(bad(
-            "unknown_cluster",
-            format!("cluster {:?} is not configured", r.cluster),
-        ));
+        return Err(bad("unknown_cluster", format!("cluster {:?} is not configured", r.cluster)));
     };
     if !is_version(&r.version) {
         return Err(bad(
@@ -38,24 +30,15 @@ pub fn request(config: &Config, r: &DeploymentRequest) -> Result<(), ApiError> {
     }
 
     if r.hosts.len() > MAX_HOSTS {
-        return Err(bad(
-            "invalid_hosts",
-            format!("at most {MAX_HOSTS} hosts may be named"),
-        ));
+        return Err(bad("invalid_hosts", format!("at most {MAX_HOSTS} hosts may be named")));
     }
     let mut seen = BTreeSet::new();
     for host in &r.hosts {
         if !is_identifier(host) {
-            return Err(bad(
-                "invalid_hosts",
-                format!("host name {host:?} must match [a-z0-9][a-z0-9._-]{{0,62}}"),
-            ));
+            return Err(bad("invalid_hosts", format!("host name {host:?} must match [a-z0-9][a-z0-9._-]{{0,62}}")));
         }
         if !seen.insert(host) {
-            return Err(bad(
-                "invalid_hosts",
-                format!("host {host:?} is named twice"),
-            ));
+            return Err(bad("invalid_hosts", format!("host {host:?} is named twice")));
         }
     }
     match cluster.discovery {
@@ -63,59 +46,34 @@ pub fn request(config: &Config, r: &DeploymentRequest) -> Result<(), ApiError> {
             if r.selector.is_some() {
                 return Err(bad(
                     "invalid_selector",
-                    format!(
-                        "cluster {} has a static host list: name hosts instead of a selector",
-                        r.cluster
-                    ),
+                    format!("cluster {} has a static host list: name hosts instead of a selector", r.cluster),
                 ));
             }
-            if let Some(unknown) = r
-                .hosts
-                .iter()
-                .find(|h| !cluster.hosts.iter().any(|c| &&c.name == h))
-            {
-                return Err(bad(
-                    "unknown_host",
-                    format!("host {unknown:?} is not in cluster {}", r.cluster),
-                ));
+            if let Some(unknown) = r.hosts.iter().find(|h| !cluster.hosts.iter().any(|c| &&c.name == h)) {
+                return Err(bad("unknown_host", format!("host {unknown:?} is not in cluster {}", r.cluster)));
             }
         }
     }
 
     match r.concurrency {
         Amount::Count(0) | Amount::Percent(0) => {
-            return Err(bad(
-                "invalid_concurrency",
-                "concurrency must be at least 1 host or 1%",
-            ));
+            return Err(bad("invalid_concurrency", "concurrency must be at least 1 host or 1%"));
         }
         Amount::Count(n) if n as usize > MAX_HOSTS => {
-            return Err(bad(
-                "invalid_concurrency",
-                format!("concurrency must be at most {MAX_HOSTS}"),
-            ));
+            return Err(bad("invalid_concurrency", format!("concurrency must be at most {MAX_HOSTS}")));
         }
         _ => {}
     }
     if let Some(weight) = r.weight
         && !(1..=100).contains(&weight)
     {
-        return Err(bad(
-            "invalid_weight",
-            "weight is a percentage of the full weight, from 1 to 100",
-        ));
+        return Err(bad("invalid_weight", "weight is a percentage of the full weight, from 1 to 100"));
     }
     if r.sleep_seconds.is_some_and(|s| s > MAX_SLEEP_SECONDS) {
-        return Err(bad(
-            "invalid_sleep_seconds",
-            format!("sleep_seconds must be at most {MAX_SLEEP_SECONDS}"),
-        ));
+        return Err(bad("invalid_sleep_seconds", format!("sleep_seconds must be at most {MAX_SLEEP_SECONDS}")));
     }
     if r.executor == Some(ExecutorKind::Ansible) {
-        return Err(bad(
-            "unsupported_executor",
-            "the ansible executor is not available in this version; use native",
-        ));
+        return Err(bad("unsupported_executor", "the ansible executor is not available in this version; use native"));
     }
 
     if r.vars.len() > MAX_VARS {
@@ -123,22 +81,13 @@ pub fn request(config: &Config, r: &DeploymentRequest) -> Result<(), ApiError> {
     }
     for (name, value) in &r.vars {
         if !is_identifier(name) {
-            return Err(bad(
-                "invalid_vars",
-                format!("var name {name:?} must match [a-z0-9][a-z0-9._-]{{0,62}}"),
-            ));
+            return Err(bad("invalid_vars", format!("var name {name:?} must match [a-z0-9][a-z0-9._-]{{0,62}}")));
         }
         if value.len() > MAX_VAR_BYTES {
-            return Err(bad(
-                "invalid_vars",
-                format!("var {name} is longer than {MAX_VAR_BYTES} bytes"),
-            ));
+            return Err(bad("invalid_vars", format!("var {name} is longer than {MAX_VAR_BYTES} bytes")));
         }
         if value.contains('\0') {
-            return Err(bad(
-                "invalid_vars",
-                format!("var {name} contains a NUL byte"),
-            ));
+            return Err(bad("invalid_vars", format!("var {name} contains a NUL byte")));
         }
     }
     Ok(())
@@ -147,10 +96,7 @@ pub fn request(config: &Config, r: &DeploymentRequest) -> Result<(), ApiError> {
 /// `Idempotency-Key`: 1 to 200 visible ASCII characters.
 pub fn idempotency_key(key: &str) -> Result<(), ApiError> {
     if key.is_empty() || key.len() > 200 || !key.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(bad(
-            "invalid_idempotency_key",
-            "Idempotency-Key must be 1 to 200 visible ASCII characters",
-        ));
+        return Err(bad("invalid_idempotency_key", "Idempotency-Key must be 1 to 200 visible ASCII characters"));
     }
     Ok(())
 }

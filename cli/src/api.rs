@@ -8,11 +8,7 @@ pub(crate) enum ApiError {
     #[error("cannot reach the Vesemir API at {url}: {message}")]
     Unreachable { url: String, message: String },
     #[error("the API refused the request ({status}, {code}): {message}")]
-    Refused {
-        status: u16,
-        code: String,
-        message: String,
-    },
+    Refused { status: u16, code: String, message: String },
     #[error("the API answered something that is not JSON: {0}")]
     Garbled(String),
 }
@@ -30,17 +26,10 @@ impl Api {
             .connect_timeout(Duration::from_secs(5))
             .build()
             .unwrap_or_default();
-        Self {
-            base: base.trim_end_matches('/').to_owned(),
-            client,
-        }
+        Self { base: base.trim_end_matches('/').to_owned(), client }
     }
 
-    pub(crate) async fn submit(
-        &self,
-        body: &Value,
-        idempotency_key: Option<&str>,
-    ) -> Result<Value, ApiError> {
+    pub(crate) async fn submit(&self, body: &Value, idempotency_key: Option<&str>) -> Result<Value, ApiError> {
         let mut request = self.client.post(self.url("/v1/deployments")).json(body);
         if let Some(key) = idempotency_key {
             request = request.header("Idempotency-Key", key);
@@ -49,26 +38,15 @@ impl Api {
     }
 
     pub(crate) async fn deployment(&self, id: &str) -> Result<Value, ApiError> {
-        self.send(self.client.get(self.url(&format!("/v1/deployments/{id}"))))
-            .await
+        self.send(self.client.get(self.url(&format!("/v1/deployments/{id}")))).await
     }
 
-    pub(crate) async fn logs(
-        &self,
-        id: &str,
-        after: i64,
-        host: Option<&str>,
-    ) -> Result<Value, ApiError> {
+    pub(crate) async fn logs(&self, id: &str, after: i64, host: Option<&str>) -> Result<Value, ApiError> {
         let mut query = vec![("after", after.to_string())];
         if let Some(host) = host {
             query.push(("host", host.to_owned()));
         }
-        self.send(
-            self.client
-                .get(self.url(&format!("/v1/deployments/{id}/logs")))
-                .query(&query),
-        )
-        .await
+        self.send(self.client.get(self.url(&format!("/v1/deployments/{id}/logs"))).query(&query)).await
     }
 
     pub(crate) async fn list(
@@ -84,8 +62,7 @@ impl Api {
                 query.push((name, value.to_owned()));
             }
         }
-        self.send(self.client.get(self.url("/v1/deployments")).query(&query))
-            .await
+        self.send(self.client.get(self.url("/v1/deployments")).query(&query)).await
     }
 
     fn url(&self, path: &str) -> String {
@@ -93,28 +70,19 @@ impl Api {
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<Value, ApiError> {
-        let response = request.send().await.map_err(|e| ApiError::Unreachable {
-            url: self.base.clone(),
-            message: error_chain(&e),
-        })?;
-        let status = response.status();
-        let body: Value = response
-            .json()
+        let response = request
+            .send()
             .await
-            .map_err(|e| ApiError::Garbled(e.to_string()))?;
+            .map_err(|e| ApiError::Unreachable { url: self.base.clone(), message: error_chain(&e) })?;
+        let status = response.status();
+        let body: Value = response.json().await.map_err(|e| ApiError::Garbled(e.to_string()))?;
         if status.is_success() {
             return Ok(body);
         }
         Err(ApiError::Refused {
             status: status.as_u16(),
-            code: body["error"]["code"]
-                .as_str()
-                .unwrap_or("unknown")
-                .to_owned(),
-            message: body["error"]["message"]
-                .as_str()
-                .unwrap_or("no message")
-                .to_owned(),
+            code: body["error"]["code"].as_str().unwrap_or("unknown").to_owned(),
+            message: body["error"]["message"].as_str().unwrap_or("no message").to_owned(),
         })
     }
 }

@@ -20,12 +20,7 @@ const EXIT_API_ERROR: u8 = 3;
 #[command(name = "vesemir", version, about = "Deploy releases with Vesemir")]
 struct Cli {
     /// Base URL of the Vesemir API.
-    #[arg(
-        long,
-        env = "VESEMIR_API",
-        default_value = "http://127.0.0.1:8080",
-        global = true
-    )]
+    #[arg(long, env = "VESEMIR_API", default_value = "http://127.0.0.1:8080", global = true)]
     api: String,
     /// Print JSON instead of text, for scripts.
     #[arg(long, global = true)]
@@ -95,15 +90,12 @@ struct DeployArgs {
 }
 
 fn parse_var(text: &str) -> Result<(String, String), String> {
-    text.split_once('=')
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .ok_or_else(|| format!("{text:?} is not NAME=VALUE"))
+    text.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).ok_or_else(|| format!("{text:?} is not NAME=VALUE"))
 }
 
 /// A count stays a number in JSON; a percentage stays a string.
 fn amount(text: &str) -> Value {
-    text.parse::<u64>()
-        .map_or_else(|_| json!(text), |n| json!(n))
+    text.parse::<u64>().map_or_else(|_| json!(text), |n| json!(n))
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -150,20 +142,8 @@ async fn run(api: &Api, as_json: bool, command: Command) -> Result<u8, ApiError>
             }
             Ok(0)
         }
-        Command::List {
-            service,
-            cluster,
-            state,
-            limit,
-        } => {
-            let page = api
-                .list(
-                    service.as_deref(),
-                    cluster.as_deref(),
-                    state.as_deref(),
-                    limit,
-                )
-                .await?;
+        Command::List { service, cluster, state, limit } => {
+            let page = api.list(service.as_deref(), cluster.as_deref(), state.as_deref(), limit).await?;
             if as_json {
                 println!("{page:#}");
             } else {
@@ -197,12 +177,7 @@ async fn deploy(api: &Api, as_json: bool, args: DeployArgs) -> Result<u8, ApiErr
         body["sleep_seconds"] = json!(s);
     }
     if !args.vars.is_empty() {
-        body["vars"] = args
-            .vars
-            .into_iter()
-            .map(|(k, v)| (k, json!(v)))
-            .collect::<serde_json::Map<_, _>>()
-            .into();
+        body["vars"] = args.vars.into_iter().map(|(k, v)| (k, json!(v))).collect::<serde_json::Map<_, _>>().into();
     }
     let deployment = api.submit(&body, args.idempotency_key.as_deref()).await?;
     let id = deployment["id"].as_str().unwrap_or_default().to_owned();

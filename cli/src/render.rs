@@ -12,10 +12,7 @@ pub(crate) fn progress(d: &Value) -> String {
     format!(
         "{}: {} of {} hosts done ({} succeeded, {} failed, {} unreachable, {} skipped)",
         s(&d["state"]),
-        ["succeeded", "failed", "unreachable", "skipped"]
-            .iter()
-            .map(|k| sum[k].as_u64().unwrap_or(0))
-            .sum::<u64>(),
+        ["succeeded", "failed", "unreachable", "skipped"].iter().map(|k| sum[k].as_u64().unwrap_or(0)).sum::<u64>(),
         sum["total"].as_u64().unwrap_or(0),
         sum["succeeded"].as_u64().unwrap_or(0),
         sum["failed"].as_u64().unwrap_or(0),
@@ -27,20 +24,9 @@ pub(crate) fn progress(d: &Value) -> String {
 pub(crate) fn status(d: &Value) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "deployment {}", s(&d["id"]));
-    let _ = writeln!(
-        out,
-        "  {} {} to {}",
-        s(&d["service"]),
-        s(&d["version"]),
-        s(&d["cluster"])
-    );
+    let _ = writeln!(out, "  {} {} to {}", s(&d["service"]), s(&d["version"]), s(&d["cluster"]));
     let _ = writeln!(out, "  {}", progress(d));
-    let _ = writeln!(
-        out,
-        "  requested by {} at {}",
-        s(&d["requested_by"]),
-        s(&d["created_at"])
-    );
+    let _ = writeln!(out, "  requested by {} at {}", s(&d["requested_by"]), s(&d["created_at"]));
     if let Some(error) = d["error"].as_str() {
         let _ = writeln!(out, "  error: {error}");
     }
@@ -51,33 +37,19 @@ pub(crate) fn status(d: &Value) -> String {
     let rows: Vec<[String; 5]> = hosts
         .iter()
         .map(|h| {
-            let last_step = h["steps"]
-                .as_array()
-                .and_then(|steps| steps.last())
-                .map(|st| s(&st["name"]).to_owned());
+            let last_step = h["steps"].as_array().and_then(|steps| steps.last()).map(|st| s(&st["name"]).to_owned());
             [
                 s(&h["name"]).to_owned(),
                 s(&h["address"]).to_owned(),
                 (h["wave"].as_i64().unwrap_or(0) + 1).to_string(),
                 s(&h["state"]).to_owned(),
-                h["error"]
-                    .as_str()
-                    .map(str::to_owned)
-                    .or(last_step)
-                    .unwrap_or_default(),
+                h["error"].as_str().map(str::to_owned).or(last_step).unwrap_or_default(),
             ]
         })
         .collect();
     let header = ["HOST", "ADDRESS", "WAVE", "STATE", "DETAIL"];
-    let widths: Vec<usize> = (0..4)
-        .map(|i| {
-            rows.iter()
-                .map(|r| r[i].len())
-                .chain([header[i].len()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
+    let widths: Vec<usize> =
+        (0..4).map(|i| rows.iter().map(|r| r[i].len()).chain([header[i].len()]).max().unwrap_or(0)).collect();
     let mut line = |cells: [&str; 5]| {
         let _ = writeln!(
             out,
@@ -107,11 +79,7 @@ pub(crate) fn log_line(l: &Value) -> String {
         "system" => "*",
         _ => " ",
     };
-    format!(
-        "{:>6} {host} {stream} {}",
-        l["seq"].as_i64().unwrap_or(0),
-        s(&l["line"])
-    )
+    format!("{:>6} {host} {stream} {}", l["seq"].as_i64().unwrap_or(0), s(&l["line"]))
 }
 
 pub(crate) fn list(page: &Value) -> String {

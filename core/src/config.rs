@@ -15,10 +15,7 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read configuration file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("configuration file {path} is not valid: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("configuration is not valid: {0}")]
@@ -74,11 +71,7 @@ pub struct ApiConfig {
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            max_body_bytes: 64 * 1024,
-            outbox_interval_ms: 1000,
-        }
+        Self { listen: SocketAddr::from(([127, 0, 0, 1], 8080)), max_body_bytes: 64 * 1024, outbox_interval_ms: 1000 }
     }
 }
 
@@ -91,10 +84,7 @@ pub struct DatabaseConfig {
 
 impl Default for DatabaseConfig {
     fn default() -> Self {
-        Self {
-            url: Secret::new("postgres://postgres@127.0.0.1:5432/vesemir"),
-            max_connections: 10,
-        }
+        Self { url: Secret::new("postgres://postgres@127.0.0.1:5432/vesemir"), max_connections: 10 }
     }
 }
 
@@ -314,21 +304,18 @@ fn default_health_timeout() -> u64 {
 /// HAProxy proxy and server names: letters, digits and `._:-`, which also keeps a
 /// name from smuggling a second Runtime API command.
 pub fn is_haproxy_name(s: &str) -> bool {
-    (1..=100).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+    (1..=100).contains(&s.len())
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
 impl Config {
     /// Reads `path`, applies the environment overrides and checks the result.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        let mut config = Self::parse(&text, base).map_err(|message| ConfigError::Parse {
-            path: path.to_owned(),
-            message,
-        })?;
+        let mut config =
+            Self::parse(&text, base).map_err(|message| ConfigError::Parse { path: path.to_owned(), message })?;
         config.apply_env(|name| std::env::var(name).ok());
         config.validate()?;
         Ok(config)
@@ -358,9 +345,7 @@ impl Config {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         for (name, cluster) in &self.clusters {
             if !is_identifier(name) {
-                return invalid(format!(
-                    "cluster name {name:?} must match [a-z0-9][a-z0-9._-]*"
-                ));
+                return invalid(format!("cluster name {name:?} must match [a-z0-9][a-z0-9._-]*"));
             }
             let mut balancers = BTreeSet::new();
             for lb in &cluster.load_balancers {
@@ -377,18 +362,13 @@ impl Config {
                     ));
                 }
                 if !seen.insert(&host.name) {
-                    return invalid(format!(
-                        "cluster {name}: host {} is listed twice",
-                        host.name
-                    ));
+                    return invalid(format!("cluster {name}: host {} is listed twice", host.name));
                 }
             }
         }
         for (name, service) in &self.services {
             if !is_identifier(name) {
-                return invalid(format!(
-                    "service name {name:?} must match [a-z0-9][a-z0-9._-]*"
-                ));
+                return invalid(format!("service name {name:?} must match [a-z0-9][a-z0-9._-]*"));
             }
             if let Some(lb) = &service.load_balancer
                 && !is_haproxy_name(&lb.backend)
@@ -396,10 +376,7 @@ impl Config {
                 return invalid(format!("service {name}: backend {:?} is not a valid HAProxy name", lb.backend));
             }
             if !is_identifier(&service.playbook) {
-                return invalid(format!(
-                    "service {name}: playbook name {:?} is not valid",
-                    service.playbook
-                ));
+                return invalid(format!("service {name}: playbook name {:?} is not valid", service.playbook));
             }
         }
         if self.worker.max_deployments == 0 {
@@ -431,10 +408,7 @@ mod tests {
         let config = Config::parse(MINIMAL, Path::new("/etc/vesemir")).expect("valid");
         let ssh = &config.clusters["sandbox"].ssh;
         assert_eq!(ssh.private_key, Path::new("/etc/vesemir/keys/id"));
-        assert_eq!(
-            config.worker.playbooks_dir,
-            Path::new("/etc/vesemir/playbooks")
-        );
+        assert_eq!(config.worker.playbooks_dir, Path::new("/etc/vesemir/playbooks"));
         assert_eq!(ssh.port, 22);
     }
 

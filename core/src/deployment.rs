@@ -14,9 +14,7 @@ pub fn is_identifier(s: &str) -> bool {
     let bytes = s.as_bytes();
     (1..=63).contains(&bytes.len())
         && (bytes[0].is_ascii_lowercase() || bytes[0].is_ascii_digit())
-        && bytes.iter().all(|b| {
-            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
-        })
+        && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// A release version: letters, digits and `._+-`, starting with a letter or digit.
@@ -24,9 +22,7 @@ pub fn is_version(s: &str) -> bool {
     let bytes = s.as_bytes();
     (1..=128).contains(&bytes.len())
         && bytes[0].is_ascii_alphanumeric()
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'+' | b'-'))
+        && bytes.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'+' | b'-'))
 }
 
 /// A count of hosts (`2`) or a share of them (`"25%"`), as `concurrency` and
@@ -73,23 +69,17 @@ impl<'de> Deserialize<'de> for Amount {
             Count(u64),
             Text(String),
         }
-        let invalid =
-            || serde::de::Error::custom("expected a count of hosts (2) or a percentage (\"25%\")");
+        let invalid = || serde::de::Error::custom("expected a count of hosts (2) or a percentage (\"25%\")");
         match Raw::deserialize(d).map_err(|_| invalid())? {
             Raw::Count(n) => u32::try_from(n).map(Amount::Count).map_err(|_| invalid()),
             Raw::Text(text) => {
                 let digits = text.strip_suffix('%').ok_or_else(invalid)?;
-                if digits.is_empty()
-                    || digits.len() > 3
-                    || !digits.bytes().all(|b| b.is_ascii_digit())
-                {
+                if digits.is_empty() || digits.len() > 3 || !digits.bytes().all(|b| b.is_ascii_digit()) {
                     return Err(invalid());
                 }
                 let p: u8 = digits.parse().map_err(|_| invalid())?;
                 if p > 100 {
-                    return Err(serde::de::Error::custom(
-                        "a percentage must be between 0% and 100%",
-                    ));
+                    return Err(serde::de::Error::custom("a percentage must be between 0% and 100%"));
                 }
                 Ok(Amount::Percent(p))
             }
@@ -153,6 +143,9 @@ pub struct DeploymentRequest {
     pub vars: BTreeMap<String, String>,
     #[serde(default)]
     pub dry_run: bool,
+    /// A first wave of one host before the others.
+    #[serde(default)]
+    pub canary: bool,
 }
 
 impl DeploymentRequest {
@@ -175,14 +168,9 @@ impl DeploymentRequest {
     /// The first field of a submit body that this version does not know, if any.
     pub fn unknown_field(body: &serde_json::Value) -> Option<String> {
         let unknown = |object: &serde_json::Value, known: &[&str], prefix: &str| {
-            object
-                .as_object()?
-                .keys()
-                .find(|k| !known.contains(&k.as_str()))
-                .map(|k| format!("{prefix}{k}"))
+            object.as_object()?.keys().find(|k| !known.contains(&k.as_str())).map(|k| format!("{prefix}{k}"))
         };
-        unknown(body, Self::FIELDS, "")
-            .or_else(|| unknown(&body["selector"], Self::SELECTOR_FIELDS, "selector."))
+        unknown(body, Self::FIELDS, "").or_else(|| unknown(&body["selector"], Self::SELECTOR_FIELDS, "selector."))
     }
 }
 
@@ -235,10 +223,7 @@ string_enum!(
 
 impl DeploymentState {
     pub fn is_final(self) -> bool {
-        matches!(
-            self,
-            Self::Succeeded | Self::Failed | Self::Cancelled | Self::Planned
-        )
+        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled | Self::Planned)
     }
 }
 
@@ -256,10 +241,7 @@ string_enum!(
 
 impl HostState {
     pub fn is_final(self) -> bool {
-        matches!(
-            self,
-            Self::Succeeded | Self::Failed | Self::Unreachable | Self::Skipped
-        )
+        matches!(self, Self::Succeeded | Self::Failed | Self::Unreachable | Self::Skipped)
     }
 
     /// Failed and unreachable hosts count against `max_failures`.
@@ -343,6 +325,9 @@ pub struct Host {
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     pub error: Option<String>,
+    /// Where Vesemir left the host's server in the load balancers: `ready`, `drain`,
+    /// `maint`, or null when it did not touch it.
+    pub load_balancer: Option<String>,
     pub steps: Vec<Step>,
 }
 
@@ -374,16 +359,7 @@ mod tests {
         for ok in ["payments-api", "vm-01", "a", "prod.eu_1"] {
             assert!(is_identifier(ok), "{ok}");
         }
-        for bad in [
-            "",
-            "Payments",
-            "-x",
-            "a b",
-            "a;b",
-            "a/b",
-            "ä",
-            &"x".repeat(64),
-        ] {
+        for bad in ["", "Payments", "-x", "a b", "a;b", "a/b", "ä", &"x".repeat(64)] {
             assert!(!is_identifier(bad), "{bad}");
         }
     }
@@ -402,15 +378,10 @@ mod tests {
         let parse = |s: &str| serde_json::from_str::<Amount>(s);
         assert_eq!(parse("2").unwrap(), Amount::Count(2));
         assert_eq!(parse("\"25%\"").unwrap(), Amount::Percent(25));
-        for bad in [
-            "-1", "\"25\"", "\"%\"", "\"101%\"", "\"-5%\"", "2.5", "null", "\"1e2%\"",
-        ] {
+        for bad in ["-1", "\"25\"", "\"%\"", "\"101%\"", "\"-5%\"", "2.5", "null", "\"1e2%\""] {
             assert!(parse(bad).is_err(), "{bad}");
         }
-        assert_eq!(
-            serde_json::to_string(&Amount::Percent(25)).unwrap(),
-            "\"25%\""
-        );
+        assert_eq!(serde_json::to_string(&Amount::Percent(25)).unwrap(), "\"25%\"");
     }
 
     #[test]
@@ -422,19 +393,11 @@ mod tests {
 
     #[test]
     fn submits_name_their_unknown_fields() {
-        let body =
-            serde_json::json!({"service": "s", "cluster": "c", "version": "1", "concurency": 2});
-        assert_eq!(
-            DeploymentRequest::unknown_field(&body),
-            Some("concurency".to_owned())
-        );
+        let body = serde_json::json!({"service": "s", "cluster": "c", "version": "1", "concurency": 2});
+        assert_eq!(DeploymentRequest::unknown_field(&body), Some("concurency".to_owned()));
         let body = serde_json::json!({"service": "s", "selector": {"role": ["x"]}});
-        assert_eq!(
-            DeploymentRequest::unknown_field(&body),
-            Some("selector.role".to_owned())
-        );
-        let body =
-            serde_json::json!({"service": "s", "selector": {"roles": ["x"]}, "dry_run": true});
+        assert_eq!(DeploymentRequest::unknown_field(&body), Some("selector.role".to_owned()));
+        let body = serde_json::json!({"service": "s", "selector": {"roles": ["x"]}, "dry_run": true});
         assert_eq!(DeploymentRequest::unknown_field(&body), None);
     }
 

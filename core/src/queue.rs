@@ -7,8 +7,7 @@
 use crate::config::QueueConfig;
 use lapin::Confirmation;
 use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
-    QueueDeclareOptions,
+    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
@@ -39,11 +38,7 @@ async fn within<T>(f: impl Future<Output = Result<T, lapin::Error>>) -> Result<T
 /// Opens a connection and a channel, and declares the queue and its dead-letter queue
 /// (declaring is idempotent, so publishers and consumers both do it).
 pub async fn open(config: &QueueConfig) -> Result<(Connection, Channel), QueueError> {
-    let connection = within(Connection::connect(
-        config.url.expose(),
-        ConnectionProperties::default(),
-    ))
-    .await?;
+    let connection = within(Connection::connect(config.url.expose(), ConnectionProperties::default())).await?;
     let channel = within(connection.create_channel()).await?;
     declare(&channel, config).await?;
     Ok((connection, channel))
@@ -54,39 +49,19 @@ fn dead_letter_queue(config: &QueueConfig) -> String {
 }
 
 async fn declare(channel: &Channel, config: &QueueConfig) -> Result<(), QueueError> {
-    let durable = QueueDeclareOptions {
-        durable: true,
-        ..QueueDeclareOptions::default()
-    };
+    let durable = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
     let mut dead_args = FieldTable::default();
-    dead_args.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString(LongString::from("quorum")),
-    );
-    within(channel.queue_declare(
-        dead_letter_queue(config).as_str().into(),
-        durable,
-        dead_args,
-    ))
-    .await?;
+    dead_args.insert("x-queue-type".into(), AMQPValue::LongString(LongString::from("quorum")));
+    within(channel.queue_declare(dead_letter_queue(config).as_str().into(), durable, dead_args)).await?;
 
     let mut args = FieldTable::default();
-    args.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString(LongString::from("quorum")),
-    );
-    args.insert(
-        "x-dead-letter-exchange".into(),
-        AMQPValue::LongString(LongString::from("")),
-    );
+    args.insert("x-queue-type".into(), AMQPValue::LongString(LongString::from("quorum")));
+    args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(LongString::from("")));
     args.insert(
         "x-dead-letter-routing-key".into(),
         AMQPValue::LongString(LongString::from(dead_letter_queue(config).as_str())),
     );
-    args.insert(
-        "x-delivery-limit".into(),
-        AMQPValue::LongUInt(config.delivery_limit),
-    );
+    args.insert("x-delivery-limit".into(), AMQPValue::LongUInt(config.delivery_limit));
     within(channel.queue_declare(config.queue.as_str().into(), durable, args)).await?;
     Ok(())
 }
@@ -102,10 +77,7 @@ impl Publisher {
     /// Does not connect: the first publish does, so the API starts while the broker is
     /// down (accepted deployments wait in the outbox).
     pub fn new(config: QueueConfig) -> Self {
-        Self {
-            config,
-            link: Mutex::new(None),
-        }
+        Self { config, link: Mutex::new(None) }
     }
 
     /// Publishes one id and waits for the broker to confirm it.
@@ -119,15 +91,8 @@ impl Publisher {
         result
     }
 
-    async fn publish_on(
-        &self,
-        link: &mut Option<(Connection, Channel)>,
-        id: Uuid,
-    ) -> Result<(), QueueError> {
-        if link
-            .as_ref()
-            .is_none_or(|(connection, _)| !connection.status().connected())
-        {
+    async fn publish_on(&self, link: &mut Option<(Connection, Channel)>, id: Uuid) -> Result<(), QueueError> {
+        if link.as_ref().is_none_or(|(connection, _)| !connection.status().connected()) {
             let (connection, channel) = open(&self.config).await?;
             within(channel.confirm_select(ConfirmSelectOptions::default())).await?;
             *link = Some((connection, channel));
@@ -143,10 +108,7 @@ impl Publisher {
         let confirm = within(channel.basic_publish(
             ShortString::from(""),
             self.config.queue.as_str().into(),
-            BasicPublishOptions {
-                mandatory: true,
-                ..BasicPublishOptions::default()
-            },
+            BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
             body.as_bytes(),
             properties,
         ))
@@ -154,26 +116,20 @@ impl Publisher {
         match within(confirm).await? {
             Confirmation::Ack(None) => Ok(()),
             // Unroutable (returned) or refused: not stored by the broker.
-            Confirmation::Ack(Some(_)) | Confirmation::Nack(_) | Confirmation::NotRequested => {
-                Err(QueueError::Nacked)
-            }
+            Confirmation::Ack(Some(_)) | Confirmation::Nack(_) | Confirmation::NotRequested => Err(QueueError::Nacked),
         }
     }
 
     /// Whether the last publish left a live connection (for readiness).
     pub async fn is_connected(&self) -> bool {
         let link = self.link.lock().await;
-        link.as_ref()
-            .is_some_and(|(connection, _)| connection.status().connected())
+        link.as_ref().is_some_and(|(connection, _)| connection.status().connected())
     }
 
     /// Connects if needed, without publishing (for readiness).
     pub async fn check(&self) -> Result<(), QueueError> {
         let mut link = self.link.lock().await;
-        if link
-            .as_ref()
-            .is_some_and(|(connection, _)| connection.status().connected())
-        {
+        if link.as_ref().is_some_and(|(connection, _)| connection.status().connected()) {
             return Ok(());
         }
         let (connection, channel) = open(&self.config).await?;
@@ -209,7 +165,5 @@ pub async fn consume(
 
 /// Parses a message body into a deployment id.
 pub fn deployment_id(body: &[u8]) -> Option<Uuid> {
-    std::str::from_utf8(body)
-        .ok()
-        .and_then(|s| Uuid::parse_str(s.trim()).ok())
+    std::str::from_utf8(body).ok().and_then(|s| Uuid::parse_str(s.trim()).ok())
 }

@@ -34,12 +34,7 @@ async fn submit_load(app: &TestApp, total: usize) -> (f64, Vec<f64>) {
                 let mut latencies = Vec::new();
                 while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < total {
                     let t = Instant::now();
-                    let response = client
-                        .post(&url)
-                        .json(&demo_request("1.0.0"))
-                        .send()
-                        .await
-                        .unwrap();
+                    let response = client.post(&url).json(&demo_request("1.0.0")).send().await.unwrap();
                     assert_eq!(response.status().as_u16(), 202);
                     latencies.push(t.elapsed().as_secs_f64() * 1000.0);
                 }
@@ -59,32 +54,14 @@ async fn submit_load(app: &TestApp, total: usize) -> (f64, Vec<f64>) {
 fn pgbench(database_url: &str) -> f64 {
     let scratch = ScratchDir::new("vb").unwrap();
     let script = scratch.path().join("insert.sql");
-    std::fs::write(
-        &script,
-        "INSERT INTO bench_insert (payload) VALUES ('{\"service\": \"demo\"}');\n",
-    )
-    .unwrap();
+    std::fs::write(&script, "INSERT INTO bench_insert (payload) VALUES ('{\"service\": \"demo\"}');\n").unwrap();
     let run = |sql: &str| {
-        let status = Command::new("psql")
-            .args([database_url, "-q", "-c", sql])
-            .status()
-            .unwrap();
+        let status = Command::new("psql").args([database_url, "-q", "-c", sql]).status().unwrap();
         assert!(status.success());
     };
-    run(
-        "CREATE TABLE bench_insert (id bigserial PRIMARY KEY, payload jsonb, created_at timestamptz DEFAULT now())",
-    );
+    run("CREATE TABLE bench_insert (id bigserial PRIMARY KEY, payload jsonb, created_at timestamptz DEFAULT now())");
     let output = Command::new("pgbench")
-        .args([
-            "-n",
-            "-c",
-            &CLIENTS.to_string(),
-            "-j",
-            "2",
-            "-T",
-            &PGBENCH_SECONDS.to_string(),
-            "-f",
-        ])
+        .args(["-n", "-c", &CLIENTS.to_string(), "-j", "2", "-T", &PGBENCH_SECONDS.to_string(), "-f"])
         .arg(&script)
         .arg(database_url)
         .output()
@@ -92,16 +69,8 @@ fn pgbench(database_url: &str) -> f64 {
     let text = String::from_utf8_lossy(&output.stdout);
     run("DROP TABLE bench_insert");
     text.lines()
-        .find_map(|l| {
-            l.strip_prefix("tps = ")
-                .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or_else(|| {
-            panic!(
-                "no tps in pgbench output: {text}{}",
-                String::from_utf8_lossy(&output.stderr)
-            )
-        })
+        .find_map(|l| l.strip_prefix("tps = ").and_then(|rest| rest.split_whitespace().next()?.parse().ok()))
+        .unwrap_or_else(|| panic!("no tps in pgbench output: {text}{}", String::from_utf8_lossy(&output.stderr)))
 }
 
 async fn claim_latency(app: &TestApp) -> Vec<f64> {
@@ -131,15 +100,7 @@ async fn claim_latency(app: &TestApp) -> Vec<f64> {
 
 #[tokio::main]
 async fn main() {
-    let app = TestApp::start(
-        None,
-        Setup {
-            workers: 0,
-            ..Setup::default()
-        },
-    )
-    .await
-    .unwrap();
+    let app = TestApp::start(None, Setup { workers: 0, ..Setup::default() }).await.unwrap();
     submit_load(&app, WARMUP).await;
     let (rate, latencies) = submit_load(&app, SUBMITS).await;
     let tps = pgbench(app.database_url());
@@ -149,18 +110,13 @@ async fn main() {
     let app = TestApp::start(None, Setup::default()).await.unwrap();
     let claims = claim_latency(&app).await;
 
-    println!(
-        "Vesemir submit benchmark ({CLIENTS} concurrent clients, debug={})",
-        cfg!(debug_assertions)
-    );
+    println!("Vesemir submit benchmark ({CLIENTS} concurrent clients, debug={})", cfg!(debug_assertions));
     println!(
         "  POST /v1/deployments         {rate:>8.0} req/s   p50 {:>6.2} ms   p99 {:>6.2} ms   ({SUBMITS} requests)",
         percentile(&latencies, 0.50),
         percentile(&latencies, 0.99),
     );
-    println!(
-        "  pgbench one-row INSERT+COMMIT {tps:>8.0} tx/s    ({PGBENCH_SECONDS} s, same server, same database)"
-    );
+    println!("  pgbench one-row INSERT+COMMIT {tps:>8.0} tx/s    ({PGBENCH_SECONDS} s, same server, same database)");
     println!("  ratio submit / INSERT+COMMIT  {:>8.2}", rate / tps);
     println!(
         "  submit -> worker claim        p50 {:>6.2} ms   p99 {:>6.2} ms   ({} dry runs, one every 50 ms)",

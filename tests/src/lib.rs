@@ -24,10 +24,7 @@ pub const ADMIN_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgre
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
 }
 
 fn ground_script(name: &str) -> PathBuf {
@@ -86,25 +83,14 @@ pub struct TestDatabase {
 
 impl TestDatabase {
     pub async fn create() -> anyhow::Result<Self> {
-        let admin_url =
-            std::env::var("DATABASE_URL").unwrap_or_else(|_| ADMIN_DATABASE_URL.to_owned());
+        let admin_url = std::env::var("DATABASE_URL").unwrap_or_else(|_| ADMIN_DATABASE_URL.to_owned());
         let name = format!("vesemir_test_{}", Uuid::now_v7().simple());
-        let pool = sqlx::PgPool::connect(&admin_url)
-            .await
-            .context("connecting to the test PostgreSQL")?;
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&pool)
-            .await?;
+        let pool = sqlx::PgPool::connect(&admin_url).await.context("connecting to the test PostgreSQL")?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&pool).await?;
         pool.close().await;
-        let (base, _) = admin_url
-            .rsplit_once('/')
-            .context("DATABASE_URL has no database name")?;
+        let (base, _) = admin_url.rsplit_once('/').context("DATABASE_URL has no database name")?;
         let url = format!("{base}/{name}");
-        Ok(Self {
-            name,
-            url,
-            admin_url,
-        })
+        Ok(Self { name, url, admin_url })
     }
 }
 
@@ -113,11 +99,7 @@ impl Drop for TestDatabase {
         // Drop runs outside async: a short blocking psql call is the simplest.
         let _ = Command::new("psql")
             .arg(&self.admin_url)
-            .args([
-                "-q",
-                "-c",
-                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
-            ])
+            .args(["-q", "-c", &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)])
             .output();
     }
 }
@@ -136,10 +118,7 @@ impl Fleet {
         run_script("fleet.sh", &["up", &path, &n.to_string()])?;
         let hosts = std::fs::read_to_string(dir.path().join("hosts.tsv"))?
             .lines()
-            .filter_map(|l| {
-                l.split_once('\t')
-                    .map(|(n, a)| (n.to_owned(), a.to_owned()))
-            })
+            .filter_map(|l| l.split_once('\t').map(|(n, a)| (n.to_owned(), a.to_owned())))
             .collect();
         Ok(Self { dir, hosts })
     }
@@ -153,11 +132,7 @@ impl Fleet {
     }
 
     pub fn address(&self, name: &str) -> &str {
-        self.hosts
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, a)| a.as_str())
-            .unwrap_or("")
+        self.hosts.iter().find(|(n, _)| n == name).map(|(_, a)| a.as_str()).unwrap_or("")
     }
 
     fn script(&self, verb: &str, args: &[&str]) -> anyhow::Result<String> {
@@ -294,10 +269,7 @@ impl TestApp {
         let task = tokio::spawn(worker.run(async move {
             let _ = stopped.await;
         }));
-        self.workers.push(WorkerHandle {
-            stop: Some(stop),
-            task,
-        });
+        self.workers.push(WorkerHandle { stop: Some(stop), task });
         Ok(())
     }
 
@@ -316,12 +288,7 @@ impl TestApp {
 
     /// POSTs a submit; returns the status and the JSON body.
     pub async fn submit(&self, body: &Value) -> anyhow::Result<(u16, Value)> {
-        let response = self
-            .client
-            .post(self.url("/v1/deployments"))
-            .json(body)
-            .send()
-            .await?;
+        let response = self.client.post(self.url("/v1/deployments")).json(body).send().await?;
         let status = response.status().as_u16();
         Ok((status, response.json().await?))
     }
@@ -354,10 +321,7 @@ impl TestApp {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let d = self.deployment(id).await?;
-            if matches!(
-                d["state"].as_str(),
-                Some("succeeded" | "failed" | "cancelled" | "planned")
-            ) {
+            if matches!(d["state"].as_str(), Some("succeeded" | "failed" | "cancelled" | "planned")) {
                 return Ok(d);
             }
             if tokio::time::Instant::now() > deadline {
@@ -372,9 +336,7 @@ impl TestApp {
         let mut lines = Vec::new();
         let mut after = 0;
         loop {
-            let (_, page) = self
-                .get_json(&format!("/v1/deployments/{id}/logs?after={after}"))
-                .await?;
+            let (_, page) = self.get_json(&format!("/v1/deployments/{id}/logs?after={after}")).await?;
             let batch = page["lines"].as_array().cloned().unwrap_or_default();
             if batch.is_empty() {
                 return Ok(lines);
@@ -387,18 +349,10 @@ impl TestApp {
     /// Messages ready in the queue and in its dead-letter queue.
     pub async fn queue_depths(&self) -> anyhow::Result<(u32, u32)> {
         let (connection, channel) = vesemir_core::queue::open(&self.config.queue).await?;
-        let passive = lapin::options::QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        };
+        let passive = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
         let mut depths = Vec::new();
-        for queue in [
-            self.config.queue.queue.clone(),
-            format!("{}.dead", self.config.queue.queue),
-        ] {
-            let declared = channel
-                .queue_declare(queue.as_str().into(), passive, Default::default())
-                .await?;
+        for queue in [self.config.queue.queue.clone(), format!("{}.dead", self.config.queue.queue)] {
+            let declared = channel.queue_declare(queue.as_str().into(), passive, Default::default()).await?;
             depths.push(declared.message_count());
         }
         connection.close(200, "done".into()).await?;
@@ -429,13 +383,8 @@ impl Drop for TestApp {
 
 async fn delete_queues(config: &Config) -> anyhow::Result<()> {
     let (connection, channel) = vesemir_core::queue::open(&config.queue).await?;
-    for queue in [
-        config.queue.queue.clone(),
-        format!("{}.dead", config.queue.queue),
-    ] {
-        channel
-            .queue_delete(queue.as_str().into(), Default::default())
-            .await?;
+    for queue in [config.queue.queue.clone(), format!("{}.dead", config.queue.queue)] {
+        channel.queue_delete(queue.as_str().into(), Default::default()).await?;
     }
     connection.close(200, "done".into()).await?;
     Ok(())
@@ -447,17 +396,10 @@ pub fn swapped_known_hosts(fleet: &Fleet, dir: &Path, a: &str, b: &str) -> anyho
     let key_of = |addr: &str| {
         text.lines()
             .find(|l| l.split_whitespace().next() == Some(addr))
-            .map(|l| {
-                l.split_once(' ')
-                    .map(|(_, k)| k.to_owned())
-                    .unwrap_or_default()
-            })
+            .map(|l| l.split_once(' ').map(|(_, k)| k.to_owned()).unwrap_or_default())
     };
     let (addr_a, addr_b) = (fleet.address(a), fleet.address(b));
-    let (key_a, key_b) = (
-        key_of(addr_a).context("no key")?,
-        key_of(addr_b).context("no key")?,
-    );
+    let (key_a, key_b) = (key_of(addr_a).context("no key")?, key_of(addr_b).context("no key")?);
     let swapped: Vec<String> = text
         .lines()
         .map(|l| match l.split_whitespace().next() {
@@ -525,15 +467,9 @@ url = "http://{{{{host.address}}}}:8080/health"
         control = control_dir.path(),
     );
     if let Some(fleet) = fleet {
-        let hosts: Vec<String> = fleet
-            .hosts
-            .iter()
-            .map(|(n, a)| format!("{{ name = {n:?}, address = {a:?} }}"))
-            .collect();
-        let known_hosts = setup
-            .known_hosts
-            .clone()
-            .unwrap_or_else(|| fleet.known_hosts());
+        let hosts: Vec<String> =
+            fleet.hosts.iter().map(|(n, a)| format!("{{ name = {n:?}, address = {a:?} }}")).collect();
+        let known_hosts = setup.known_hosts.clone().unwrap_or_else(|| fleet.known_hosts());
         text.push_str(&format!(
             r#"
 [clusters.sandbox]
@@ -577,12 +513,7 @@ pub fn host_states(deployment: &Value) -> Vec<(String, String)> {
         .map(|hosts| {
             hosts
                 .iter()
-                .map(|h| {
-                    (
-                        h["name"].as_str().unwrap_or("").to_owned(),
-                        h["state"].as_str().unwrap_or("").to_owned(),
-                    )
-                })
+                .map(|h| (h["name"].as_str().unwrap_or("").to_owned(), h["state"].as_str().unwrap_or("").to_owned()))
                 .collect()
         })
         .unwrap_or_default()

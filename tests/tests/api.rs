@@ -7,15 +7,7 @@ use serde_json::{Value, json};
 use vesemir_tests::{Setup, TestApp, demo_request};
 
 async fn app() -> TestApp {
-    TestApp::start(
-        None,
-        Setup {
-            workers: 0,
-            ..Setup::default()
-        },
-    )
-    .await
-    .expect("test app starts")
+    TestApp::start(None, Setup { workers: 0, ..Setup::default() }).await.expect("test app starts")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -44,17 +36,10 @@ async fn a_submit_is_recorded_queued_and_readable() {
 async fn a_repeated_idempotency_key_returns_the_same_deployment() {
     let app = app().await;
     let submit = |body: Value, key: &'static str| {
-        let request = app
-            .client
-            .post(app.url("/v1/deployments"))
-            .header("Idempotency-Key", key)
-            .json(&body);
+        let request = app.client.post(app.url("/v1/deployments")).header("Idempotency-Key", key).json(&body);
         async move {
             let response = request.send().await.unwrap();
-            (
-                response.status().as_u16(),
-                response.json::<Value>().await.unwrap(),
-            )
+            (response.status().as_u16(), response.json::<Value>().await.unwrap())
         }
     };
     let (first_status, first) = submit(demo_request("1.0.0"), "ci-run-42").await;
@@ -68,11 +53,7 @@ async fn a_repeated_idempotency_key_returns_the_same_deployment() {
     assert_eq!(body["error"]["code"], "idempotency_key_reused");
 
     let (_, list) = app.get_json("/v1/deployments").await.unwrap();
-    assert_eq!(
-        list["deployments"].as_array().unwrap().len(),
-        1,
-        "only one deployment was created"
-    );
+    assert_eq!(list["deployments"].as_array().unwrap().len(), 1, "only one deployment was created");
     app.shut_down().await;
 }
 
@@ -88,10 +69,7 @@ async fn concurrent_submits_with_one_key_create_one_deployment() {
                 .json(&demo_request("3.0.0"));
             tokio::spawn(async move {
                 let response = request.send().await.unwrap();
-                (
-                    response.status().as_u16(),
-                    response.json::<Value>().await.unwrap(),
-                )
+                (response.status().as_u16(), response.json::<Value>().await.unwrap())
             })
         })
         .collect();
@@ -116,35 +94,16 @@ async fn lists_are_newest_first_filtered_and_paged() {
         ids.push(app.deploy(&demo_request(v)).await.unwrap());
     }
     let (_, page) = app.get_json("/v1/deployments?limit=2").await.unwrap();
-    let got: Vec<&str> = page["deployments"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["id"].as_str().unwrap())
-        .collect();
+    let got: Vec<&str> = page["deployments"].as_array().unwrap().iter().map(|d| d["id"].as_str().unwrap()).collect();
     assert_eq!(got, [ids[4].as_str(), ids[3].as_str()]);
     let cursor = page["next_cursor"].as_str().unwrap();
-    let (_, page) = app
-        .get_json(&format!("/v1/deployments?limit=2&cursor={cursor}"))
-        .await
-        .unwrap();
-    let got: Vec<&str> = page["deployments"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["id"].as_str().unwrap())
-        .collect();
+    let (_, page) = app.get_json(&format!("/v1/deployments?limit=2&cursor={cursor}")).await.unwrap();
+    let got: Vec<&str> = page["deployments"].as_array().unwrap().iter().map(|d| d["id"].as_str().unwrap()).collect();
     assert_eq!(got, [ids[2].as_str(), ids[1].as_str()]);
 
-    let (_, page) = app
-        .get_json("/v1/deployments?state=queued&service=demo&cluster=sandbox")
-        .await
-        .unwrap();
+    let (_, page) = app.get_json("/v1/deployments?state=queued&service=demo&cluster=sandbox").await.unwrap();
     assert_eq!(page["deployments"].as_array().unwrap().len(), 5);
-    let (_, page) = app
-        .get_json("/v1/deployments?state=succeeded")
-        .await
-        .unwrap();
+    let (_, page) = app.get_json("/v1/deployments?state=succeeded").await.unwrap();
     assert_eq!(page["deployments"].as_array().unwrap().len(), 0);
     assert!(page["next_cursor"].is_null());
     app.shut_down().await;
@@ -177,15 +136,7 @@ enum Body {
 }
 
 fn post(what: &'static str, body: Value, status: u16, code: &'static str) -> Case {
-    Case {
-        what,
-        method: "POST",
-        path: "/v1/deployments".into(),
-        body: Body::Json(body),
-        headers: vec![],
-        status,
-        code,
-    }
+    Case { what, method: "POST", path: "/v1/deployments".into(), body: Body::Json(body), headers: vec![], status, code }
 }
 
 fn with(field: &str, value: Value) -> Value {
@@ -195,15 +146,7 @@ fn with(field: &str, value: Value) -> Value {
 }
 
 fn get(what: &'static str, path: &str, status: u16, code: &'static str) -> Case {
-    Case {
-        what,
-        method: "GET",
-        path: path.into(),
-        body: Body::None,
-        headers: vec![],
-        status,
-        code,
-    }
+    Case { what, method: "GET", path: path.into(), body: Body::None, headers: vec![], status, code }
 }
 
 fn cases() -> Vec<Case> {
@@ -226,257 +169,47 @@ fn cases() -> Vec<Case> {
         code,
     };
     vec![
-        raw(
-            "malformed JSON",
-            "application/json",
-            b"{\"service\": ",
-            400,
-            "malformed_json",
-        ),
-        raw(
-            "not JSON at all",
-            "application/json",
-            b"deploy please",
-            400,
-            "malformed_json",
-        ),
-        raw(
-            "JSON without content type",
-            "text/plain",
-            br#"{"service":"demo"}"#,
-            415,
-            "unsupported_media_type",
-        ),
-        raw(
-            "oversized body",
-            "application/json",
-            &[b' '; 200 * 1024],
-            413,
-            "payload_too_large",
-        ),
-        raw(
-            "invalid UTF-8",
-            "application/json",
-            b"{\"service\": \"\xff\xfe\"}",
-            400,
-            "malformed_json",
-        ),
-        post(
-            "an array instead of an object",
-            json!([1, 2]),
-            400,
-            "invalid_body",
-        ),
-        post(
-            "missing version",
-            json!({"service": "demo", "cluster": "sandbox"}),
-            400,
-            "invalid_body",
-        ),
-        post(
-            "unknown field",
-            with("concurency", json!(2)),
-            400,
-            "invalid_body",
-        ),
-        post(
-            "unknown service",
-            with("service", json!("billing")),
-            400,
-            "unknown_service",
-        ),
-        post(
-            "service with shell characters",
-            with("service", json!("demo;rm -rf /")),
-            400,
-            "unknown_service",
-        ),
-        post(
-            "unknown cluster",
-            with("cluster", json!("production")),
-            400,
-            "unknown_cluster",
-        ),
-        post(
-            "service as a number",
-            with("service", json!(42)),
-            400,
-            "invalid_body",
-        ),
-        post(
-            "empty version",
-            with("version", json!("")),
-            400,
-            "invalid_version",
-        ),
-        post(
-            "version with command substitution",
-            with("version", json!("$(touch /tmp/x)")),
-            400,
-            "invalid_version",
-        ),
-        post(
-            "version with a path",
-            with("version", json!("../../etc")),
-            400,
-            "invalid_version",
-        ),
-        post(
-            "overlong version",
-            with("version", json!("1".repeat(129))),
-            400,
-            "invalid_version",
-        ),
-        post(
-            "concurrency zero",
-            with("concurrency", json!(0)),
-            400,
-            "invalid_concurrency",
-        ),
-        post(
-            "concurrency zero percent",
-            with("concurrency", json!("0%")),
-            400,
-            "invalid_concurrency",
-        ),
-        post(
-            "concurrency negative",
-            with("concurrency", json!(-1)),
-            400,
-            "invalid_body",
-        ),
-        post(
-            "concurrency over 100%",
-            with("concurrency", json!("150%")),
-            400,
-            "invalid_body",
-        ),
-        post(
-            "concurrency as words",
-            with("concurrency", json!("two")),
-            400,
-            "invalid_body",
-        ),
-        post(
-            "concurrency fractional",
-            with("concurrency", json!(1.5)),
-            400,
-            "invalid_body",
-        ),
-        post(
-            "max_failures negative",
-            with("max_failures", json!(-3)),
-            400,
-            "invalid_body",
-        ),
-        post(
-            "weight zero",
-            with("weight", json!(0)),
-            400,
-            "invalid_weight",
-        ),
-        post(
-            "weight over 100",
-            with("weight", json!(250)),
-            400,
-            "invalid_weight",
-        ),
-        post(
-            "sleep of a day",
-            with("sleep_seconds", json!(86400)),
-            400,
-            "invalid_sleep_seconds",
-        ),
-        post(
-            "unknown executor",
-            with("executor", json!("bash")),
-            400,
-            "invalid_body",
-        ),
-        post(
-            "hosts with a bad name",
-            with("hosts", json!(["vm-01", "VM 02"])),
-            400,
-            "invalid_hosts",
-        ),
-        post(
-            "host not in the cluster",
-            with("hosts", json!(["vm-99"])),
-            400,
-            "unknown_host",
-        ),
-        post(
-            "host named twice",
-            with("hosts", json!(["vm-01", "vm-01"])),
-            400,
-            "invalid_hosts",
-        ),
-        post(
-            "selector on a static cluster",
-            with("selector", json!({"roles": ["web"]})),
-            400,
-            "invalid_selector",
-        ),
-        post(
-            "var with a bad name",
-            with("vars", json!({"bad name": "x"})),
-            400,
-            "invalid_vars",
-        ),
-        post(
-            "var with a NUL byte",
-            with("vars", json!({"note": "a\u{0}b"})),
-            400,
-            "invalid_vars",
-        ),
-        post(
-            "var too long",
-            with("vars", json!({"note": "x".repeat(5000)})),
-            400,
-            "invalid_vars",
-        ),
-        post(
-            "var not a string",
-            with("vars", json!({"note": {"nested": true}})),
-            400,
-            "invalid_body",
-        ),
-        keyed(
-            "empty idempotency key",
-            String::new(),
-            400,
-            "invalid_idempotency_key",
-        ),
-        keyed(
-            "idempotency key with spaces",
-            "a b".into(),
-            400,
-            "invalid_idempotency_key",
-        ),
-        keyed(
-            "overlong idempotency key",
-            "k".repeat(201),
-            400,
-            "invalid_idempotency_key",
-        ),
-        get(
-            "deployment id not a UUID",
-            "/v1/deployments/123",
-            400,
-            "invalid_id",
-        ),
-        get(
-            "deployment id with SQL",
-            "/v1/deployments/1'%20OR%20'1'='1",
-            400,
-            "invalid_id",
-        ),
-        get(
-            "unknown deployment",
-            "/v1/deployments/0190a6b0-0000-7000-8000-000000000000",
-            404,
-            "not_found",
-        ),
+        raw("malformed JSON", "application/json", b"{\"service\": ", 400, "malformed_json"),
+        raw("not JSON at all", "application/json", b"deploy please", 400, "malformed_json"),
+        raw("JSON without content type", "text/plain", br#"{"service":"demo"}"#, 415, "unsupported_media_type"),
+        raw("oversized body", "application/json", &[b' '; 200 * 1024], 413, "payload_too_large"),
+        raw("invalid UTF-8", "application/json", b"{\"service\": \"\xff\xfe\"}", 400, "malformed_json"),
+        post("an array instead of an object", json!([1, 2]), 400, "invalid_body"),
+        post("missing version", json!({"service": "demo", "cluster": "sandbox"}), 400, "invalid_body"),
+        post("unknown field", with("concurency", json!(2)), 400, "invalid_body"),
+        post("unknown service", with("service", json!("billing")), 400, "unknown_service"),
+        post("service with shell characters", with("service", json!("demo;rm -rf /")), 400, "unknown_service"),
+        post("unknown cluster", with("cluster", json!("production")), 400, "unknown_cluster"),
+        post("service as a number", with("service", json!(42)), 400, "invalid_body"),
+        post("empty version", with("version", json!("")), 400, "invalid_version"),
+        post("version with command substitution", with("version", json!("$(touch /tmp/x)")), 400, "invalid_version"),
+        post("version with a path", with("version", json!("../../etc")), 400, "invalid_version"),
+        post("overlong version", with("version", json!("1".repeat(129))), 400, "invalid_version"),
+        post("concurrency zero", with("concurrency", json!(0)), 400, "invalid_concurrency"),
+        post("concurrency zero percent", with("concurrency", json!("0%")), 400, "invalid_concurrency"),
+        post("concurrency negative", with("concurrency", json!(-1)), 400, "invalid_body"),
+        post("concurrency over 100%", with("concurrency", json!("150%")), 400, "invalid_body"),
+        post("concurrency as words", with("concurrency", json!("two")), 400, "invalid_body"),
+        post("concurrency fractional", with("concurrency", json!(1.5)), 400, "invalid_body"),
+        post("max_failures negative", with("max_failures", json!(-3)), 400, "invalid_body"),
+        post("weight zero", with("weight", json!(0)), 400, "invalid_weight"),
+        post("weight over 100", with("weight", json!(250)), 400, "invalid_weight"),
+        post("sleep of a day", with("sleep_seconds", json!(86400)), 400, "invalid_sleep_seconds"),
+        post("unknown executor", with("executor", json!("bash")), 400, "invalid_body"),
+        post("hosts with a bad name", with("hosts", json!(["vm-01", "VM 02"])), 400, "invalid_hosts"),
+        post("host not in the cluster", with("hosts", json!(["vm-99"])), 400, "unknown_host"),
+        post("host named twice", with("hosts", json!(["vm-01", "vm-01"])), 400, "invalid_hosts"),
+        post("selector on a static cluster", with("selector", json!({"roles": ["web"]})), 400, "invalid_selector"),
+        post("var with a bad name", with("vars", json!({"bad name": "x"})), 400, "invalid_vars"),
+        post("var with a NUL byte", with("vars", json!({"note": "a\u{0}b"})), 400, "invalid_vars"),
+        post("var too long", with("vars", json!({"note": "x".repeat(5000)})), 400, "invalid_vars"),
+        post("var not a string", with("vars", json!({"note": {"nested": true}})), 400, "invalid_body"),
+        keyed("empty idempotency key", String::new(), 400, "invalid_idempotency_key"),
+        keyed("idempotency key with spaces", "a b".into(), 400, "invalid_idempotency_key"),
+        keyed("overlong idempotency key", "k".repeat(201), 400, "invalid_idempotency_key"),
+        get("deployment id not a UUID", "/v1/deployments/123", 400, "invalid_id"),
+        get("deployment id with SQL", "/v1/deployments/1'%20OR%20'1'='1", 400, "invalid_id"),
+        get("unknown deployment", "/v1/deployments/0190a6b0-0000-7000-8000-000000000000", 404, "not_found"),
         get(
             "logs of an unknown deployment",
             "/v1/deployments/0190a6b0-0000-7000-8000-000000000000/logs",
@@ -495,42 +228,12 @@ fn cases() -> Vec<Case> {
             400,
             "invalid_query",
         ),
-        get(
-            "list with a bad limit",
-            "/v1/deployments?limit=100000",
-            400,
-            "invalid_limit",
-        ),
-        get(
-            "list with an unknown state",
-            "/v1/deployments?state=exploded",
-            400,
-            "invalid_state",
-        ),
-        get(
-            "list with a forged cursor",
-            "/v1/deployments?cursor=abc",
-            400,
-            "invalid_cursor",
-        ),
-        get(
-            "list with an unknown parameter",
-            "/v1/deployments?sort=asc",
-            400,
-            "invalid_query",
-        ),
-        get(
-            "list filtered by a NUL byte",
-            "/v1/deployments?service=%00",
-            400,
-            "invalid_query",
-        ),
-        get(
-            "list filtered by SQL",
-            "/v1/deployments?cluster=x'%20OR%201=1--",
-            400,
-            "invalid_query",
-        ),
+        get("list with a bad limit", "/v1/deployments?limit=100000", 400, "invalid_limit"),
+        get("list with an unknown state", "/v1/deployments?state=exploded", 400, "invalid_state"),
+        get("list with a forged cursor", "/v1/deployments?cursor=abc", 400, "invalid_cursor"),
+        get("list with an unknown parameter", "/v1/deployments?sort=asc", 400, "invalid_query"),
+        get("list filtered by a NUL byte", "/v1/deployments?service=%00", 400, "invalid_query"),
+        get("list filtered by SQL", "/v1/deployments?cluster=x'%20OR%201=1--", 400, "invalid_query"),
         get(
             "logs of a host with a NUL byte",
             "/v1/deployments/0190a6b0-0000-7000-8000-000000000000/logs?host=%00",
@@ -562,9 +265,7 @@ async fn malformed_and_hostile_requests_get_a_clear_4xx() {
         request = match case.body {
             Body::None => request,
             Body::Json(value) => request.json(&value),
-            Body::Raw(content_type, bytes) => {
-                request.header("content-type", content_type).body(bytes)
-            }
+            Body::Raw(content_type, bytes) => request.header("content-type", content_type).body(bytes),
         };
         for (name, value) in &case.headers {
             request = request.header(*name, value);
@@ -575,10 +276,7 @@ async fn malformed_and_hostile_requests_get_a_clear_4xx() {
         let code = body["error"]["code"].as_str().unwrap_or("");
         let message = body["error"]["message"].as_str().unwrap_or("");
         if status != case.status || code != case.code || message.is_empty() {
-            failures.push(format!(
-                "{}: expected {} {}, got {status} {body}",
-                case.what, case.status, case.code
-            ));
+            failures.push(format!("{}: expected {} {}, got {status} {body}", case.what, case.status, case.code));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));

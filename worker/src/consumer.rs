@@ -24,14 +24,7 @@ pub async fn handle(runner: Runner, worker_id: String, delivery: Delivery) {
     };
     let result = match settle {
         Settle::Ack => delivery.ack(BasicAckOptions::default()).await,
-        Settle::Requeue => {
-            delivery
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..BasicNackOptions::default()
-                })
-                .await
-        }
+        Settle::Requeue => delivery.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }).await,
         Settle::DeadLetter => delivery.reject(BasicRejectOptions { requeue: false }).await,
     };
     if let Err(e) = result {
@@ -74,15 +67,8 @@ async fn process(runner: &Runner, worker_id: &str, id: Uuid) -> Settle {
                 warn!(deployment = %id, "no such deployment; dead-lettering the message");
                 return Settle::DeadLetter;
             }
-            Ok(Claim::HeldBy {
-                token: holder,
-                until,
-                remaining,
-            }) => {
-                if seen
-                    .as_ref()
-                    .is_some_and(|(h, u)| *h == holder && until > *u)
-                {
+            Ok(Claim::HeldBy { token: holder, until, remaining }) => {
+                if seen.as_ref().is_some_and(|(h, u)| *h == holder && until > *u) {
                     // The holder renewed its lease: it is alive and holds its own
                     // delivery of this id, so this one is a duplicate.
                     info!(deployment = %id, holder = %holder, "held by a live worker; dropping the duplicate");

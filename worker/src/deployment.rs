@@ -2,6 +2,7 @@
 
 use crate::discovery;
 use crate::executor::Executor;
+use crate::lb::{self, Balancers};
 use crate::lease::LeaseKeeper;
 use crate::log_pump::{LogPump, LogSink};
 use crate::playbook::Playbook;
@@ -33,12 +34,8 @@ pub struct Runner {
 
 impl Runner {
     pub async fn run(&self, claim: ClaimedDeployment) -> Disposition {
-        let lease = LeaseKeeper::start(
-            self.store.clone(),
-            claim.id,
-            claim.token.clone(),
-            self.config.worker.lease_seconds,
-        );
+        let lease =
+            LeaseKeeper::start(self.store.clone(), claim.id, claim.token.clone(), self.config.worker.lease_seconds);
         let (logs, pump) = LogPump::start(
             self.store.clone(),
             claim.id,
@@ -50,16 +47,16 @@ impl Runner {
         // read every line.
         pump.finish(logs).await;
         let settled = match result {
-            Ok(Finished(state, error)) => self.store.finish(claim.id, &claim.token, state, error.as_deref()).await.map(
-                |stored| {
+            Ok(Finished(state, error)) => {
+                self.store.finish(claim.id, &claim.token, state, error.as_deref()).await.map(|stored| {
                     if stored {
                         tracing::info!(deployment = %claim.id, %state, "deployment finished");
                     } else {
                         // Another claim took over; it holds its own delivery.
                         tracing::warn!(deployment = %claim.id, "claim lost before the outcome was stored");
                     }
-                },
-            ),
+                })
+            }
             Ok(Interrupted) => self.release(&claim).await,
             Err(e) => {
                 tracing::warn!(deployment = %claim.id, error = %e, "the database failed mid-deployment; releasing it");
@@ -90,12 +87,10 @@ impl Runner {
         lease: &LeaseKeeper,
     ) -> Result<Step, StoreError> {
         let request = &claim.request;
-        logs.system(None, format!("claimed by {}", claim.token))
-            .await;
-        let (Some(cluster), Some(service)) = (
-            self.config.clusters.get(&request.cluster),
-            self.config.services.get(&request.service),
-        ) else {
+        logs.system(None, format!("claimed by {}", claim.token)).await;
+        let (Some(cluster), Some(service)) =
+            (self.config.clusters.get(&request.cluster), self.config.services.get(&request.service))
+        else {
             let message = format!(
                 "this worker's configuration has no cluster {} or no service {}",
                 request.cluster, request.service
@@ -111,23 +106,15 @@ impl Runner {
                 Ok(found) => found,
                 Err(e) => {
                     logs.system(None, format!("discovery failed: {e}")).await;
-                    return Ok(Finished(
-                        DeploymentState::Failed,
-                        Some(format!("discovery failed: {e}")),
-                    ));
+                    return Ok(Finished(DeploymentState::Failed, Some(format!("discovery failed: {e}"))));
                 }
             };
-            let planned = plan_waves(found, request.concurrency);
+            let planned = plan_waves(found, request.concurrency, request.canary);
             hosts = self.store.plan_hosts(claim.id, &planned).await?;
             let waves = hosts.iter().map(|h| h.wave).max().map_or(0, |w| w + 1);
-            logs.system(
-                None,
-                format!("discovered {} hosts in {waves} waves", hosts.len()),
-            )
-            .await;
+            logs.system(None, format!("discovered {} hosts in {waves} waves", hosts.len())).await;
         } else {
-            logs.system(None, format!("resuming with {} stored hosts", hosts.len()))
-                .await;
+            logs.system(None, format!("resuming with {} stored hosts", hosts.len())).await;
         }
         if request.dry_run {
             return Ok(Finished(DeploymentState::Planned, None));
@@ -140,6 +127,20 @@ impl Runner {
                 return Ok(Finished(DeploymentState::Failed, Some(e.to_string())));
             }
         };
+        let balancers = match &service.load_balancer {
+            None => Balancers::new(Vec::new(), Duration::ZERO),
+            Some(settings) => {
+                let poll = Duration::from_millis(settings.poll_interval_ms);
+                match lb::for_cluster(cluster, poll, &self.config.worker.ssh_control_dir).await {
+                    Ok(balancers) => balancers,
+                    Err(e) => {
+                        let message = format!("cannot reach the cluster's load balancers: {e}");
+                        logs.system(None, &message).await;
+                        return Ok(Finished(DeploymentState::Failed, Some(message)));
+                    }
+                }
+            }
+        };
         let rollout = Rollout {
             store: &self.store,
             deployment_id: claim.id,
@@ -148,11 +149,9 @@ impl Runner {
             service,
             cluster,
             playbook: &playbook,
+            balancers: &balancers,
             logs,
-            stop: Stop {
-                shutdown: self.shutdown.clone(),
-                lease_lost: lease.lost(),
-            },
+            stop: Stop { shutdown: self.shutdown.clone(), lease_lost: lease.lost() },
         };
         Ok(match rollout.run(self.executor.as_ref(), hosts).await? {
             Outcome::Succeeded => {
@@ -160,16 +159,11 @@ impl Runner {
                 Finished(DeploymentState::Succeeded, None)
             }
             Outcome::Failed(message) => {
-                logs.system(None, format!("deployment failed: {message}"))
-                    .await;
+                logs.system(None, format!("deployment failed: {message}")).await;
                 Finished(DeploymentState::Failed, Some(message))
             }
             Outcome::Interrupted => {
-                logs.system(
-                    None,
-                    "stopping: hosts in flight finished, the rest is left for another worker",
-                )
-                .await;
+                logs.system(None, "stopping: hosts in flight finished, the rest is left for another worker").await;
                 Interrupted
             }
         })

@@ -39,27 +39,15 @@ impl HealthCheck {
         let attempts = config.retries.max(1);
         let mut last = String::new();
         for attempt in 1..=attempts {
-            let answer = self
-                .client
-                .get(url)
-                .timeout(Duration::from_millis(config.timeout_ms))
-                .send()
-                .await;
+            let answer = self.client.get(url).timeout(Duration::from_millis(config.timeout_ms)).send().await;
             last = match answer {
                 Ok(response) if response.status().as_u16() == config.expected_status => {
-                    let line = format!(
-                        "health check {url}: {} (attempt {attempt})",
-                        response.status()
-                    );
+                    let line = format!("health check {url}: {} (attempt {attempt})", response.status());
                     tail.push(&line);
                     journal.log(LogStream::System, line).await;
                     return Ok(());
                 }
-                Ok(response) => format!(
-                    "answered {}, expected {}",
-                    response.status(),
-                    config.expected_status
-                ),
+                Ok(response) => format!("answered {}, expected {}", response.status(), config.expected_status),
                 Err(e) if e.is_timeout() => format!("no answer within {} ms", config.timeout_ms),
                 Err(e) => format!("request failed: {}", error_chain(&e)),
             };
@@ -70,9 +58,7 @@ impl HealthCheck {
                 tokio::time::sleep(Duration::from_millis(config.interval_ms)).await;
             }
         }
-        Err(HealthError {
-            message: format!("health check {url} failed after {attempts} attempts: {last}"),
-        })
+        Err(HealthError { message: format!("health check {url} failed after {attempts} attempts: {last}") })
     }
 }
 

@@ -24,8 +24,7 @@ impl LeaseKeeper {
             let mut last_renewal = tokio::time::Instant::now();
             loop {
                 tokio::time::sleep(every).await;
-                let renewal =
-                    tokio::time::timeout(every, store.renew_lease(id, &token, lease_seconds)).await;
+                let renewal = tokio::time::timeout(every, store.renew_lease(id, &token, lease_seconds)).await;
                 match renewal {
                     Ok(Ok(true)) => last_renewal = tokio::time::Instant::now(),
                     Ok(Ok(false)) => {

@@ -19,10 +19,12 @@ pub mod deployment;
 pub mod discovery;
 pub mod executor;
 pub mod health;
+pub mod lb;
 pub mod lease;
 pub mod log_pump;
 pub mod playbook;
 pub mod rollout;
+pub mod ssh;
 pub mod template;
 
 use crate::deployment::Runner;
@@ -56,16 +58,7 @@ impl Worker {
         let (shutdown_tx, shutdown) = watch::channel(false);
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         let id = format!("{}:{}", host.trim(), std::process::id());
-        Ok(Self {
-            id,
-            runner: Runner {
-                config: Arc::new(config),
-                store,
-                executor,
-                shutdown,
-            },
-            shutdown_tx,
-        })
+        Ok(Self { id, runner: Runner { config: Arc::new(config), store, executor, shutdown }, shutdown_tx })
     }
 
     pub fn id(&self) -> &str {
@@ -94,21 +87,15 @@ impl Worker {
                     }
                 }
             };
-            let mut consumer = match queue::consume(
-                &channel,
-                &config.queue,
-                config.worker.max_deployments,
-                &self.id,
-            )
-            .await
-            {
-                Ok(consumer) => consumer,
-                Err(e) => {
-                    warn!(error = %e, "cannot start consuming; retrying");
-                    tokio::time::sleep(RECONNECT_DELAY).await;
-                    continue;
-                }
-            };
+            let mut consumer =
+                match queue::consume(&channel, &config.queue, config.worker.max_deployments, &self.id).await {
+                    Ok(consumer) => consumer,
+                    Err(e) => {
+                        warn!(error = %e, "cannot start consuming; retrying");
+                        tokio::time::sleep(RECONNECT_DELAY).await;
+                        continue;
+                    }
+                };
             info!(worker = %self.id, queue = %config.queue.queue, "consuming");
             loop {
                 tokio::select! {
@@ -136,12 +123,8 @@ impl Worker {
             if *stop.borrow() {
                 // Stop deliveries first; in-flight deployments then settle their
                 // messages on the still-open channel.
-                let _ = channel
-                    .basic_cancel(
-                        self.id.as_str().into(),
-                        lapin::options::BasicCancelOptions::default(),
-                    )
-                    .await;
+                let _ =
+                    channel.basic_cancel(self.id.as_str().into(), lapin::options::BasicCancelOptions::default()).await;
                 drain(&mut tasks).await;
                 let _ = connection.close(200, "worker shutting down".into()).await;
             }
@@ -156,10 +139,7 @@ impl Worker {
 /// Waits for every in-flight deployment: hosts in flight finish their playbook.
 async fn drain(tasks: &mut JoinSet<()>) {
     if !tasks.is_empty() {
-        info!(
-            in_flight = tasks.len(),
-            "shutting down: no new deployments; finishing in-flight hosts"
-        );
+        info!(in_flight = tasks.len(), "shutting down: no new deployments; finishing in-flight hosts");
     }
     while let Some(done) = tasks.join_next().await {
         if let Err(e) = done {

@@ -24,12 +24,7 @@ pub struct LogSink {
 
 impl LogSink {
     pub async fn line(&self, host: Option<&str>, stream: LogStream, line: impl Into<String>) {
-        let line = NewLogLine {
-            host: host.map(str::to_owned),
-            stream,
-            line: line.into(),
-            at: Utc::now(),
-        };
+        let line = NewLogLine { host: host.map(str::to_owned), stream, line: line.into(), at: Utc::now() };
         // Fails only once the pump has stopped, when nobody is left to read the line.
         let _ = self.tx.send(line).await;
     }
@@ -47,12 +42,7 @@ pub struct LogPump {
 }
 
 impl LogPump {
-    pub fn start(
-        store: Store,
-        id: Uuid,
-        batch_lines: usize,
-        batch_wait: Duration,
-    ) -> (LogSink, LogPump) {
+    pub fn start(store: Store, id: Uuid, batch_lines: usize, batch_wait: Duration) -> (LogSink, LogPump) {
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
         let handle = tokio::spawn(pump(store, id, rx, batch_lines.max(1), batch_wait));
         (LogSink { tx }, LogPump { handle })
@@ -67,13 +57,7 @@ impl LogPump {
     }
 }
 
-async fn pump(
-    store: Store,
-    id: Uuid,
-    mut rx: mpsc::Receiver<NewLogLine>,
-    batch_lines: usize,
-    wait: Duration,
-) {
+async fn pump(store: Store, id: Uuid, mut rx: mpsc::Receiver<NewLogLine>, batch_lines: usize, wait: Duration) {
     let mut batch = Vec::with_capacity(batch_lines);
     loop {
         // Block for the first line, then gather more for at most `wait`.
@@ -97,8 +81,7 @@ async fn write(store: &Store, id: Uuid, batch: &[NewLogLine]) {
             Ok(()) => return,
             Err(e) if attempt < WRITE_ATTEMPTS => {
                 warn!(deployment = %id, error = %e, attempt, "writing log lines failed; retrying");
-                tokio::time::sleep(Duration::from_millis((200 * u64::from(attempt)).min(2000)))
-                    .await;
+                tokio::time::sleep(Duration::from_millis((200 * u64::from(attempt)).min(2000))).await;
             }
             Err(e) => warn!(deployment = %id, error = %e, lines = batch.len(), "log lines lost"),
         }

@@ -20,10 +20,7 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum PlaybookError {
     #[error("cannot read playbook {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("playbook {path} is not valid: {message}")]
     Invalid { path: PathBuf, message: String },
 }
@@ -54,6 +51,25 @@ pub enum Action {
     },
     /// The service's HTTP health check, from the worker to the host.
     HealthCheck,
+    /// A change of the host's server in every load balancer of the cluster.
+    LoadBalancer { operation: LbOperation },
+    /// Waits the request's `sleep_seconds` (nothing when it has none).
+    Pause,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LbOperation {
+    /// `drain`: no new connections; existing ones finish.
+    Drain,
+    /// Polls until the server has no session left, up to the drain timeout.
+    WaitDrained,
+    /// `maint`: out of rotation entirely.
+    Maint,
+    /// The request's reduced `weight` (if any), `ready`, then UP on every load balancer.
+    Ready,
+    /// Weight back to 100%, then UP on every load balancer.
+    FullWeight,
 }
 
 impl Playbook {
@@ -61,10 +77,8 @@ impl Playbook {
     /// climb out of the directory.
     pub fn load(dir: &Path, name: &str) -> Result<Self, PlaybookError> {
         let path = dir.join(format!("{name}.toml"));
-        let text = std::fs::read_to_string(&path).map_err(|source| PlaybookError::Read {
-            path: path.clone(),
-            source,
-        })?;
+        let text =
+            std::fs::read_to_string(&path).map_err(|source| PlaybookError::Read { path: path.clone(), source })?;
         Self::parse(&text).map_err(|message| PlaybookError::Invalid { path, message })
     }
 
@@ -86,18 +100,16 @@ mod tests {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../playbooks");
         let playbook = Playbook::load(&dir, "rolling").expect("valid playbook");
         let names: Vec<_> = playbook.steps.iter().map(|s| s.name.as_str()).collect();
-        assert_eq!(names, ["install", "restart", "health"]);
+        assert_eq!(
+            names,
+            ["drain", "wait_drained", "maint", "install", "restart", "health", "ready", "pause", "full_weight"]
+        );
     }
 
     #[test]
     fn unknown_actions_and_keys_are_refused() {
         assert!(Playbook::parse("[[steps]]\nname = \"x\"\naction = \"format_disk\"").is_err());
-        assert!(
-            Playbook::parse(
-                "[[steps]]\nname = \"x\"\naction = \"run\"\ncommand = \"a\"\ncomand = \"b\""
-            )
-            .is_err()
-        );
+        assert!(Playbook::parse("[[steps]]\nname = \"x\"\naction = \"run\"\ncommand = \"a\"\ncomand = \"b\"").is_err());
         assert!(Playbook::parse("steps = []").is_err());
     }
 }

@@ -6,6 +6,7 @@
 
 use crate::discovery::DiscoveredHost;
 use crate::executor::{Executor, HostJob, HostReport, Journal};
+use crate::lb::Balancers;
 use crate::log_pump::LogSink;
 use crate::playbook::Playbook;
 use futures_util::future::join_all;
@@ -15,18 +16,19 @@ use vesemir_core::config::{ClusterConfig, ServiceConfig};
 use vesemir_core::deployment::{Amount, DeploymentRequest, HostState};
 use vesemir_core::store::{PlannedHost, RunHost, Store, StoreError};
 
-/// Orders hosts by name and cuts them into waves of `concurrency` (at least one host).
-pub fn plan_waves(mut hosts: Vec<DiscoveredHost>, concurrency: Amount) -> Vec<PlannedHost> {
+/// Orders hosts by name and cuts them into waves of `concurrency` (at least one host);
+/// with `canary`, the first host goes alone in a wave of its own.
+pub fn plan_waves(mut hosts: Vec<DiscoveredHost>, concurrency: Amount, canary: bool) -> Vec<PlannedHost> {
     hosts.sort_by(|a, b| a.name.cmp(&b.name));
     hosts.dedup_by(|a, b| a.name == b.name);
     let per_wave = concurrency.of(hosts.len()).max(1);
+    let alone = usize::from(canary && !hosts.is_empty());
     hosts
         .into_iter()
         .enumerate()
-        .map(|(i, h)| PlannedHost {
-            name: h.name,
-            address: h.address,
-            wave: (i / per_wave) as i32,
+        .map(|(i, h)| {
+            let wave = if i < alone { 0 } else { alone + (i - alone) / per_wave };
+            PlannedHost { name: h.name, address: h.address, wave: wave as i32 }
         })
         .collect()
 }
@@ -39,9 +41,7 @@ pub struct Threshold {
 
 impl Threshold {
     pub fn new(max_failures: Amount, total: usize) -> Self {
-        Self {
-            allowed: max_failures.of(total),
-        }
+        Self { allowed: max_failures.of(total) }
     }
 
     pub fn exceeded(self, failures: usize) -> bool {
@@ -61,22 +61,12 @@ pub enum Outcome {
 /// Decides the deployment's outcome from its hosts' final states.
 pub fn outcome(hosts: &[RunHost], threshold_exceeded: bool) -> Outcome {
     let failed: Vec<&RunHost> = hosts.iter().filter(|h| h.state.is_failure()).collect();
-    let skipped = hosts
-        .iter()
-        .filter(|h| h.state == HostState::Skipped)
-        .count();
+    let skipped = hosts.iter().filter(|h| h.state == HostState::Skipped).count();
     if failed.is_empty() && skipped == 0 {
         return Outcome::Succeeded;
     }
-    let names: Vec<String> = failed
-        .iter()
-        .map(|h| format!("{} ({})", h.name, h.state))
-        .collect();
-    let mut message = format!(
-        "{} of {} hosts did not succeed",
-        failed.len() + skipped,
-        hosts.len()
-    );
+    let names: Vec<String> = failed.iter().map(|h| format!("{} ({})", h.name, h.state)).collect();
+    let mut message = format!("{} of {} hosts did not succeed", failed.len() + skipped, hosts.len());
     if !names.is_empty() {
         message.push_str(&format!(": {}", names.join(", ")));
     }
@@ -109,16 +99,13 @@ pub struct Rollout<'a> {
     pub service: &'a ServiceConfig,
     pub cluster: &'a ClusterConfig,
     pub playbook: &'a Playbook,
+    pub balancers: &'a Balancers,
     pub logs: &'a LogSink,
     pub stop: Stop,
 }
 
 impl Rollout<'_> {
-    pub async fn run(
-        &self,
-        executor: &dyn Executor,
-        hosts: Vec<RunHost>,
-    ) -> Result<Outcome, StoreError> {
+    pub async fn run(&self, executor: &dyn Executor, hosts: Vec<RunHost>) -> Result<Outcome, StoreError> {
         let threshold = Threshold::new(self.request.max_failures, hosts.len());
         let mut failures = hosts.iter().filter(|h| h.state.is_failure()).count();
         let last_wave = hosts.iter().map(|h| h.wave).max().unwrap_or(0);
@@ -126,9 +113,7 @@ impl Rollout<'_> {
         for wave in 0..=last_wave {
             let todo: Vec<&RunHost> = hosts
                 .iter()
-                .filter(|h| {
-                    h.wave == wave && matches!(h.state, HostState::Pending | HostState::Running)
-                })
+                .filter(|h| h.wave == wave && matches!(h.state, HostState::Pending | HostState::Running))
                 .collect();
             if todo.is_empty() {
                 continue;
@@ -140,9 +125,7 @@ impl Rollout<'_> {
                 return Ok(Outcome::Interrupted);
             }
             let names: Vec<&str> = todo.iter().map(|h| h.name.as_str()).collect();
-            self.logs
-                .system(None, format!("wave {}: {}", wave + 1, names.join(", ")))
-                .await;
+            self.logs.system(None, format!("wave {}: {}", wave + 1, names.join(", "))).await;
 
             let reports = join_all(todo.iter().map(|host| self.run_host(executor, host))).await;
             let mut claim_lost = false;
@@ -162,7 +145,10 @@ impl Rollout<'_> {
         if exceeded {
             let skipped = self.store.skip_pending_hosts(self.deployment_id).await?;
             self.logs
-                .system(None, format!("{failures} hosts failed, more than max_failures allows: {skipped} hosts skipped"))
+                .system(
+                    None,
+                    format!("{failures} hosts failed, more than max_failures allows: {skipped} hosts skipped"),
+                )
                 .await;
         }
         let hosts = self.store.run_hosts(self.deployment_id).await?;
@@ -170,16 +156,8 @@ impl Rollout<'_> {
     }
 
     /// Runs one host; `None` when the claim was lost before its outcome was stored.
-    async fn run_host(
-        &self,
-        executor: &dyn Executor,
-        host: &RunHost,
-    ) -> Result<Option<HostReport>, StoreError> {
-        if !self
-            .store
-            .start_host(self.deployment_id, self.token, &host.name)
-            .await?
-        {
+    async fn run_host(&self, executor: &dyn Executor, host: &RunHost) -> Result<Option<HostReport>, StoreError> {
+        if !self.store.start_host(self.deployment_id, self.token, &host.name).await? {
             return Ok(None);
         }
         let journal = Journal::new(
@@ -196,15 +174,14 @@ impl Rollout<'_> {
             service: self.service,
             cluster: self.cluster,
             playbook: self.playbook,
+            balancers: self.balancers,
         };
         let report = executor.run(job, &journal).await;
         let verdict = match &report.error {
             Some(error) => format!("{}: {error}", report.state),
             None => report.state.to_string(),
         };
-        journal
-            .log(vesemir_core::deployment::LogStream::System, verdict)
-            .await;
+        journal.log(vesemir_core::deployment::LogStream::System, verdict).await;
         let stored = self
             .store
             .finish_host(
@@ -213,6 +190,7 @@ impl Rollout<'_> {
                 &host.name,
                 report.state,
                 report.error.as_deref(),
+                report.load_balancer.map(|s| s.as_str()),
             )
             .await?;
         Ok(stored.then_some(report))
@@ -224,13 +202,7 @@ mod tests {
     use super::*;
 
     fn hosts(names: &[&str]) -> Vec<DiscoveredHost> {
-        names
-            .iter()
-            .map(|n| DiscoveredHost {
-                name: (*n).into(),
-                address: format!("10.0.0.{}", n.len()),
-            })
-            .collect()
+        names.iter().map(|n| DiscoveredHost { name: (*n).into(), address: format!("10.0.0.{}", n.len()) }).collect()
     }
 
     fn waves(planned: &[PlannedHost]) -> Vec<(&str, i32)> {
@@ -239,19 +211,23 @@ mod tests {
 
     #[test]
     fn hosts_are_ordered_by_name_into_waves_of_concurrency() {
-        let planned = plan_waves(hosts(&["c", "a", "e", "b", "d"]), Amount::Count(2));
-        assert_eq!(
-            waves(&planned),
-            [("a", 0), ("b", 0), ("c", 1), ("d", 1), ("e", 2)]
-        );
+        let planned = plan_waves(hosts(&["c", "a", "e", "b", "d"]), Amount::Count(2), false);
+        assert_eq!(waves(&planned), [("a", 0), ("b", 0), ("c", 1), ("d", 1), ("e", 2)]);
     }
 
     #[test]
     fn a_percentage_rounds_down_but_never_below_one_host() {
-        let planned = plan_waves(hosts(&["a", "b", "c"]), Amount::Percent(10));
+        let planned = plan_waves(hosts(&["a", "b", "c"]), Amount::Percent(10), false);
         assert_eq!(waves(&planned), [("a", 0), ("b", 1), ("c", 2)]);
-        let planned = plan_waves(hosts(&["a", "b", "c", "d"]), Amount::Percent(50));
+        let planned = plan_waves(hosts(&["a", "b", "c", "d"]), Amount::Percent(50), false);
         assert_eq!(waves(&planned), [("a", 0), ("b", 0), ("c", 1), ("d", 1)]);
+    }
+
+    #[test]
+    fn a_canary_goes_first_alone() {
+        let planned = plan_waves(hosts(&["a", "b", "c", "d", "e"]), Amount::Count(2), true);
+        assert_eq!(waves(&planned), [("a", 0), ("b", 1), ("c", 1), ("d", 2), ("e", 2)]);
+        assert!(plan_waves(Vec::new(), Amount::Count(2), true).is_empty());
     }
 
     #[test]
@@ -265,29 +241,19 @@ mod tests {
     }
 
     fn run_host(name: &str, state: HostState) -> RunHost {
-        RunHost {
-            name: name.into(),
-            address: "a".into(),
-            wave: 0,
-            state,
-        }
+        RunHost { name: name.into(), address: "a".into(), wave: 0, state }
     }
 
     #[test]
     fn every_host_succeeding_is_success_and_anything_else_is_failure() {
-        let ok = [
-            run_host("a", HostState::Succeeded),
-            run_host("b", HostState::Succeeded),
-        ];
+        let ok = [run_host("a", HostState::Succeeded), run_host("b", HostState::Succeeded)];
         assert_eq!(outcome(&ok, false), Outcome::Succeeded);
         let bad = [
             run_host("a", HostState::Succeeded),
             run_host("b", HostState::Unreachable),
             run_host("c", HostState::Skipped),
         ];
-        let Outcome::Failed(message) = outcome(&bad, true) else {
-            panic!("expected a failure")
-        };
+        let Outcome::Failed(message) = outcome(&bad, true) else { panic!("expected a failure") };
         assert!(message.contains("b (unreachable)"), "{message}");
         assert!(message.contains("1 hosts skipped"), "{message}");
     }

@@ -42,10 +42,7 @@ pub struct Variables {
 
 impl Variables {
     pub fn new(operator: BTreeMap<String, String>) -> Self {
-        Self {
-            operator,
-            values: BTreeMap::new(),
-        }
+        Self { operator, values: BTreeMap::new() }
     }
 
     pub fn value(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
@@ -137,15 +134,10 @@ fn escape(name: &str, value: &str, context: Context) -> Result<String, TemplateE
     match context {
         Context::Shell => Ok(shell_quote(value)),
         Context::Url => {
-            let safe = value.bytes().all(|b| {
-                b.is_ascii_alphanumeric()
-                    || matches!(b, b'.' | b'-' | b'_' | b'~' | b':' | b'[' | b']')
-            });
-            if safe {
-                Ok(value.to_owned())
-            } else {
-                Err(TemplateError::UnsafeInUrl(name.to_owned()))
-            }
+            let safe = value
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'~' | b':' | b'[' | b']'));
+            if safe { Ok(value.to_owned()) } else { Err(TemplateError::UnsafeInUrl(name.to_owned())) }
         }
     }
 }
@@ -172,10 +164,7 @@ mod tests {
     fn vars() -> Variables {
         let operator = BTreeMap::from([
             ("app_dir".to_owned(), "/opt/app".to_owned()),
-            (
-                "install_command".to_owned(),
-                "{{app_dir}}/bin/install {{version}}".to_owned(),
-            ),
+            ("install_command".to_owned(), "{{app_dir}}/bin/install {{version}}".to_owned()),
             ("loop".to_owned(), "{{loop}}".to_owned()),
         ]);
         Variables::new(operator)
@@ -186,9 +175,7 @@ mod tests {
 
     #[test]
     fn operator_text_is_inserted_as_written_and_values_are_quoted() {
-        let cmd = vars()
-            .render("{{install_command}}", Context::Shell)
-            .unwrap();
+        let cmd = vars().render("{{install_command}}", Context::Shell).unwrap();
         assert_eq!(cmd, "/opt/app/bin/install '1.2.3'");
     }
 
@@ -200,69 +187,34 @@ mod tests {
 
     #[test]
     fn urls_take_only_url_safe_values() {
-        let url = vars()
-            .render("http://{{host.address}}:8080/health", Context::Url)
-            .unwrap();
+        let url = vars().render("http://{{host.address}}:8080/health", Context::Url).unwrap();
         assert_eq!(url, "http://127.0.20.1:8080/health");
-        let err = vars()
-            .render("http://x/{{vars.note}}", Context::Url)
-            .unwrap_err();
+        let err = vars().render("http://x/{{vars.note}}", Context::Url).unwrap_err();
         assert_eq!(err, TemplateError::UnsafeInUrl("vars.note".to_owned()));
     }
 
     #[test]
     fn unknown_unclosed_and_cyclic_templates_are_errors() {
-        assert_eq!(
-            vars().render("{{nope}}", Context::Shell),
-            Err(TemplateError::Unknown("nope".into()))
-        );
-        assert_eq!(
-            vars().render("x {{version", Context::Shell),
-            Err(TemplateError::Unclosed)
-        );
-        assert!(matches!(
-            vars().render("{{loop}}", Context::Shell),
-            Err(TemplateError::TooDeep(_))
-        ));
+        assert_eq!(vars().render("{{nope}}", Context::Shell), Err(TemplateError::Unknown("nope".into())));
+        assert_eq!(vars().render("x {{version", Context::Shell), Err(TemplateError::Unclosed));
+        assert!(matches!(vars().render("{{loop}}", Context::Shell), Err(TemplateError::TooDeep(_))));
     }
 
     #[test]
     fn a_value_inside_the_operators_quotes_is_refused() {
-        for template in [
-            "echo \"{{version}}\"",
-            "echo 'x {{version}}'",
-            "echo \"a\\\" {{version}}\"",
-        ] {
+        for template in ["echo \"{{version}}\"", "echo 'x {{version}}'", "echo \"a\\\" {{version}}\""] {
             let err = vars().render(template, Context::Shell).unwrap_err();
-            assert_eq!(
-                err,
-                TemplateError::InsideQuotes("version".into()),
-                "{template}"
-            );
+            assert_eq!(err, TemplateError::InsideQuotes("version".into()), "{template}");
         }
-        let nested = Variables::new(BTreeMap::from([("open".to_owned(), "echo \"".to_owned())]))
-            .value("v", "x");
+        let nested = Variables::new(BTreeMap::from([("open".to_owned(), "echo \"".to_owned())])).value("v", "x");
         assert!(nested.render("{{open}}{{v}}\"", Context::Shell).is_err());
-        assert_eq!(
-            vars()
-                .render("echo \"a\" {{version}} 'b'", Context::Shell)
-                .unwrap(),
-            "echo \"a\" '1.2.3' 'b'"
-        );
-        assert_eq!(
-            vars()
-                .render("echo \\' {{version}}", Context::Shell)
-                .unwrap(),
-            "echo \\' '1.2.3'"
-        );
+        assert_eq!(vars().render("echo \"a\" {{version}} 'b'", Context::Shell).unwrap(), "echo \"a\" '1.2.3' 'b'");
+        assert_eq!(vars().render("echo \\' {{version}}", Context::Shell).unwrap(), "echo \\' '1.2.3'");
     }
 
     #[test]
     fn nul_bytes_are_refused() {
         let v = Variables::default().value("v", "a\0b");
-        assert_eq!(
-            v.render("{{v}}", Context::Shell),
-            Err(TemplateError::Nul("v".into()))
-        );
+        assert_eq!(v.render("{{v}}", Context::Shell), Err(TemplateError::Nul("v".into())));
     }
 }

@@ -25,21 +25,16 @@ const REQUESTED_BY: &str = "anonymous";
 /// some bytes (NUL) cannot even be sent to the database.
 fn name_filter(field: &str, value: Option<String>) -> Result<Option<String>, ApiError> {
     match value {
-        Some(v) if !is_identifier(&v) => Err(ApiError::bad_request(
-            "invalid_query",
-            format!("{field} must match [a-z0-9][a-z0-9._-]{{0,62}}"),
-        )),
+        Some(v) if !is_identifier(&v) => {
+            Err(ApiError::bad_request("invalid_query", format!("{field} must match [a-z0-9][a-z0-9._-]{{0,62}}")))
+        }
         other => Ok(other),
     }
 }
 
 fn parse_id(text: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(text).map_err(|_| {
-        ApiError::bad_request(
-            "invalid_id",
-            format!("{text:?} is not a deployment id (a UUID)"),
-        )
-    })
+    Uuid::parse_str(text)
+        .map_err(|_| ApiError::bad_request("invalid_id", format!("{text:?} is not a deployment id (a UUID)")))
 }
 
 pub async fn submit(
@@ -48,16 +43,10 @@ pub async fn submit(
     Json(body): Json<serde_json::Value>,
 ) -> Result<Response, ApiError> {
     if !body.is_object() {
-        return Err(ApiError::bad_request(
-            "invalid_body",
-            "the body must be a JSON object",
-        ));
+        return Err(ApiError::bad_request("invalid_body", "the body must be a JSON object"));
     }
     if let Some(field) = DeploymentRequest::unknown_field(&body) {
-        return Err(ApiError::bad_request(
-            "invalid_body",
-            format!("unknown field {field:?}"),
-        ));
+        return Err(ApiError::bad_request("invalid_body", format!("unknown field {field:?}")));
     }
     let request: DeploymentRequest = serde_json::from_value(body)
         .map_err(|e| ApiError::bad_request("invalid_body", format!("invalid request: {e}")))?;
@@ -65,10 +54,7 @@ pub async fn submit(
         None => None,
         Some(value) => {
             let key = value.to_str().map_err(|_| {
-                ApiError::bad_request(
-                    "invalid_idempotency_key",
-                    "Idempotency-Key must be visible ASCII",
-                )
+                ApiError::bad_request("invalid_idempotency_key", "Idempotency-Key must be visible ASCII")
             })?;
             validate::idempotency_key(key)?;
             Some(key)
@@ -78,11 +64,7 @@ pub async fn submit(
 
     let submitted = state
         .store
-        .submit(NewDeployment {
-            request: &request,
-            requested_by: REQUESTED_BY,
-            idempotency_key: key,
-        })
+        .submit(NewDeployment { request: &request, requested_by: REQUESTED_BY, idempotency_key: key })
         .await?;
     let (status, deployment) = match submitted {
         Submitted::Created(d) => {
@@ -95,24 +77,14 @@ pub async fn submit(
         Submitted::Existing(d) => (StatusCode::OK, d),
     };
     let location = format!("/v1/deployments/{}", deployment.id);
-    Ok((
-        status,
-        [(header::LOCATION, location)],
-        axum::Json(deployment),
-    )
-        .into_response())
+    Ok((status, [(header::LOCATION, location)], axum::Json(deployment)).into_response())
 }
 
-pub async fn get(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
+pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     match state.store.deployment(id).await? {
         Some(d) => Ok(axum::Json(d).into_response()),
-        None => Err(ApiError::NotFound(format!(
-            "deployment {id} does not exist"
-        ))),
+        None => Err(ApiError::NotFound(format!("deployment {id} does not exist"))),
     }
 }
 
@@ -126,16 +98,10 @@ pub struct ListParams {
     cursor: Option<String>,
 }
 
-pub async fn list(
-    State(state): State<AppState>,
-    Query(params): Query<ListParams>,
-) -> Result<Response, ApiError> {
+pub async fn list(State(state): State<AppState>, Query(params): Query<ListParams>) -> Result<Response, ApiError> {
     let limit = params.limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "invalid_limit",
-            format!("limit must be between 1 and {MAX_PAGE}"),
-        ));
+        return Err(ApiError::bad_request("invalid_limit", format!("limit must be between 1 and {MAX_PAGE}")));
     }
     let deployment_state = params
         .state
@@ -143,10 +109,7 @@ pub async fn list(
         .map(|s| {
             s.parse::<DeploymentState>().map_err(|_| {
                 let known: Vec<&str> = DeploymentState::ALL.iter().map(|s| s.as_str()).collect();
-                ApiError::bad_request(
-                    "invalid_state",
-                    format!("state must be one of {}", known.join(", ")),
-                )
+                ApiError::bad_request("invalid_state", format!("state must be one of {}", known.join(", ")))
             })
         })
         .transpose()?;
@@ -154,9 +117,7 @@ pub async fn list(
         .cursor
         .as_deref()
         .map(|c| {
-            Uuid::parse_str(c).map_err(|_| {
-                ApiError::bad_request("invalid_cursor", "cursor is not one this API gave")
-            })
+            Uuid::parse_str(c).map_err(|_| ApiError::bad_request("invalid_cursor", "cursor is not one this API gave"))
         })
         .transpose()?;
     let filter = ListFilter {
@@ -167,13 +128,8 @@ pub async fn list(
         limit,
     };
     let deployments = state.store.list(&filter).await?;
-    let next_cursor = (deployments.len() as i64 == limit)
-        .then(|| deployments.last().map(|d| d.id))
-        .flatten();
-    Ok(
-        axum::Json(json!({ "deployments": deployments, "next_cursor": next_cursor }))
-            .into_response(),
-    )
+    let next_cursor = (deployments.len() as i64 == limit).then(|| deployments.last().map(|d| d.id)).flatten();
+    Ok(axum::Json(json!({ "deployments": deployments, "next_cursor": next_cursor })).into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -192,29 +148,18 @@ pub async fn logs(
     let id = parse_id(&id)?;
     let after = params.after.unwrap_or(0);
     if after < 0 {
-        return Err(ApiError::bad_request(
-            "invalid_after",
-            "after must be a sequence number, 0 or more",
-        ));
+        return Err(ApiError::bad_request("invalid_after", "after must be a sequence number, 0 or more"));
     }
     let limit = params.limit.unwrap_or(DEFAULT_LOG_LINES);
     if !(1..=MAX_LOG_LINES).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "invalid_limit",
-            format!("limit must be between 1 and {MAX_LOG_LINES}"),
-        ));
+        return Err(ApiError::bad_request("invalid_limit", format!("limit must be between 1 and {MAX_LOG_LINES}")));
     }
     let host = name_filter("host", params.host)?;
     // Read the state first: if it is final, every line was committed before it.
     let Some(deployment_state) = state.store.deployment_state(id).await? else {
-        return Err(ApiError::NotFound(format!(
-            "deployment {id} does not exist"
-        )));
+        return Err(ApiError::NotFound(format!("deployment {id} does not exist")));
     };
     let lines = state.store.logs(id, after, host.as_deref(), limit).await?;
     let next_after = lines.last().map_or(after, |l| l.seq);
-    Ok(
-        axum::Json(json!({ "state": deployment_state, "lines": lines, "next_after": next_after }))
-            .into_response(),
-    )
+    Ok(axum::Json(json!({ "state": deployment_state, "lines": lines, "next_after": next_after })).into_response())
 }

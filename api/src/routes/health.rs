@@ -13,15 +13,7 @@ pub async fn healthz() -> Json<Value> {
 
 /// The database and the broker are reachable: this replica can accept work.
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    state
-        .store
-        .ping()
-        .await
-        .map_err(|e| ApiError::Unavailable(format!("database: {e}")))?;
-    state
-        .publisher
-        .check()
-        .await
-        .map_err(|e| ApiError::Unavailable(format!("broker: {e}")))?;
+    state.store.ping().await.map_err(|e| ApiError::Unavailable(format!("database: {e}")))?;
+    state.publisher.check().await.map_err(|e| ApiError::Unavailable(format!("broker: {e}")))?;
     Ok(Json(json!({ "status": "ready" })))
 }

@@ -55,12 +55,7 @@ pub struct RunHost {
 
 impl Store {
     /// Takes the deployment if nobody holds a live lease on it.
-    pub async fn claim(
-        &self,
-        id: Uuid,
-        token: &str,
-        lease_seconds: u64,
-    ) -> Result<Claim, StoreError> {
+    pub async fn claim(&self, id: Uuid, token: &str, lease_seconds: u64) -> Result<Claim, StoreError> {
         let claimed: Option<(sqlx::types::Json<DeploymentRequest>,)> = sqlx::query_as(
             "UPDATE deployments SET worker_id = $2, \
                  lease_expires_at = now() + make_interval(secs => $3), \
@@ -76,11 +71,7 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         if let Some((request,)) = claimed {
-            return Ok(Claim::Claimed(Box::new(ClaimedDeployment {
-                id,
-                request: request.0,
-                token: token.to_owned(),
-            })));
+            return Ok(Claim::Claimed(Box::new(ClaimedDeployment { id, request: request.0, token: token.to_owned() })));
         }
 
         // The remaining lease is computed by the database, whose clock set it.
@@ -100,29 +91,16 @@ impl Store {
                 let remaining = Duration::from_secs_f64(remaining.unwrap_or(0.0));
                 match (holder, until) {
                     _ if state.is_final() => Claim::Finished(state),
-                    (Some(token), Some(until)) => Claim::HeldBy {
-                        token,
-                        until,
-                        remaining,
-                    },
+                    (Some(token), Some(until)) => Claim::HeldBy { token, until, remaining },
                     // Released between the two statements: the caller tries again.
-                    _ => Claim::HeldBy {
-                        token: String::new(),
-                        until: Utc::now(),
-                        remaining: Duration::ZERO,
-                    },
+                    _ => Claim::HeldBy { token: String::new(), until: Utc::now(), remaining: Duration::ZERO },
                 }
             }
         })
     }
 
     /// Extends the lease; false when the claim was lost.
-    pub async fn renew_lease(
-        &self,
-        id: Uuid,
-        token: &str,
-        lease_seconds: u64,
-    ) -> Result<bool, StoreError> {
+    pub async fn renew_lease(&self, id: Uuid, token: &str, lease_seconds: u64) -> Result<bool, StoreError> {
         let done = sqlx::query(
             "UPDATE deployments SET lease_expires_at = now() + make_interval(secs => $3) \
              WHERE id = $1 AND worker_id = $2",
@@ -178,20 +156,13 @@ impl Store {
 
     /// Stores the discovered hosts, unless an earlier claim already did (a resumed
     /// deployment keeps its hosts and their progress). Returns the stored hosts.
-    pub async fn plan_hosts(
-        &self,
-        id: Uuid,
-        hosts: &[PlannedHost],
-    ) -> Result<Vec<RunHost>, StoreError> {
+    pub async fn plan_hosts(&self, id: Uuid, hosts: &[PlannedHost]) -> Result<Vec<RunHost>, StoreError> {
         let names: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
         let addresses: Vec<&str> = hosts.iter().map(|h| h.address.as_str()).collect();
         let waves: Vec<i32> = hosts.iter().map(|h| h.wave).collect();
         let mut tx = self.pool.begin().await?;
         let (existing,): (i64,) =
-            sqlx::query_as("SELECT count(*) FROM hosts WHERE deployment_id = $1")
-                .bind(id)
-                .fetch_one(&mut *tx)
-                .await?;
+            sqlx::query_as("SELECT count(*) FROM hosts WHERE deployment_id = $1").bind(id).fetch_one(&mut *tx).await?;
         if existing == 0 {
             sqlx::query(
                 "INSERT INTO hosts (deployment_id, name, address, wave, position) \
@@ -211,21 +182,13 @@ impl Store {
 
     /// The stored hosts of a deployment, in rollout order.
     pub async fn run_hosts(&self, id: Uuid) -> Result<Vec<RunHost>, StoreError> {
-        let rows: Vec<(String, String, i32, String)> = sqlx::query_as(
-            "SELECT name, address, wave, state FROM hosts WHERE deployment_id = $1 ORDER BY position",
-        )
-        .bind(id)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows: Vec<(String, String, i32, String)> =
+            sqlx::query_as("SELECT name, address, wave, state FROM hosts WHERE deployment_id = $1 ORDER BY position")
+                .bind(id)
+                .fetch_all(&self.pool)
+                .await?;
         rows.into_iter()
-            .map(|(name, address, wave, state)| {
-                Ok(RunHost {
-                    name,
-                    address,
-                    wave,
-                    state: parse(&state)?,
-                })
-            })
+            .map(|(name, address, wave, state)| Ok(RunHost { name, address, wave, state: parse(&state)? }))
             .collect()
     }
 
@@ -265,9 +228,10 @@ impl Store {
         host: &str,
         state: HostState,
         error: Option<&str>,
+        load_balancer: Option<&str>,
     ) -> Result<bool, StoreError> {
         let done = sqlx::query(
-            "UPDATE hosts SET state = $4, error = $5, finished_at = now() \
+            "UPDATE hosts SET state = $4, error = $5, load_balancer = $6, finished_at = now() \
              WHERE deployment_id = $1 AND name = $3 \
                AND EXISTS (SELECT 1 FROM deployments WHERE id = $1 AND worker_id = $2)",
         )
@@ -276,6 +240,7 @@ impl Store {
         .bind(host)
         .bind(state.as_str())
         .bind(error)
+        .bind(load_balancer)
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)

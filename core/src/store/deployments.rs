@@ -1,9 +1,7 @@
 //! Submitting, reading and listing deployments.
 
 use super::{Store, StoreError, parse};
-use crate::deployment::{
-    Deployment, DeploymentRequest, DeploymentState, Host, HostState, Step, Summary,
-};
+use crate::deployment::{Deployment, DeploymentRequest, DeploymentState, Host, HostState, Step, Summary};
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -60,11 +58,7 @@ macro_rules! deployment_columns {
 }
 
 impl DeploymentRow {
-    fn into_deployment(
-        self,
-        summary: Summary,
-        hosts: Option<Vec<Host>>,
-    ) -> Result<Deployment, StoreError> {
+    fn into_deployment(self, summary: Summary, hosts: Option<Vec<Host>>) -> Result<Deployment, StoreError> {
         Ok(Deployment {
             id: self.id,
             service: self.service,
@@ -92,6 +86,7 @@ struct HostRow {
     wave: i32,
     state: String,
     error: Option<String>,
+    load_balancer: Option<String>,
     started_at: Option<DateTime<Utc>>,
     finished_at: Option<DateTime<Utc>>,
 }
@@ -112,10 +107,7 @@ fn request_hash(request: &DeploymentRequest) -> String {
     // Serializing the typed request gives one canonical form: fields in declaration
     // order, variables sorted, defaults made explicit.
     let canonical = serde_json::to_vec(request).unwrap_or_default();
-    Sha256::digest(&canonical)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    Sha256::digest(&canonical).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl Store {
@@ -145,10 +137,7 @@ impl Store {
         .await?;
 
         if let Some((created_at,)) = inserted {
-            sqlx::query("INSERT INTO outbox (deployment_id) VALUES ($1)")
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query("INSERT INTO outbox (deployment_id) VALUES ($1)").bind(id).execute(&mut *tx).await?;
             tx.commit().await?;
             // Everything a new deployment holds is known here: no need to read it back.
             return Ok(Submitted::Created(Deployment {
@@ -181,27 +170,22 @@ impl Store {
         if stored_hash != hash {
             return Err(StoreError::IdempotencyMismatch(key.to_owned()));
         }
-        let deployment = self
-            .deployment(id)
-            .await?
-            .ok_or_else(|| StoreError::Corrupt(format!("deployment {id} vanished")))?;
+        let deployment =
+            self.deployment(id).await?.ok_or_else(|| StoreError::Corrupt(format!("deployment {id} vanished")))?;
         Ok(Submitted::Existing(deployment))
     }
 
     /// One deployment with its hosts and their steps.
     pub async fn deployment(&self, id: Uuid) -> Result<Option<Deployment>, StoreError> {
-        let row: Option<DeploymentRow> = sqlx::query_as(concat!(
-            "SELECT ",
-            deployment_columns!(),
-            " FROM deployments WHERE id = $1"
-        ))
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row: Option<DeploymentRow> =
+            sqlx::query_as(concat!("SELECT ", deployment_columns!(), " FROM deployments WHERE id = $1"))
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
         let Some(row) = row else { return Ok(None) };
 
         let host_rows: Vec<HostRow> = sqlx::query_as(
-            "SELECT name, address, wave, state, error, started_at, finished_at \
+            "SELECT name, address, wave, state, error, load_balancer, started_at, finished_at \
              FROM hosts WHERE deployment_id = $1 ORDER BY position",
         )
         .bind(id)
@@ -240,6 +224,7 @@ impl Store {
                 started_at: h.started_at,
                 finished_at: h.finished_at,
                 error: h.error,
+                load_balancer: h.load_balancer,
             });
         }
         row.into_deployment(summary, Some(hosts)).map(Some)
@@ -293,10 +278,8 @@ impl Store {
 impl Store {
     /// Only the state, for pollers.
     pub async fn deployment_state(&self, id: Uuid) -> Result<Option<DeploymentState>, StoreError> {
-        let row: Option<(String,)> = sqlx::query_as("SELECT state FROM deployments WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row: Option<(String,)> =
+            sqlx::query_as("SELECT state FROM deployments WHERE id = $1").bind(id).fetch_optional(&self.pool).await?;
         row.map(|(s,)| parse(&s)).transpose()
     }
 }

@@ -62,13 +62,7 @@ impl Store {
     }
 
     /// Lines with a sequence number above `after`, oldest first.
-    pub async fn logs(
-        &self,
-        id: Uuid,
-        after: i64,
-        host: Option<&str>,
-        limit: i64,
-    ) -> Result<Vec<LogLine>, StoreError> {
+    pub async fn logs(&self, id: Uuid, after: i64, host: Option<&str>, limit: i64) -> Result<Vec<LogLine>, StoreError> {
         type Row = (i64, Option<String>, String, String, DateTime<Utc>);
         let rows: Vec<Row> = sqlx::query_as(
             "SELECT seq, host, stream, line, at FROM log_lines \
@@ -82,15 +76,7 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter()
-            .map(|(seq, host, stream, line, at)| {
-                Ok(LogLine {
-                    seq,
-                    host,
-                    stream: parse(&stream)?,
-                    line,
-                    at,
-                })
-            })
+            .map(|(seq, host, stream, line, at)| Ok(LogLine { seq, host, stream: parse(&stream)?, line, at }))
             .collect()
     }
 }

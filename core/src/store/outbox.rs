@@ -14,21 +14,16 @@ pub struct OutboxBatch {
 impl OutboxBatch {
     /// The broker confirmed this id: it no longer needs relaying.
     pub async fn confirmed(&mut self, id: Uuid) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM outbox WHERE deployment_id = $1")
-            .bind(id)
-            .execute(&mut *self.tx)
-            .await?;
+        sqlx::query("DELETE FROM outbox WHERE deployment_id = $1").bind(id).execute(&mut *self.tx).await?;
         Ok(())
     }
 
     pub async fn failed(&mut self, id: Uuid, error: &str) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE deployment_id = $1",
-        )
-        .bind(id)
-        .bind(error)
-        .execute(&mut *self.tx)
-        .await?;
+        sqlx::query("UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE deployment_id = $1")
+            .bind(id)
+            .bind(error)
+            .execute(&mut *self.tx)
+            .await?;
         Ok(())
     }
 
@@ -41,11 +36,7 @@ impl OutboxBatch {
 impl Store {
     /// Locks up to `limit` outbox rows older than `min_age_ms` (younger ones are still
     /// being published by the request that made them).
-    pub async fn outbox_batch(
-        &self,
-        min_age_ms: i64,
-        limit: i64,
-    ) -> Result<OutboxBatch, StoreError> {
+    pub async fn outbox_batch(&self, min_age_ms: i64, limit: i64) -> Result<OutboxBatch, StoreError> {
         let mut tx = self.pool.begin().await?;
         let rows: Vec<(Uuid,)> = sqlx::query_as(
             "SELECT deployment_id FROM outbox \
@@ -56,25 +47,17 @@ impl Store {
         .bind(limit)
         .fetch_all(&mut *tx)
         .await?;
-        Ok(OutboxBatch {
-            tx,
-            ids: rows.into_iter().map(|(id,)| id).collect(),
-        })
+        Ok(OutboxBatch { tx, ids: rows.into_iter().map(|(id,)| id).collect() })
     }
 
     /// The request that created the row published it: drop the row.
     pub async fn outbox_confirmed(&self, id: Uuid) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM outbox WHERE deployment_id = $1")
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query("DELETE FROM outbox WHERE deployment_id = $1").bind(id).execute(&self.pool).await?;
         Ok(())
     }
 
     pub async fn outbox_len(&self) -> Result<i64, StoreError> {
-        let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM outbox")
-            .fetch_one(&self.pool)
-            .await?;
+        let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM outbox").fetch_one(&self.pool).await?;
         Ok(n)
     }
 }

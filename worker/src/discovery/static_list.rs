@@ -14,35 +14,23 @@ pub struct StaticDiscovery {
 
 impl StaticDiscovery {
     pub fn new(cluster: &str, hosts: &[StaticHost]) -> Self {
-        Self {
-            cluster: cluster.to_owned(),
-            hosts: hosts.to_vec(),
-        }
+        Self { cluster: cluster.to_owned(), hosts: hosts.to_vec() }
     }
 
     fn select(&self, request: &DeploymentRequest) -> Result<Vec<DiscoveredHost>, DiscoveryError> {
         for wanted in &request.hosts {
             if !self.hosts.iter().any(|h| &h.name == wanted) {
-                return Err(DiscoveryError::UnknownHost(
-                    wanted.clone(),
-                    self.cluster.clone(),
-                ));
+                return Err(DiscoveryError::UnknownHost(wanted.clone(), self.cluster.clone()));
             }
         }
         let hosts: Vec<DiscoveredHost> = self
             .hosts
             .iter()
             .filter(|h| request.hosts.is_empty() || request.hosts.contains(&h.name))
-            .map(|h| DiscoveredHost {
-                name: h.name.clone(),
-                address: h.address.clone(),
-            })
+            .map(|h| DiscoveredHost { name: h.name.clone(), address: h.address.clone() })
             .collect();
         if hosts.is_empty() {
-            return Err(DiscoveryError::NoHosts(format!(
-                "the static host list of cluster {}",
-                self.cluster
-            )));
+            return Err(DiscoveryError::NoHosts(format!("the static host list of cluster {}", self.cluster)));
         }
         Ok(hosts)
     }
@@ -69,13 +57,8 @@ mod tests {
     }
 
     fn discovery(names: &[&str]) -> StaticDiscovery {
-        let hosts: Vec<StaticHost> = names
-            .iter()
-            .map(|n| StaticHost {
-                name: (*n).to_owned(),
-                address: format!("{n}.example"),
-            })
-            .collect();
+        let hosts: Vec<StaticHost> =
+            names.iter().map(|n| StaticHost { name: (*n).to_owned(), address: format!("{n}.example") }).collect();
         StaticDiscovery::new("c", &hosts)
     }
 
@@ -87,27 +70,13 @@ mod tests {
 
     #[test]
     fn the_request_narrows_the_list() {
-        let hosts = discovery(&["a", "b", "c"])
-            .select(&request(&["b"]))
-            .unwrap();
-        assert_eq!(
-            hosts,
-            [DiscoveredHost {
-                name: "b".into(),
-                address: "b.example".into()
-            }]
-        );
+        let hosts = discovery(&["a", "b", "c"]).select(&request(&["b"])).unwrap();
+        assert_eq!(hosts, [DiscoveredHost { name: "b".into(), address: "b.example".into() }]);
     }
 
     #[test]
     fn an_unknown_host_or_an_empty_list_is_an_error() {
-        assert!(matches!(
-            discovery(&["a"]).select(&request(&["z"])),
-            Err(DiscoveryError::UnknownHost(..))
-        ));
-        assert!(matches!(
-            discovery(&[]).select(&request(&[])),
-            Err(DiscoveryError::NoHosts(_))
-        ));
+        assert!(matches!(discovery(&["a"]).select(&request(&["z"])), Err(DiscoveryError::UnknownHost(..))));
+        assert!(matches!(discovery(&[]).select(&request(&[])), Err(DiscoveryError::NoHosts(_))));
     }
 }

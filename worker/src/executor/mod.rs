@@ -4,7 +4,9 @@
 //! records each step through its [`Journal`], and returns the host's outcome.
 
 pub mod native;
+pub mod rotation;
 
+use crate::lb::{AdminState, Balancers};
 use crate::log_pump::LogSink;
 use crate::playbook::Playbook;
 use futures_util::future::BoxFuture;
@@ -22,6 +24,8 @@ pub struct HostJob<'a> {
     pub service: &'a ServiceConfig,
     pub cluster: &'a ClusterConfig,
     pub playbook: &'a Playbook,
+    /// The cluster's load balancers, connected for this deployment.
+    pub balancers: &'a Balancers,
 }
 
 /// How one host ended.
@@ -29,28 +33,21 @@ pub struct HostJob<'a> {
 pub struct HostReport {
     pub state: HostState,
     pub error: Option<String>,
+    /// Where Vesemir left the host's server in the load balancers (None: untouched).
+    pub load_balancer: Option<AdminState>,
 }
 
 impl HostReport {
     pub fn succeeded() -> Self {
-        Self {
-            state: HostState::Succeeded,
-            error: None,
-        }
+        Self { state: HostState::Succeeded, error: None, load_balancer: None }
     }
 
     pub fn failed(error: impl Into<String>) -> Self {
-        Self {
-            state: HostState::Failed,
-            error: Some(error.into()),
-        }
+        Self { state: HostState::Failed, error: Some(error.into()), load_balancer: None }
     }
 
     pub fn unreachable(error: impl Into<String>) -> Self {
-        Self {
-            state: HostState::Unreachable,
-            error: Some(error.into()),
-        }
+        Self { state: HostState::Unreachable, error: Some(error.into()), load_balancer: None }
     }
 }
 
@@ -70,20 +67,8 @@ pub struct Journal {
 }
 
 impl Journal {
-    pub fn new(
-        store: Store,
-        deployment_id: Uuid,
-        token: String,
-        host: String,
-        logs: LogSink,
-    ) -> Self {
-        Self {
-            store,
-            deployment_id,
-            token,
-            host,
-            logs,
-        }
+    pub fn new(store: Store, deployment_id: Uuid, token: String, host: String, logs: LogSink) -> Self {
+        Self { store, deployment_id, token, host, logs }
     }
 
     pub fn host(&self) -> &str {
@@ -95,18 +80,8 @@ impl Journal {
     }
 
     pub async fn step_started(&self, position: usize, name: &str) {
-        self.log(LogStream::System, format!("step {name}: started"))
-            .await;
-        if let Err(e) = self
-            .store
-            .start_step(
-                self.deployment_id,
-                &self.token,
-                &self.host,
-                position as i32,
-                name,
-            )
-            .await
+        self.log(LogStream::System, format!("step {name}: started")).await;
+        if let Err(e) = self.store.start_step(self.deployment_id, &self.token, &self.host, position as i32, name).await
         {
             tracing::warn!(host = %self.host, step = name, error = %e, "recording a step start failed");
         }
@@ -120,22 +95,11 @@ impl Journal {
         exit_code: Option<i32>,
         output: &str,
     ) {
-        let code = exit_code
-            .map(|c| format!(" (exit code {c})"))
-            .unwrap_or_default();
-        self.log(LogStream::System, format!("step {name}: {state}{code}"))
-            .await;
+        let code = exit_code.map(|c| format!(" (exit code {c})")).unwrap_or_default();
+        self.log(LogStream::System, format!("step {name}: {state}{code}")).await;
         if let Err(e) = self
             .store
-            .finish_step(
-                self.deployment_id,
-                &self.token,
-                &self.host,
-                position as i32,
-                state,
-                exit_code,
-                output,
-            )
+            .finish_step(self.deployment_id, &self.token, &self.host, position as i32, state, exit_code, output)
             .await
         {
             tracing::warn!(host = %self.host, step = name, error = %e, "recording a step result failed");

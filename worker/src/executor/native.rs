@@ -5,18 +5,23 @@
 //! changed key fails the host and is never accepted. A host that cannot be reached is
 //! `unreachable`, not `failed`. Output is streamed into the deployment's log line by
 //! line as the remote command prints it.
+//!
+//! No host is left out of rotation by accident: a host whose health check fails stays
+//! out (`maint`) on purpose; a host that fails otherwise after it was taken out is
+//! health-checked, and put back only if it is healthy.
 
+use super::rotation::Rotation;
 use super::{Executor, HostJob, HostReport, Journal};
 use crate::health::{HealthCheck, HealthError};
-use crate::playbook::Action;
+use crate::playbook::{Action, LbOperation};
+use crate::ssh;
 use crate::template::{Context, TemplateError, Variables, shell_quote};
 use futures_util::future::BoxFuture;
-use openssh::{ControlPersist, KnownHosts, Session, SessionBuilder, Stdio};
-use std::num::NonZeroUsize;
+use openssh::{Session, Stdio};
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, BufReader};
-use vesemir_core::deployment::{LogStream, StepState};
+use vesemir_core::deployment::{HostState, LogStream, StepState};
 
 /// After a step's timeout, how long the host waits before KILLing what TERM did not stop.
 const KILL_AFTER_SECONDS: u64 = 5;
@@ -30,10 +35,6 @@ const MAX_LINE_BYTES: usize = 16 * 1024;
 /// How much of a step's output is kept with the step (the whole output is in the log).
 const OUTPUT_TAIL_BYTES: usize = 4096;
 
-/// A master connection idle this long exits by itself, so a crashed worker leaves no
-/// ssh process behind for long.
-const CONTROL_IDLE_SECONDS: usize = 60;
-
 #[derive(Debug)]
 pub struct NativeExecutor {
     control_dir: PathBuf,
@@ -42,10 +43,7 @@ pub struct NativeExecutor {
 
 impl NativeExecutor {
     pub fn new(control_dir: PathBuf) -> Self {
-        Self {
-            control_dir,
-            health: HealthCheck::new(),
-        }
+        Self { control_dir, health: HealthCheck::new() }
     }
 }
 
@@ -59,7 +57,9 @@ impl Executor for NativeExecutor {
 #[derive(Debug)]
 enum Prepared {
     Run { command: String, timeout: Duration },
-    HealthCheck { url: String },
+    HealthCheck,
+    LoadBalancer(LbOperation),
+    Pause,
 }
 
 /// The variables a host's templates may use.
@@ -77,29 +77,19 @@ pub fn variables(job: &HostJob<'_>) -> Variables {
     vars
 }
 
-fn prepare(job: &HostJob<'_>) -> Result<Vec<(String, Prepared)>, (String, TemplateError)> {
-    let vars = variables(job);
+fn prepare(job: &HostJob<'_>, vars: &Variables) -> Result<Vec<(String, Prepared)>, (String, TemplateError)> {
     job.playbook
         .steps
         .iter()
         .map(|step| {
             let prepared = match &step.action {
-                Action::Run {
-                    command,
-                    timeout_seconds,
-                } => Prepared::Run {
-                    command: vars
-                        .render(command, Context::Shell)
-                        .map_err(|e| (step.name.clone(), e))?,
-                    timeout: Duration::from_secs(
-                        timeout_seconds.unwrap_or(job.service.step_timeout_seconds),
-                    ),
+                Action::Run { command, timeout_seconds } => Prepared::Run {
+                    command: vars.render(command, Context::Shell).map_err(|e| (step.name.clone(), e))?,
+                    timeout: Duration::from_secs(timeout_seconds.unwrap_or(job.service.step_timeout_seconds)),
                 },
-                Action::HealthCheck => Prepared::HealthCheck {
-                    url: vars
-                        .render(&job.service.health.url, Context::Url)
-                        .map_err(|e| (step.name.clone(), e))?,
-                },
+                Action::HealthCheck => Prepared::HealthCheck,
+                Action::LoadBalancer { operation } => Prepared::LoadBalancer(*operation),
+                Action::Pause => Prepared::Pause,
             };
             Ok((step.name.clone(), prepared))
         })
@@ -109,28 +99,42 @@ fn prepare(job: &HostJob<'_>) -> Result<Vec<(String, Prepared)>, (String, Templa
 /// Why a step did not succeed.
 enum StepFailure {
     /// The host's fault: the command failed or the service is unhealthy.
-    Failed {
-        exit_code: Option<i32>,
-        message: String,
-    },
+    Failed { exit_code: Option<i32>, message: String },
     /// The connection broke: nothing can be said about the host.
     Lost(String),
 }
 
 impl NativeExecutor {
     async fn run_host(&self, job: HostJob<'_>, journal: &Journal) -> HostReport {
-        // Render every step before touching the host: a template error fails it cleanly.
-        let steps = match prepare(&job) {
-            Ok(steps) => steps,
+        // Render everything before touching the host: a template error fails it cleanly.
+        let vars = variables(&job);
+        let prepared = prepare(&job, &vars)
+            .and_then(|steps| {
+                Ok((steps, vars.render(&job.service.health.url, Context::Url).map_err(|e| ("health".to_owned(), e))?))
+            })
+            .and_then(|(steps, url)| {
+                Ok((steps, url, Rotation::new(&job, &vars).map_err(|e| ("load_balancer".to_owned(), e))?))
+            });
+        let (steps, health_url, mut rotation) = match prepared {
+            Ok(prepared) => prepared,
             Err((step, e)) => return HostReport::failed(format!("step {step}: {e}")),
         };
 
-        let session = match self.connect(&job, journal).await {
+        let ssh = &job.cluster.ssh;
+        journal.log(LogStream::System, format!("connecting to {}@{}:{}", ssh.user, job.host.address, ssh.port)).await;
+        let session = match ssh::connect(ssh, &job.host.address, &self.control_dir).await {
             Ok(session) => session,
-            Err(report) => return report,
+            Err(e) => {
+                journal.log(LogStream::System, format!("ssh: {e}")).await;
+                return match e {
+                    ssh::ConnectError::Unreachable { .. } => HostReport::unreachable(e.to_string()),
+                    _ => HostReport::failed(e.to_string()),
+                };
+            }
         };
 
         let mut report = HostReport::succeeded();
+        let mut failed_health = false;
         for (position, (name, step)) in steps.iter().enumerate() {
             journal.step_started(position, name).await;
             let mut tail = OutputTail::default();
@@ -138,27 +142,26 @@ impl NativeExecutor {
                 Prepared::Run { command, timeout } => {
                     run_command(&session, command, *timeout, journal, &mut tail).await
                 }
-                Prepared::HealthCheck { url } => {
-                    self.check_health(&job, url, journal, &mut tail).await
-                }
+                Prepared::HealthCheck => self.check_health(&job, &health_url, journal, &mut tail).await,
+                Prepared::LoadBalancer(operation) => rotation
+                    .run(*operation, journal, &mut tail)
+                    .await
+                    .map(|()| None)
+                    .map_err(|message| StepFailure::Failed { exit_code: None, message }),
+                Prepared::Pause => pause(job.request.sleep_seconds, journal, &mut tail).await,
             };
             match result {
                 Ok(exit_code) => {
-                    journal
-                        .step_finished(position, name, StepState::Succeeded, exit_code, tail.text())
-                        .await;
+                    journal.step_finished(position, name, StepState::Succeeded, exit_code, tail.text()).await;
                 }
                 Err(StepFailure::Failed { exit_code, message }) => {
-                    journal
-                        .step_finished(position, name, StepState::Failed, exit_code, tail.text())
-                        .await;
+                    journal.step_finished(position, name, StepState::Failed, exit_code, tail.text()).await;
+                    failed_health = matches!(step, Prepared::HealthCheck);
                     report = HostReport::failed(format!("step {name}: {message}"));
                     break;
                 }
                 Err(StepFailure::Lost(message)) => {
-                    journal
-                        .step_finished(position, name, StepState::Failed, None, tail.text())
-                        .await;
+                    journal.step_finished(position, name, StepState::Failed, None, tail.text()).await;
                     report = HostReport::unreachable(format!("step {name}: {message}"));
                     break;
                 }
@@ -167,67 +170,38 @@ impl NativeExecutor {
         if let Err(e) = session.close().await {
             tracing::debug!(host = journal.host(), error = %e, "closing the ssh session");
         }
+
+        if report.state != HostState::Succeeded && rotation.is_out() {
+            self.recover(&job, &health_url, &mut rotation, failed_health, journal, &mut report).await;
+        }
+        report.load_balancer = rotation.state();
         report
     }
 
-    async fn connect(&self, job: &HostJob<'_>, journal: &Journal) -> Result<Session, HostReport> {
-        let ssh = &job.cluster.ssh;
-        if let Err(e) = std::fs::create_dir_all(&self.control_dir) {
-            return Err(HostReport::failed(format!(
-                "cannot create the ssh control directory {}: {e}",
-                self.control_dir.display()
-            )));
-        }
-        let mut builder = SessionBuilder::default();
-        builder
-            .user(ssh.user.clone())
-            .port(ssh.port)
-            .keyfile(&ssh.private_key)
-            .known_hosts_check(KnownHosts::Strict)
-            .user_known_hosts_file(&ssh.known_hosts)
-            .connect_timeout(Duration::from_secs(ssh.connect_timeout_seconds))
-            .server_alive_interval(Duration::from_secs(ssh.keepalive_seconds))
-            .control_directory(&self.control_dir)
-            .control_persist(ControlPersist::IdleFor(
-                NonZeroUsize::new(CONTROL_IDLE_SECONDS).unwrap_or(NonZeroUsize::MIN),
-            ));
-        journal
-            .log(
-                LogStream::System,
-                format!(
-                    "connecting to {}@{}:{}",
-                    ssh.user, job.host.address, ssh.port
-                ),
-            )
-            .await;
-        // ssh's own ConnectTimeout covers the TCP connect; this bounds the handshake too.
-        let limit = Duration::from_secs(ssh.connect_timeout_seconds * 2 + 5);
-        let connected = tokio::time::timeout(limit, builder.connect_mux(&job.host.address)).await;
-        let error = match connected {
-            Ok(Ok(session)) => return Ok(session),
-            Ok(Err(e)) => connect_error_text(&e),
-            Err(_) => format!("connecting timed out after {limit:?}"),
-        };
-        journal
-            .log(LogStream::System, format!("ssh: {error}"))
-            .await;
-        if is_host_key_problem(&error) {
-            Err(HostReport::failed(format!(
-                "host key verification failed for {}: its key is unknown or has changed. \
-                 Verify the host and update {} if the change is expected ({error})",
-                job.host.address,
-                ssh.known_hosts.display()
-            )))
-        } else if error.contains("Permission denied") {
-            Err(HostReport::failed(format!(
-                "ssh authentication as {} failed on {}: is the key authorised for that user? ({error})",
-                ssh.user, job.host.address
-            )))
+    /// After a failure, a host Vesemir took out goes back only if it is healthy.
+    async fn recover(
+        &self,
+        job: &HostJob<'_>,
+        health_url: &str,
+        rotation: &mut Rotation<'_>,
+        failed_health: bool,
+        journal: &Journal,
+        report: &mut HostReport,
+    ) {
+        let mut tail = OutputTail::default();
+        let note = if failed_health {
+            "left out of rotation on purpose: its health check failed".to_owned()
+        } else if self.health.wait_healthy(health_url, &job.service.health, journal, &mut tail).await.is_err() {
+            "left out of rotation: it is not healthy".to_owned()
         } else {
-            Err(HostReport::unreachable(format!(
-                "cannot connect over ssh to {}: {error}",
-                job.host.address
-            )))
+            match rotation.put_back(journal, &mut tail).await {
+                Ok(()) => "healthy despite the failure: put back in rotation".to_owned(),
+                Err(e) => format!("healthy, but putting it back failed: {e}"),
+            }
+        };
+        journal.log(LogStream::System, note.clone()).await;
+        if let Some(error) = &mut report.error {
+            error.push_str(&format!("; {note}"));
         }
     }
 
@@ -238,38 +212,24 @@ impl NativeExecutor {
         journal: &Journal,
         tail: &mut OutputTail,
     ) -> Result<Option<i32>, StepFailure> {
-        let health = &job.service.health;
-        match self.health.wait_healthy(url, health, journal, tail).await {
+        match self.health.wait_healthy(url, &job.service.health, journal, tail).await {
             Ok(()) => Ok(None),
-            Err(HealthError { message }) => Err(StepFailure::Failed {
-                exit_code: None,
-                message,
-            }),
+            Err(HealthError { message }) => Err(StepFailure::Failed { exit_code: None, message }),
         }
     }
 }
 
-fn connect_error_text(error: &openssh::Error) -> String {
-    use std::error::Error as _;
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text.replace('\n', " ").trim().to_owned()
-}
-
-pub fn is_host_key_problem(ssh_error: &str) -> bool {
-    [
-        "Host key verification failed",
-        "REMOTE HOST IDENTIFICATION HAS CHANGED",
-        "No ED25519 host key is known",
-        "host key is known",
-    ]
-    .iter()
-    .any(|needle| ssh_error.contains(needle))
+async fn pause(seconds: Option<u32>, journal: &Journal, tail: &mut OutputTail) -> Result<Option<i32>, StepFailure> {
+    let line = match seconds {
+        Some(s) if s > 0 => {
+            journal.log(LogStream::System, format!("pausing {s}s")).await;
+            tokio::time::sleep(Duration::from_secs(u64::from(s))).await;
+            format!("paused {s}s")
+        }
+        _ => "no sleep_seconds in the request: no pause".to_owned(),
+    };
+    tail.push(&line);
+    Ok(None)
 }
 
 async fn run_command(
@@ -282,24 +242,13 @@ async fn run_command(
     // The host enforces the timeout itself (coreutils `timeout` signals the command's
     // whole process group), so a timed-out step does not go on running remotely.
     let secs = timeout.as_secs().max(1);
-    let wrapped = format!(
-        "timeout --kill-after={KILL_AFTER_SECONDS} {secs} sh -c {}",
-        shell_quote(command)
-    );
-    let spawned = session
-        .raw_command(&wrapped)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .await;
+    let wrapped = format!("timeout --kill-after={KILL_AFTER_SECONDS} {secs} sh -c {}", shell_quote(command));
+    let spawned =
+        session.raw_command(&wrapped).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().await;
     let mut child = match spawned {
         Ok(child) => child,
         Err(e) => {
-            return Err(StepFailure::Lost(format!(
-                "cannot start the command: {}",
-                connect_error_text(&e)
-            )));
+            return Err(StepFailure::Lost(format!("cannot start the command: {}", ssh::error_text(&e))));
         }
     };
     let stdout = child.stdout().take();
@@ -335,24 +284,14 @@ async fn run_command(
                 exit_code: Some(code),
                 message: format!("command exited with status {code}"),
             }),
-            None => Err(StepFailure::Failed {
-                exit_code: None,
-                message: "command was killed by a signal".to_owned(),
-            }),
+            None => Err(StepFailure::Failed { exit_code: None, message: "command was killed by a signal".to_owned() }),
         },
-        Err(e) => Err(StepFailure::Lost(format!(
-            "connection lost while the command ran: {}",
-            connect_error_text(&e)
-        ))),
+        Err(e) => Err(StepFailure::Lost(format!("connection lost while the command ran: {}", ssh::error_text(&e)))),
     }
 }
 
 /// Forwards each line to the log as it arrives; returns the last lines for the step.
-async fn stream_lines(
-    reader: Option<impl AsyncRead + Unpin>,
-    stream: LogStream,
-    journal: &Journal,
-) -> Vec<String> {
+async fn stream_lines(reader: Option<impl AsyncRead + Unpin>, stream: LogStream, journal: &Journal) -> Vec<String> {
     let Some(reader) = reader else {
         return Vec::new();
     };
@@ -364,16 +303,12 @@ async fn stream_lines(
         match read_line_capped(&mut reader, &mut buf, MAX_LINE_BYTES).await {
             Ok(0) => break,
             Ok(_) => {
-                let line = String::from_utf8_lossy(&buf)
-                    .trim_end_matches(['\n', '\r'])
-                    .to_owned();
+                let line = String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']).to_owned();
                 tail.push(&line);
                 journal.log(stream, line).await;
             }
             Err(e) => {
-                journal
-                    .log(LogStream::System, format!("reading {stream} failed: {e}"))
-                    .await;
+                journal.log(LogStream::System, format!("reading {stream} failed: {e}")).await;
                 break;
             }
         }
@@ -442,17 +377,6 @@ impl OutputTail {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn host_key_failures_are_recognised() {
-        assert!(is_host_key_problem("Host key verification failed."));
-        assert!(is_host_key_problem(
-            "@@@ WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED! @@@"
-        ));
-        assert!(!is_host_key_problem(
-            "connect to host 127.0.0.1 port 22: Connection refused"
-        ));
-    }
 
     #[tokio::test]
     async fn lines_are_read_whole_or_split_at_the_cap() {

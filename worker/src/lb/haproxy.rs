@@ -5,13 +5,14 @@
 //! anything else ("No such server.", a usage message) is an error carrying HAProxy's
 //! own words.
 
-use super::{AdminState, LbError, ServerStatus};
+use super::{AdminState, LbError, LoadBalancer, ServerStatus};
 use crate::template::shell_quote;
+use futures_util::future::BoxFuture;
 use openssh::{Session, Stdio};
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use vesemir_core::config::RuntimeApi;
+use vesemir_core::config::is_haproxy_name;
 
 /// Largest answer read from HAProxy (a `show stat` of a big backend fits easily).
 const MAX_ANSWER_BYTES: u64 = 4 * 1024 * 1024;
@@ -27,7 +28,10 @@ pub enum Transport {
     Tcp(String),
     Unix(PathBuf),
     /// The socket path on the load balancer host, reached over the cluster's SSH.
-    Ssh { session: std::sync::Arc<Session>, socket: String },
+    Ssh {
+        session: std::sync::Arc<Session>,
+        socket: String,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -39,14 +43,6 @@ pub struct RuntimeClient {
 impl RuntimeClient {
     pub fn new(transport: Transport, timeout: Duration) -> Self {
         Self { transport, timeout }
-    }
-
-    pub fn from_config(api: &RuntimeApi, timeout: Duration) -> Option<Self> {
-        match api {
-            RuntimeApi::Tcp { address } => Some(Self::new(Transport::Tcp(address.clone()), timeout)),
-            RuntimeApi::Unix { path } => Some(Self::new(Transport::Unix(path.clone()), timeout)),
-            RuntimeApi::Ssh { .. } => None,
-        }
     }
 
     /// Sends one command and returns HAProxy's whole answer.
@@ -105,7 +101,66 @@ impl RuntimeClient {
     }
 }
 
-async fn exchange<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(stream: &mut S, line: &str) -> std::io::Result<String> {
+/// One HAProxy instance, through its Runtime API.
+#[derive(Debug)]
+pub struct Haproxy {
+    name: String,
+    client: RuntimeClient,
+}
+
+impl Haproxy {
+    pub fn new(name: &str, client: RuntimeClient) -> Self {
+        Self { name: name.to_owned(), client }
+    }
+}
+
+/// Names go into a one-line text protocol: anything but a plain name is refused
+/// before it is sent.
+fn check_names(backend: &str, server: &str) -> Result<(), LbError> {
+    for name in [backend, server] {
+        if !is_haproxy_name(name) {
+            return Err(LbError::NotApplied(format!("{name:?} is not a valid HAProxy name")));
+        }
+    }
+    Ok(())
+}
+
+impl LoadBalancer for Haproxy {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn set_state<'a>(
+        &'a self,
+        backend: &'a str,
+        server: &'a str,
+        state: AdminState,
+    ) -> BoxFuture<'a, Result<(), LbError>> {
+        Box::pin(async move {
+            check_names(backend, server)?;
+            self.client.set_state(backend, server, state).await
+        })
+    }
+
+    fn set_weight<'a>(&'a self, backend: &'a str, server: &'a str, percent: u8) -> BoxFuture<'a, Result<(), LbError>> {
+        Box::pin(async move {
+            check_names(backend, server)?;
+            self.client.set_weight_percent(backend, server, percent).await
+        })
+    }
+
+    fn server<'a>(&'a self, backend: &'a str, server: &'a str) -> BoxFuture<'a, Result<ServerStatus, LbError>> {
+        Box::pin(async move {
+            check_names(backend, server)?;
+            self.client.server(backend, server).await
+        })
+    }
+}
+
+async fn exchange<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    stream: &mut S,
+    line: &str,
+) -> std::io::Result<String> {
     stream.write_all(line.as_bytes()).await?;
     stream.flush().await?;
     let mut answer = Vec::new();
@@ -114,22 +169,21 @@ async fn exchange<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(strea
 }
 
 async fn over_ssh(session: &Session, socket: &str, line: &str) -> std::io::Result<String> {
+    let ssh = |e: openssh::Error| std::io::Error::other(e.to_string());
     let command = format!("socat - UNIX-CONNECT:{}", shell_quote(socket));
-    let output = async {
-        let mut child = session
-            .raw_command(&command)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .await?;
-        if let Some(mut stdin) = child.stdin().take() {
-            stdin.write_all(line.as_bytes()).await?;
-            stdin.shutdown().await?;
-        }
-        child.wait_with_output().await
-    };
-    let output = output.await.map_err(|e: openssh::Error| std::io::Error::other(e.to_string()))?;
+    let mut child = session
+        .raw_command(&command)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .await
+        .map_err(ssh)?;
+    if let Some(mut stdin) = child.stdin().take() {
+        stdin.write_all(line.as_bytes()).await?;
+        stdin.shutdown().await?;
+    }
+    let output = child.wait_with_output().await.map_err(ssh)?;
     if !output.status.success() {
         return Err(std::io::Error::other(format!(
             "socat on the load balancer failed: {}",
@@ -188,7 +242,8 @@ pub fn parse_stat(answer: &str, server: &str) -> Result<(String, u64), String> {
             continue;
         }
         let status = fields.get(status_at).copied().unwrap_or_default().to_owned();
-        let sessions = fields.get(scur_at).and_then(|f| f.parse().ok()).ok_or_else(|| format!("unreadable row: {row}"))?;
+        let sessions =
+            fields.get(scur_at).and_then(|f| f.parse().ok()).ok_or_else(|| format!("unreadable row: {row}"))?;
         return Ok((status, sessions));
     }
     Err("No such server.".to_owned())

@@ -1,0 +1,160 @@
+//! A host's place in its load balancers' rotation during a playbook: taking it out
+//! without cutting a connection, putting it back once healthy, and remembering what
+//! Vesemir did, so that no host is left out of rotation by accident.
+
+use super::native::OutputTail;
+use super::{HostJob, Journal};
+use crate::lb::{AdminState, Balancers, LbError};
+use crate::playbook::LbOperation;
+use crate::template::{Context, TemplateError, Variables};
+use std::time::Duration;
+use vesemir_core::config::ServiceBalancing;
+use vesemir_core::deployment::LogStream;
+
+/// The host's server in every load balancer of the cluster.
+#[derive(Debug)]
+pub struct Rotation<'a> {
+    balancers: &'a Balancers,
+    /// None when the cluster has no load balancer or the service no backend.
+    target: Option<Target<'a>>,
+    weight: Option<u16>,
+    /// The last state Vesemir asked for; None while the server is untouched.
+    state: Option<AdminState>,
+}
+
+#[derive(Debug)]
+struct Target<'a> {
+    backend: &'a str,
+    server: String,
+    settings: &'a ServiceBalancing,
+}
+
+impl<'a> Rotation<'a> {
+    pub fn new(job: &HostJob<'a>, vars: &Variables) -> Result<Self, TemplateError> {
+        let target = match &job.service.load_balancer {
+            Some(settings) if !job.balancers.is_empty() => Some(Target {
+                backend: &settings.backend,
+                server: vars.render(&settings.server, Context::Url)?,
+                settings,
+            }),
+            _ => None,
+        };
+        Ok(Self { balancers: job.balancers, target, weight: job.request.weight, state: None })
+    }
+
+    pub fn state(&self) -> Option<AdminState> {
+        self.state
+    }
+
+    /// Whether Vesemir took the server out (drained or in maintenance).
+    pub fn is_out(&self) -> bool {
+        matches!(self.state, Some(AdminState::Drain | AdminState::Maint))
+    }
+
+    pub async fn run(
+        &mut self,
+        operation: LbOperation,
+        journal: &Journal,
+        tail: &mut OutputTail,
+    ) -> Result<(), String> {
+        let Some(target) = &self.target else {
+            let line = "no load balancer for this service in this cluster: nothing to do".to_owned();
+            tail.push(&line);
+            journal.log(LogStream::System, line).await;
+            return Ok(());
+        };
+        let (backend, server, settings) = (target.backend, target.server.clone(), target.settings);
+        let server = server.as_str();
+        let lbs = self.balancers;
+        let report = match operation {
+            LbOperation::Drain => {
+                // Recorded before the change: if it half-applies, recovery still runs.
+                self.state = Some(AdminState::Drain);
+                lbs.set_state(backend, server, AdminState::Drain).await
+            }
+            LbOperation::WaitDrained => {
+                let timeout = Duration::from_secs(settings.drain_timeout_seconds);
+                lbs.wait_drained(backend, server, timeout).await.map(|left| {
+                    vec![if left == 0 {
+                        format!("{backend}/{server}: no session left")
+                    } else {
+                        format!(
+                            "{backend}/{server}: {left} sessions still open after the {}s drain timeout; going on",
+                            timeout.as_secs()
+                        )
+                    }]
+                })
+            }
+            LbOperation::Maint => {
+                self.state = Some(AdminState::Maint);
+                lbs.set_state(backend, server, AdminState::Maint).await
+            }
+            LbOperation::Ready => self.ready(lbs, backend, server, settings, self.weight).await,
+            LbOperation::FullWeight => match lbs.set_weight(backend, server, 100).await {
+                Ok(mut report) => {
+                    let up = lbs.wait_up(backend, server, Duration::from_secs(settings.up_timeout_seconds)).await;
+                    up.map(|more| {
+                        report.extend(more);
+                        report
+                    })
+                }
+                Err(e) => Err(e),
+            },
+        };
+        finish(report, journal, tail).await
+    }
+
+    async fn ready(
+        &mut self,
+        lbs: &Balancers,
+        backend: &str,
+        server: &str,
+        settings: &ServiceBalancing,
+        weight: Option<u16>,
+    ) -> Result<Vec<String>, LbError> {
+        let mut report = Vec::new();
+        // The reduced weight is set while the server is still out, so it comes back
+        // at that weight and never takes a full share early.
+        if let Some(percent) = weight {
+            report.extend(lbs.set_weight(backend, server, percent.min(100) as u8).await?);
+        }
+        self.state = Some(AdminState::Ready);
+        report.extend(lbs.set_state(backend, server, AdminState::Ready).await?);
+        report.extend(lbs.wait_up(backend, server, Duration::from_secs(settings.up_timeout_seconds)).await?);
+        Ok(report)
+    }
+
+    /// Puts a server that Vesemir took out back at full weight (for a host found
+    /// healthy after a failure that was not its health check).
+    pub async fn put_back(&mut self, journal: &Journal, tail: &mut OutputTail) -> Result<(), String> {
+        let Some(target) = &self.target else { return Ok(()) };
+        let (backend, server, settings) = (target.backend, target.server.clone(), target.settings);
+        let lbs = self.balancers;
+        let report = match lbs.set_weight(backend, &server, 100).await {
+            Ok(mut report) => self.ready(lbs, backend, &server, settings, None).await.map(|more| {
+                report.extend(more);
+                report
+            }),
+            Err(e) => Err(e),
+        };
+        finish(report, journal, tail).await
+    }
+}
+
+async fn finish(report: Result<Vec<String>, LbError>, journal: &Journal, tail: &mut OutputTail) -> Result<(), String> {
+    match report {
+        Ok(lines) => {
+            for line in lines {
+                tail.push(&line);
+                journal.log(LogStream::System, line).await;
+            }
+            Ok(())
+        }
+        Err(e) => {
+            let line = e.to_string();
+            tail.push(&line);
+            journal.log(LogStream::System, line.clone()).await;
+            Err(line)
+        }
+    }
+}

@@ -1,0 +1,365 @@
+//! Load balancers: taking a host out of rotation and putting it back, on every load
+//! balancer of the cluster.
+//!
+//! [`LoadBalancer`] is the small interface one load balancer implements (HAProxy's
+//! Runtime API in [`haproxy`]). [`Balancers`] applies each change to all of them and
+//! reads it back: HAProxy forgets runtime changes when it reloads, so a change that
+//! did not stick is made once more, and then fails the step. A failure on any load
+//! balancer is a failure of the step.
+
+pub mod haproxy;
+
+use crate::ssh;
+use futures_util::future::{BoxFuture, join_all};
+use haproxy::{Haproxy, RuntimeClient, Transport};
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use vesemir_core::config::{ClusterConfig, RuntimeApi};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LbError {
+    #[error("load balancer unreachable: {0}")]
+    Unreachable(String),
+    /// The load balancer answered something other than success.
+    #[error("`{command}` was refused: {answer}")]
+    Refused { command: String, answer: String },
+    #[error("{0}")]
+    NotApplied(String),
+    #[error("{0}")]
+    Timeout(String),
+}
+
+/// A server's administrative state, as Vesemir sets it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminState {
+    Ready,
+    Drain,
+    Maint,
+}
+
+impl AdminState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminState::Ready => "ready",
+            AdminState::Drain => "drain",
+            AdminState::Maint => "maint",
+        }
+    }
+}
+
+impl fmt::Display for AdminState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What one load balancer reports about one server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerStatus {
+    pub admin: AdminState,
+    /// The load balancer's view of the server: `UP`, `DOWN`, `MAINT`, `DRAIN`, …
+    pub status: String,
+    pub sessions: u64,
+    pub weight: u32,
+    pub initial_weight: u32,
+}
+
+impl ServerStatus {
+    pub fn is_up(&self) -> bool {
+        self.status == "UP" || self.status.starts_with("UP ")
+    }
+}
+
+/// One load balancer.
+pub trait LoadBalancer: Send + Sync + fmt::Debug {
+    fn name(&self) -> &str;
+    fn set_state<'a>(
+        &'a self,
+        backend: &'a str,
+        server: &'a str,
+        state: AdminState,
+    ) -> BoxFuture<'a, Result<(), LbError>>;
+    fn set_weight<'a>(&'a self, backend: &'a str, server: &'a str, percent: u8) -> BoxFuture<'a, Result<(), LbError>>;
+    fn server<'a>(&'a self, backend: &'a str, server: &'a str) -> BoxFuture<'a, Result<ServerStatus, LbError>>;
+}
+
+/// HAProxy computes a percentage of the initial weight with integer division.
+pub fn weight_for(initial: u32, percent: u8) -> u32 {
+    (initial * u32::from(percent) / 100).min(256)
+}
+
+/// A server in a backend, on every load balancer of a cluster.
+#[derive(Debug, Clone)]
+pub struct Balancers {
+    members: Vec<Arc<dyn LoadBalancer>>,
+    poll: Duration,
+}
+
+/// One line per load balancer, for the step's log.
+pub type Report = Vec<String>;
+
+impl Balancers {
+    pub fn new(members: Vec<Arc<dyn LoadBalancer>>, poll: Duration) -> Self {
+        Self { members, poll }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// Runs `f` on every load balancer at once; the first error names its load balancer.
+    async fn on_each<'a, T, F>(&'a self, f: F) -> Result<Vec<T>, LbError>
+    where
+        F: Fn(&'a dyn LoadBalancer) -> BoxFuture<'a, Result<T, LbError>>,
+    {
+        let results = join_all(self.members.iter().map(|lb| f(lb.as_ref()))).await;
+        let mut out = Vec::with_capacity(results.len());
+        for (lb, result) in self.members.iter().zip(results) {
+            out.push(result.map_err(|e| named(lb.name(), e))?);
+        }
+        Ok(out)
+    }
+
+    /// Sets the server's state everywhere and checks that it stuck.
+    pub async fn set_state(&self, backend: &str, server: &str, state: AdminState) -> Result<Report, LbError> {
+        self.on_each(|lb| {
+            Box::pin(async move {
+                apply_checked(
+                    || lb.set_state(backend, server, state),
+                    |status: &ServerStatus| status.admin == state,
+                    || lb.server(backend, server),
+                )
+                .await
+                .map(|s| format!("{}: {backend}/{server} is {} ({})", lb.name(), s.admin, s.status))
+            })
+        })
+        .await
+    }
+
+    /// Sets the server's weight to a percentage of its initial weight everywhere.
+    pub async fn set_weight(&self, backend: &str, server: &str, percent: u8) -> Result<Report, LbError> {
+        self.on_each(|lb| {
+            Box::pin(async move {
+                apply_checked(
+                    || lb.set_weight(backend, server, percent),
+                    |status: &ServerStatus| status.weight == weight_for(status.initial_weight, percent),
+                    || lb.server(backend, server),
+                )
+                .await
+                .map(|s| format!("{}: {backend}/{server} weight {} of {}", lb.name(), s.weight, s.initial_weight))
+            })
+        })
+        .await
+    }
+
+    /// Waits until no load balancer holds a session on the server, or `timeout`.
+    /// Returns how many sessions were left (0 when drained in time).
+    pub async fn wait_drained(&self, backend: &str, server: &str, timeout: Duration) -> Result<u64, LbError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let statuses = self.on_each(|lb| lb.server(backend, server)).await?;
+            let sessions: u64 = statuses.iter().map(|s| s.sessions).sum();
+            if sessions == 0 || tokio::time::Instant::now() >= deadline {
+                return Ok(sessions);
+            }
+            tokio::time::sleep(self.poll).await;
+        }
+    }
+
+    /// Waits until every load balancer reports the server UP (its own health check
+    /// passes), or fails after `timeout`.
+    pub async fn wait_up(&self, backend: &str, server: &str, timeout: Duration) -> Result<Report, LbError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let statuses = self.on_each(|lb| lb.server(backend, server)).await?;
+            if statuses.iter().all(ServerStatus::is_up) {
+                return Ok(self
+                    .members
+                    .iter()
+                    .zip(&statuses)
+                    .map(|(lb, s)| format!("{}: {backend}/{server} is {}", lb.name(), s.status))
+                    .collect());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let seen: Vec<String> = self
+                    .members
+                    .iter()
+                    .zip(&statuses)
+                    .map(|(lb, s)| format!("{} says {}", lb.name(), s.status))
+                    .collect();
+                return Err(LbError::Timeout(format!(
+                    "{backend}/{server} not UP on every load balancer after {}s: {}",
+                    timeout.as_secs(),
+                    seen.join(", ")
+                )));
+            }
+            tokio::time::sleep(self.poll).await;
+        }
+    }
+}
+
+/// The load balancers a cluster's configuration names, connected (those reached
+/// through SSH get a session for the deployment's duration).
+pub async fn for_cluster(cluster: &ClusterConfig, poll: Duration, control_dir: &Path) -> Result<Balancers, LbError> {
+    let mut members: Vec<Arc<dyn LoadBalancer>> = Vec::new();
+    for lb in &cluster.load_balancers {
+        let transport = match &lb.runtime_api {
+            RuntimeApi::Tcp { address } => Transport::Tcp(address.clone()),
+            RuntimeApi::Unix { path } => Transport::Unix(path.clone()),
+            RuntimeApi::Ssh { host, socket } => {
+                let session = ssh::connect(&cluster.ssh, host, control_dir)
+                    .await
+                    .map_err(|e| LbError::Unreachable(format!("{}: {e}", lb.name)))?;
+                Transport::Ssh { session: Arc::new(session), socket: socket.clone() }
+            }
+        };
+        let client = RuntimeClient::new(transport, Duration::from_millis(lb.timeout_ms));
+        members.push(Arc::new(Haproxy::new(&lb.name, client)));
+    }
+    Ok(Balancers::new(members, poll))
+}
+
+fn named(lb: &str, error: LbError) -> LbError {
+    match error {
+        LbError::Unreachable(m) => LbError::Unreachable(format!("{lb}: {m}")),
+        LbError::Refused { command, answer } => LbError::Refused { command: format!("{lb}: {command}"), answer },
+        LbError::NotApplied(m) => LbError::NotApplied(format!("{lb}: {m}")),
+        LbError::Timeout(m) => LbError::Timeout(format!("{lb}: {m}")),
+    }
+}
+
+/// Applies a change and reads it back; a change that did not stick (a reload in
+/// between) is applied once more before it counts as failed.
+async fn apply_checked<'a, A, R, C>(apply: A, applied: C, read: R) -> Result<ServerStatus, LbError>
+where
+    A: Fn() -> BoxFuture<'a, Result<(), LbError>>,
+    R: Fn() -> BoxFuture<'a, Result<ServerStatus, LbError>>,
+    C: Fn(&ServerStatus) -> bool,
+{
+    let mut last = None;
+    for _ in 0..2 {
+        apply().await?;
+        let status = read().await?;
+        if applied(&status) {
+            return Ok(status);
+        }
+        last = Some(status);
+    }
+    Err(LbError::NotApplied(format!(
+        "the change did not stick, twice; the load balancer reports {:?}",
+        last.map(|s| (s.admin, s.status, s.weight))
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// A load balancer in memory that can forget changes, as a reloaded HAProxy does.
+    #[derive(Debug)]
+    struct Fake {
+        name: String,
+        server: Mutex<ServerStatus>,
+        forget_next: Mutex<u32>,
+        changes: Mutex<Vec<String>>,
+    }
+
+    impl Fake {
+        fn new(name: &str) -> Arc<Self> {
+            Arc::new(Self {
+                name: name.into(),
+                server: Mutex::new(ServerStatus {
+                    admin: AdminState::Ready,
+                    status: "UP".into(),
+                    sessions: 0,
+                    weight: 100,
+                    initial_weight: 100,
+                }),
+                forget_next: Mutex::new(0),
+                changes: Mutex::new(Vec::new()),
+            })
+        }
+
+        fn forgets(self: &Arc<Self>, n: u32) -> Arc<Self> {
+            *self.forget_next.lock().unwrap() = n;
+            self.clone()
+        }
+
+        fn change(&self, description: String, apply: impl FnOnce(&mut ServerStatus)) {
+            self.changes.lock().unwrap().push(description);
+            let mut forget = self.forget_next.lock().unwrap();
+            if *forget > 0 {
+                *forget -= 1;
+            } else {
+                apply(&mut self.server.lock().unwrap());
+            }
+        }
+    }
+
+    impl LoadBalancer for Fake {
+        fn name(&self) -> &str {
+            &self.name
+        }
+        fn set_state<'a>(&'a self, _: &'a str, _: &'a str, state: AdminState) -> BoxFuture<'a, Result<(), LbError>> {
+            self.change(format!("state {state}"), |s| s.admin = state);
+            Box::pin(async { Ok(()) })
+        }
+        fn set_weight<'a>(&'a self, _: &'a str, _: &'a str, percent: u8) -> BoxFuture<'a, Result<(), LbError>> {
+            self.change(format!("weight {percent}%"), |s| s.weight = weight_for(s.initial_weight, percent));
+            Box::pin(async { Ok(()) })
+        }
+        fn server<'a>(&'a self, _: &'a str, _: &'a str) -> BoxFuture<'a, Result<ServerStatus, LbError>> {
+            let status = self.server.lock().unwrap().clone();
+            Box::pin(async move { Ok(status) })
+        }
+    }
+
+    fn balancers(members: &[Arc<Fake>]) -> Balancers {
+        Balancers::new(members.iter().map(|m| m.clone() as Arc<dyn LoadBalancer>).collect(), Duration::from_millis(1))
+    }
+
+    #[tokio::test]
+    async fn every_load_balancer_receives_every_change() {
+        let (a, b) = (Fake::new("lb-a"), Fake::new("lb-b"));
+        let lbs = balancers(&[a.clone(), b.clone()]);
+        lbs.set_state("app", "vm-01", AdminState::Drain).await.unwrap();
+        lbs.set_weight("app", "vm-01", 10).await.unwrap();
+        for lb in [&a, &b] {
+            assert_eq!(*lb.changes.lock().unwrap(), ["state drain", "weight 10%"]);
+            assert_eq!(lb.server.lock().unwrap().weight, 10);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_forgotten_change_is_made_once_more() {
+        let a = Fake::new("lb-a").forgets(1);
+        balancers(&[a.clone()]).set_state("app", "vm-01", AdminState::Maint).await.unwrap();
+        assert_eq!(a.changes.lock().unwrap().len(), 2);
+        assert_eq!(a.server.lock().unwrap().admin, AdminState::Maint);
+    }
+
+    #[tokio::test]
+    async fn a_change_forgotten_twice_fails_naming_the_load_balancer() {
+        let (a, b) = (Fake::new("lb-a"), Fake::new("lb-b").forgets(2));
+        let err = balancers(&[a, b]).set_state("app", "vm-01", AdminState::Drain).await.unwrap_err();
+        assert!(matches!(&err, LbError::NotApplied(m) if m.starts_with("lb-b:")), "{err}");
+    }
+
+    #[tokio::test]
+    async fn waiting_for_up_times_out_with_what_each_load_balancer_says() {
+        let a = Fake::new("lb-a");
+        a.server.lock().unwrap().status = "DOWN".into();
+        let err = balancers(&[a]).wait_up("app", "vm-01", Duration::from_millis(20)).await.unwrap_err();
+        assert!(err.to_string().contains("lb-a says DOWN"), "{err}");
+    }
+
+    #[test]
+    fn percentages_of_the_initial_weight_round_down_like_haproxy() {
+        assert_eq!(weight_for(100, 10), 10);
+        assert_eq!(weight_for(1, 10), 0);
+        assert_eq!(weight_for(100, 100), 100);
+    }
+}
