@@ -81,6 +81,9 @@ struct DeployArgs {
     /// Discover and plan only; touch no host.
     #[arg(long)]
     dry_run: bool,
+    /// Deploy to one host first, alone, before the others.
+    #[arg(long)]
+    canary: bool,
     /// Makes a retried submit return the same deployment.
     #[arg(long)]
     idempotency_key: Option<String>,
@@ -160,6 +163,7 @@ async fn deploy(api: &Api, as_json: bool, args: DeployArgs) -> Result<u8, ApiErr
         "cluster": args.cluster,
         "version": args.version,
         "dry_run": args.dry_run,
+        "canary": args.canary,
     });
     if !args.hosts.is_empty() {
         body["hosts"] = json!(args.hosts);

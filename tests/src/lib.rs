@@ -10,6 +10,8 @@
 //!
 //! Everything a test starts is stopped when its handle drops.
 
+pub mod balancing;
+
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
@@ -181,6 +183,13 @@ pub struct Setup {
     pub lease_seconds: u64,
     /// A known_hosts file other than the fleet's.
     pub known_hosts: Option<PathBuf>,
+    /// The sandbox cluster's load balancers, as TOML inline tables.
+    pub load_balancers: Vec<String>,
+    /// The demo service's backend in those load balancers.
+    pub backend: Option<String>,
+    /// The demo service's playbook, and where playbooks are (default: the shipped ones).
+    pub playbook: String,
+    pub playbooks_dir: Option<PathBuf>,
 }
 
 impl Default for Setup {
@@ -190,6 +199,10 @@ impl Default for Setup {
             amqp_url: std::env::var("AMQP_URL").unwrap_or_else(|_| DEFAULT_AMQP_URL.to_owned()),
             lease_seconds: 6,
             known_hosts: None,
+            load_balancers: Vec::new(),
+            backend: None,
+            playbook: "rolling".to_owned(),
+            playbooks_dir: None,
         }
     }
 }
@@ -443,6 +456,7 @@ log_batch_ms = 50
 
 [services.demo]
 step_timeout_seconds = 60
+playbook = {playbook:?}
 [services.demo.vars]
 app = "/opt/sandbox-app"
 install_command = "{{{{app}}}}/bin/install {{{{version}}}}"
@@ -463,7 +477,8 @@ url = "http://{{{{host.address}}}}:8080/health"
 "#,
         amqp = setup.amqp_url,
         lease = setup.lease_seconds,
-        playbooks = repo_root().join("playbooks"),
+        playbooks = setup.playbooks_dir.clone().unwrap_or_else(|| repo_root().join("playbooks")),
+        playbook = setup.playbook,
         control = control_dir.path(),
     );
     if let Some(fleet) = fleet {
@@ -474,6 +489,7 @@ url = "http://{{{{host.address}}}}:8080/health"
             r#"
 [clusters.sandbox]
 hosts = [{hosts}]
+load_balancers = [{balancers}]
 [clusters.sandbox.ssh]
 user = "deploy"
 private_key = {key:?}
@@ -482,7 +498,19 @@ connect_timeout_seconds = 3
 "#,
             hosts = hosts.join(", "),
             key = fleet.key(),
+            balancers = setup.load_balancers.join(", "),
         ));
+        if let Some(backend) = &setup.backend {
+            text.push_str(&format!(
+                r#"
+[services.demo.load_balancer]
+backend = {backend:?}
+drain_timeout_seconds = 10
+up_timeout_seconds = 20
+poll_interval_ms = 50
+"#
+            ));
+        }
     } else {
         // A cluster with hosts nobody runs, for tests that never reach a worker.
         text.push_str(

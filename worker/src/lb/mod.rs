@@ -336,7 +336,7 @@ mod tests {
     #[tokio::test]
     async fn a_forgotten_change_is_made_once_more() {
         let a = Fake::new("lb-a").forgets(1);
-        balancers(&[a.clone()]).set_state("app", "vm-01", AdminState::Maint).await.unwrap();
+        balancers(std::slice::from_ref(&a)).set_state("app", "vm-01", AdminState::Maint).await.unwrap();
         assert_eq!(a.changes.lock().unwrap().len(), 2);
         assert_eq!(a.server.lock().unwrap().admin, AdminState::Maint);
     }

@@ -1,0 +1,221 @@
+//! Rolling deploys behind a real HAProxy under continuous load: the drain before the
+//! restart is what keeps the failure count at zero, and no host is left out of
+//! rotation by accident.
+
+#![allow(clippy::unwrap_used)] // A test that unwraps fails loudly, which is what a test should do.
+
+use serde_json::{Value, json};
+use std::path::Path;
+use std::time::Duration;
+use vesemir_tests::balancing::{BACKEND, Haproxy, Load, Sampler};
+use vesemir_tests::{Fleet, ScratchDir, Setup, TestApp, demo_request, host_states};
+
+const FINISH: Duration = Duration::from_secs(180);
+const CLIENTS: usize = 4;
+
+fn names(fleet: &Fleet) -> Vec<String> {
+    fleet.hosts.iter().map(|(n, _)| n.clone()).collect()
+}
+
+fn balanced(load_balancers: Vec<String>) -> Setup {
+    Setup { load_balancers, backend: Some(BACKEND.to_owned()), ..Setup::default() }
+}
+
+fn rolling(version: &str) -> Value {
+    let mut request = demo_request(version);
+    request["concurrency"] = json!(2);
+    request["weight"] = json!(10);
+    request["sleep_seconds"] = json!(1);
+    request
+}
+
+/// Lets the load reach a steady state before the rollout, and settle after it.
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+}
+
+async fn assert_all_back_at_full_weight(lb: &Haproxy, fleet: &Fleet) {
+    for (name, server) in lb.servers(&names(fleet)).await.unwrap() {
+        assert!(server.in_rotation(), "{name} is not back in rotation: {server:?}");
+        assert_eq!(server.weight, server.initial_weight, "{name} is not at full weight");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_under_load_drops_no_request() {
+    let fleet = Fleet::up(6).unwrap();
+    let lb = Haproxy::start(&fleet).unwrap();
+    let app = TestApp::start(Some(&fleet), balanced(vec![lb.over_tcp("lb-1")])).await.unwrap();
+
+    let load = Load::start(&lb.frontend, CLIENTS);
+    let sampler = Sampler::start(&lb, names(&fleet));
+    settle().await;
+    let id = app.deploy(&rolling("10.0.0")).await.unwrap();
+    let done = app.wait_final(&id, FINISH).await.unwrap();
+    settle().await;
+    let load = load.stop().await;
+    let samples = sampler.stop().await;
+
+    assert_eq!(done["state"], "succeeded", "{done:#}");
+    assert_eq!(load.failed, 0, "requests failed during the rollout: {:?}", load.examples);
+    assert!(load.ok >= 1000, "the load was too light to prove anything: {} requests", load.ok);
+    assert!(samples.count >= 50, "too few samples of the load balancer: {}", samples.count);
+    assert!(samples.most_out <= 2, "{} servers were out of rotation at once (concurrency 2)", samples.most_out);
+    for (name, seen) in &samples.seen {
+        assert!(seen.contains("drain") || seen.contains("maint"), "{name} was never seen out of rotation: {seen:?}");
+    }
+    assert_all_back_at_full_weight(&lb, &fleet).await;
+    for (name, _) in &fleet.hosts {
+        assert_eq!(fleet.served_version(name).await.unwrap(), "10.0.0", "{name}");
+    }
+    for host in done["hosts"].as_array().unwrap() {
+        assert_eq!(host["load_balancer"], "ready", "{host}");
+    }
+    let logs = app.logs(&id).await.unwrap();
+    assert!(logs.iter().any(|l| l["line"].as_str().unwrap().contains("weight 10 of 100")), "the reduced weight was set");
+    eprintln!("{} requests, {} failed, {} samples, at most {} out", load.ok, load.failed, samples.count, samples.most_out);
+    app.shut_down().await;
+}
+
+/// The rolling playbook without its drain, wait and maint steps.
+fn careless_playbooks() -> ScratchDir {
+    let dir = ScratchDir::new("vp").unwrap();
+    let shipped = std::fs::read_to_string(vesemir_tests::repo_root().join("playbooks/rolling.toml")).unwrap();
+    let careless: String = shipped
+        .split("[[steps]]")
+        .filter(|step| !["\"drain\"", "\"wait_drained\"", "\"maint\""].iter().any(|op| step.contains(&format!("operation = {op}"))))
+        .collect::<Vec<_>>()
+        .join("[[steps]]");
+    assert!(!careless.contains("wait_drained"));
+    std::fs::write(dir.path().join("careless.toml"), careless).unwrap();
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_rollout_without_a_drain_drops_requests() {
+    let fleet = Fleet::up(6).unwrap();
+    let lb = Haproxy::start(&fleet).unwrap();
+    let playbooks = careless_playbooks();
+    let setup = Setup {
+        playbook: "careless".to_owned(),
+        playbooks_dir: Some(playbooks.path().to_path_buf()),
+        ..balanced(vec![lb.over_tcp("lb-1")])
+    };
+    let app = TestApp::start(Some(&fleet), setup).await.unwrap();
+
+    let load = Load::start(&lb.frontend, CLIENTS);
+    settle().await;
+    let id = app.deploy(&rolling("11.0.0")).await.unwrap();
+    let done = app.wait_final(&id, FINISH).await.unwrap();
+    settle().await;
+    let load = load.stop().await;
+
+    assert_eq!(done["state"], "succeeded", "{done:#}");
+    eprintln!("without a drain: {} requests, {} failed: {:?}", load.ok, load.failed, load.examples);
+    assert!(load.failed > 0, "a restart without a drain dropped nothing: the zero-failure check cannot fail");
+    app.shut_down().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_health_check_stays_out_of_rotation_and_its_wave_mate_goes_back() {
+    let fleet = Fleet::up(6).unwrap();
+    // vm-03's next start comes up unhealthy, whatever the release.
+    fleet.exec("vm-03", &["touch", "/opt/sandbox-app/break-next-start"]).unwrap();
+    let lb = Haproxy::start(&fleet).unwrap();
+    let app = TestApp::start(Some(&fleet), balanced(vec![lb.over_tcp("lb-1")])).await.unwrap();
+
+    let load = Load::start(&lb.frontend, CLIENTS);
+    settle().await;
+    let mut request = rolling("12.0.0");
+    request["max_failures"] = json!(0);
+    let id = app.deploy(&request).await.unwrap();
+    let done = app.wait_final(&id, FINISH).await.unwrap();
+    settle().await;
+    let load = load.stop().await;
+
+    assert_eq!(done["state"], "failed");
+    let states = host_states(&done);
+    let states: Vec<(&str, &str)> = states.iter().map(|(n, s)| (n.as_str(), s.as_str())).collect();
+    assert_eq!(
+        states,
+        [
+            ("vm-01", "succeeded"),
+            ("vm-02", "succeeded"),
+            ("vm-03", "failed"),
+            ("vm-04", "succeeded"),
+            ("vm-05", "skipped"),
+            ("vm-06", "skipped")
+        ]
+    );
+    assert_eq!(load.failed, 0, "requests failed: {:?}", load.examples);
+
+    let hosts = done["hosts"].as_array().unwrap();
+    assert_eq!(hosts[2]["load_balancer"], "maint", "the failed host's load-balancer state is recorded");
+    assert!(hosts[2]["error"].as_str().unwrap().contains("left out of rotation on purpose"));
+    assert!(hosts[4]["load_balancer"].is_null(), "skipped hosts were not touched");
+
+    let servers = lb.servers(&names(&fleet)).await.unwrap();
+    assert_eq!(servers["vm-03"].admin.as_str(), "maint", "the broken host stays out of rotation");
+    for name in ["vm-01", "vm-02", "vm-04", "vm-05", "vm-06"] {
+        assert!(servers[name].in_rotation(), "{name}: {:?}", servers[name]);
+        assert_eq!(servers[name].weight, servers[name].initial_weight, "{name} at full weight");
+    }
+    assert_eq!(fleet.served_version("vm-04").await.unwrap(), "12.0.0", "the wave-mate finished its playbook");
+
+    let (_, vm3_logs) = app.get_json(&format!("/v1/deployments/{id}/logs?host=vm-03")).await.unwrap();
+    let vm3_logs: Vec<&str> = vm3_logs["lines"].as_array().unwrap().iter().map(|l| l["line"].as_str().unwrap()).collect();
+    assert!(vm3_logs.iter().any(|l| l.contains("health check") && l.contains("500")), "{vm3_logs:#?}");
+    app.shut_down().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_load_balancer_receives_every_change() {
+    let fleet = Fleet::up(3).unwrap();
+    let (lb1, lb2) = (Haproxy::start(&fleet).unwrap(), Haproxy::start(&fleet).unwrap());
+    let app = TestApp::start(Some(&fleet), balanced(vec![lb1.over_tcp("lb-1"), lb2.over_unix("lb-2")])).await.unwrap();
+
+    let (load1, load2) = (Load::start(&lb1.frontend, 2), Load::start(&lb2.frontend, 2));
+    let (sampler1, sampler2) = (Sampler::start(&lb1, names(&fleet)), Sampler::start(&lb2, names(&fleet)));
+    settle().await;
+    let id = app.deploy(&rolling("13.0.0")).await.unwrap();
+    let done = app.wait_final(&id, FINISH).await.unwrap();
+    settle().await;
+    let (load1, load2) = (load1.stop().await, load2.stop().await);
+    let (samples1, samples2) = (sampler1.stop().await, sampler2.stop().await);
+
+    assert_eq!(done["state"], "succeeded", "{done:#}");
+    assert_eq!((load1.failed, load2.failed), (0, 0), "{:?} {:?}", load1.examples, load2.examples);
+    for (lb, samples) in [("lb-1", &samples1), ("lb-2", &samples2)] {
+        for name in names(&fleet) {
+            let seen = &samples.seen[&name];
+            assert!(seen.contains("maint"), "{lb} never had {name} in maint: {seen:?}");
+        }
+    }
+    assert_all_back_at_full_weight(&lb1, &fleet).await;
+    assert_all_back_at_full_weight(&lb2, &fleet).await;
+    app.shut_down().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_backend_fails_the_step_with_haproxys_own_answer() {
+    let fleet = Fleet::up(2).unwrap();
+    let lb = Haproxy::start(&fleet).unwrap();
+    // Reached through SSH to vm-01, as production load balancers exposing only
+    // their unix socket are.
+    let setup = Setup { backend: Some("payments".to_owned()), ..balanced(vec![lb.over_ssh("lb-1", fleet.address("vm-01"))]) };
+    let app = TestApp::start(Some(&fleet), setup).await.unwrap();
+
+    let id = app.deploy(&rolling("14.0.0")).await.unwrap();
+    let done = app.wait_final(&id, FINISH).await.unwrap();
+
+    assert_eq!(done["state"], "failed");
+    let vm1 = &done["hosts"][0];
+    assert_eq!(vm1["state"], "failed");
+    let error = vm1["error"].as_str().unwrap();
+    assert!(error.contains("step drain") && error.contains("No such backend."), "{error}");
+    assert_eq!(vm1["steps"][0]["state"], "failed");
+    assert_eq!(done["hosts"][1]["state"], "skipped");
+    assert_eq!(fleet.served_version("vm-01").await.unwrap(), "none", "nothing was installed");
+    assert!(Path::new(&lb.socket).exists());
+    app.shut_down().await;
+}
