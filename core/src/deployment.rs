@@ -162,6 +162,7 @@ impl DeploymentRequest {
         "executor",
         "vars",
         "dry_run",
+        "canary",
     ];
     const SELECTOR_FIELDS: &'static [&'static str] = &["roles", "tags", "environment", "query"];
 
@@ -399,6 +400,34 @@ mod tests {
         assert_eq!(DeploymentRequest::unknown_field(&body), Some("selector.role".to_owned()));
         let body = serde_json::json!({"service": "s", "selector": {"roles": ["x"]}, "dry_run": true});
         assert_eq!(DeploymentRequest::unknown_field(&body), None);
+    }
+
+    #[test]
+    fn the_list_of_fields_is_every_field_of_a_request() {
+        let full = DeploymentRequest {
+            service: "s".into(),
+            cluster: "c".into(),
+            version: "1".into(),
+            selector: Some(Selector { roles: vec!["r".into()], tags: vec!["t".into()], environment: Some("e".into()), query: Some("q".into()) }),
+            hosts: vec!["h".into()],
+            concurrency: Amount::Count(1),
+            max_failures: Amount::Count(0),
+            weight: Some(10),
+            sleep_seconds: Some(1),
+            executor: Some(ExecutorKind::Native),
+            vars: BTreeMap::from([("k".to_owned(), "v".to_owned())]),
+            dry_run: true,
+            canary: true,
+        };
+        let value = serde_json::to_value(&full).unwrap();
+        let keys: Vec<&str> = value.as_object().unwrap().keys().map(String::as_str).collect();
+        let mut fields = DeploymentRequest::FIELDS.to_vec();
+        fields.sort_unstable();
+        assert_eq!(keys, fields);
+        let selector: Vec<&str> = value["selector"].as_object().unwrap().keys().map(String::as_str).collect();
+        let mut selector_fields = DeploymentRequest::SELECTOR_FIELDS.to_vec();
+        selector_fields.sort_unstable();
+        assert_eq!(selector, selector_fields);
     }
 
     #[test]

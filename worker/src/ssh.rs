@@ -27,11 +27,40 @@ pub enum ConnectError {
     ControlDir(String),
 }
 
+/// Options for every connection, in place of the user's and the system's ssh_config
+/// (a stray `~/.ssh/config` must not change how Vesemir connects):
+/// - curve25519 first: the default post-quantum hybrid costs several times more CPU
+///   per connection, and a rollout opens one connection per host;
+/// - host keys only from the cluster's known_hosts file, never recorded or updated;
+/// - keys only, never a password prompt.
+const SSH_CONFIG: &str = "\
+KexAlgorithms curve25519-sha256,curve25519-sha256@libssh.org,sntrup761x25519-sha512@openssh.com
+GlobalKnownHostsFile /dev/null
+UpdateHostKeys no
+HashKnownHosts no
+ServerAliveCountMax 3
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+";
+
+fn write_config(control_dir: &Path) -> std::io::Result<std::path::PathBuf> {
+    std::fs::create_dir_all(control_dir)?;
+    let path = control_dir.join("ssh_config");
+    if std::fs::read_to_string(&path).ok().as_deref() != Some(SSH_CONFIG) {
+        // Written aside and renamed: concurrent connects never read half a file.
+        let partial = control_dir.join(format!("ssh_config.{}", std::process::id()));
+        std::fs::write(&partial, SSH_CONFIG)?;
+        std::fs::rename(&partial, &path)?;
+    }
+    Ok(path)
+}
+
 pub async fn connect(ssh: &SshConfig, address: &str, control_dir: &Path) -> Result<Session, ConnectError> {
-    std::fs::create_dir_all(control_dir)
+    let config = write_config(control_dir)
         .map_err(|e| ConnectError::ControlDir(format!("{}: {e}", control_dir.display())))?;
     let mut builder = SessionBuilder::default();
     builder
+        .config_file(&config)
         .user(ssh.user.clone())
         .port(ssh.port)
         .keyfile(&ssh.private_key)

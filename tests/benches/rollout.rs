@@ -1,0 +1,70 @@
+//! Orchestration overhead of a rollout: 20 sandbox VMs at concurrency 5, each host
+//! running one step of a fixed length, against the ideal (waves × step time). Prints
+//! figures; asserts nothing.
+//!
+//! Run with `scripts/bench` (it provides PostgreSQL and RabbitMQ like the tests do).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // A benchmark that cannot set up should stop loudly.
+
+use chrono::DateTime;
+use serde_json::json;
+use std::time::Duration;
+use vesemir_tests::{Fleet, ScratchDir, Setup, TestApp};
+
+const HOSTS: usize = 20;
+const CONCURRENCY: usize = 5;
+const STEP_SECONDS: f64 = 1.0;
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn seconds(value: &serde_json::Value) -> f64 {
+    let at = DateTime::parse_from_rfc3339(value.as_str().unwrap()).unwrap();
+    at.timestamp_micros() as f64 / 1e6
+}
+
+#[tokio::main]
+async fn main() {
+    let fleet = Fleet::up(HOSTS).unwrap();
+    // One step of a fixed length: what remains is Vesemir's own cost per host
+    // (an SSH connection, step and host records, log lines).
+    let playbooks = ScratchDir::new("vp").unwrap();
+    std::fs::write(
+        playbooks.path().join("fixed.toml"),
+        format!("[[steps]]\nname = \"work\"\naction = \"run\"\ncommand = \"sleep {STEP_SECONDS}; echo done\"\n"),
+    )
+    .unwrap();
+    let setup =
+        Setup { playbook: "fixed".to_owned(), playbooks_dir: Some(playbooks.path().to_path_buf()), ..Setup::default() };
+    let app = TestApp::start(Some(&fleet), setup).await.unwrap();
+
+    let request = json!({"service": "demo", "cluster": "sandbox", "version": "1.0.0", "concurrency": CONCURRENCY});
+    let id = app.deploy(&request).await.unwrap();
+    let done = app.wait_final(&id, Duration::from_secs(600)).await.unwrap();
+    assert_eq!(done["state"], "succeeded", "{done:#}");
+
+    let waves = HOSTS.div_ceil(CONCURRENCY);
+    let ideal = waves as f64 * STEP_SECONDS;
+    let hosts = done["hosts"].as_array().unwrap();
+    let first_start = hosts.iter().map(|h| seconds(&h["started_at"])).fold(f64::MAX, f64::min);
+    let last_end = hosts.iter().map(|h| seconds(&h["finished_at"])).fold(f64::MIN, f64::max);
+    let rollout = last_end - first_start;
+    let claim_to_end = seconds(&done["finished_at"]) - seconds(&done["started_at"]);
+    let mut overheads: Vec<f64> = hosts
+        .iter()
+        .map(|h| (seconds(&h["finished_at"]) - seconds(&h["started_at"]) - STEP_SECONDS) * 1000.0)
+        .collect();
+    overheads.sort_by(f64::total_cmp);
+
+    println!("Rollout benchmark: {HOSTS} VMs, concurrency {CONCURRENCY}, one {STEP_SECONDS}s step per host (debug={})", cfg!(debug_assertions));
+    println!("  ideal (waves x step)          {ideal:>7.2} s   ({waves} waves)");
+    println!("  rollout, first host to last   {rollout:>7.2} s   ratio {:.3}", rollout / ideal);
+    println!("  claim to outcome stored       {claim_to_end:>7.2} s   ratio {:.3}", claim_to_end / ideal);
+    println!(
+        "  overhead per host             median {:>6.0} ms   p95 {:>6.0} ms   (host time minus step time)",
+        percentile(&overheads, 0.5),
+        percentile(&overheads, 0.95)
+    );
+    app.shut_down().await;
+}
