@@ -408,7 +408,12 @@ mod tests {
             service: "s".into(),
             cluster: "c".into(),
             version: "1".into(),
-            selector: Some(Selector { roles: vec!["r".into()], tags: vec!["t".into()], environment: Some("e".into()), query: Some("q".into()) }),
+            selector: Some(Selector {
+                roles: vec!["r".into()],
+                tags: vec!["t".into()],
+                environment: Some("e".into()),
+                query: Some("q".into()),
+            }),
             hosts: vec!["h".into()],
             concurrency: Amount::Count(1),
             max_failures: Amount::Count(0),

@@ -57,7 +57,10 @@ async fn main() {
         .collect();
     overheads.sort_by(f64::total_cmp);
 
-    println!("Rollout benchmark: {HOSTS} VMs, concurrency {CONCURRENCY}, one {STEP_SECONDS}s step per host (debug={})", cfg!(debug_assertions));
+    println!(
+        "Rollout benchmark: {HOSTS} VMs, concurrency {CONCURRENCY}, one {STEP_SECONDS}s step per host (debug={})",
+        cfg!(debug_assertions)
+    );
     println!("  ideal (waves x step)          {ideal:>7.2} s   ({waves} waves)");
     println!("  rollout, first host to last   {rollout:>7.2} s   ratio {:.3}", rollout / ideal);
     println!("  claim to outcome stored       {claim_to_end:>7.2} s   ratio {:.3}", claim_to_end / ideal);

@@ -135,6 +135,18 @@ servers_not_ready() {
         END { if (!seen) print "(none listed)" }'
 }
 
+# admin.sock is mode 666 so that a test may reach it as another user, such
+# as over SSH as a fleet's deploy user; that needs every directory above it
+# to be searchable by others, which a private temporary directory is not.
+grant_traversal() {
+    local d=$1
+    while :; do
+        [ -n "$(find "$d" -maxdepth 0 -perm -o=x)" ] || chmod o+x "$d"
+        [ "$d" != / ] || break
+        d=$(dirname "$d")
+    done
+}
+
 # HAProxy fails to start when it cannot raise its file limit to what
 # maxconn needs (two descriptors a connection, plus some), and a container
 # may cap the hard limit; so maxconn stays within it.
@@ -240,6 +252,7 @@ cmd_start() {
     # The config takes paths unquoted.
     [[ $dir =~ ^[A-Za-z0-9._/+-]+$ ]] || die "DIR must not contain spaces or special characters: $dir"
     [ "${#dir}" -le 90 ] || die "DIR path too long for a unix socket: $dir"
+    grant_traversal "$dir"
 
     if [ -n "$(our_pid "$dir")" ] && [ -f "$dir/endpoints" ]; then
         [ "$(read_file "$dir/fleet")" = "$fleet" ] ||

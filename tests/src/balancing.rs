@@ -49,7 +49,10 @@ impl Haproxy {
 
     /// Reached through SSH to `host`, whose `socat` talks to the unix socket.
     pub fn over_ssh(&self, name: &str, host: &str) -> String {
-        format!(r#"{{ name = "{name}", runtime_api = {{ kind = "ssh", host = "{host}", socket = "{}" }} }}"#, self.socket)
+        format!(
+            r#"{{ name = "{name}", runtime_api = {{ kind = "ssh", host = "{host}", socket = "{}" }} }}"#,
+            self.socket
+        )
     }
 
     /// Every named server of the backend, as this load balancer sees it.
@@ -124,7 +127,8 @@ impl Load {
             .map(|_| {
                 let (stop, ok, failed, url) = (stop.clone(), ok.clone(), failed.clone(), url.clone());
                 tokio::spawn(async move {
-                    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap_or_default();
+                    let client =
+                        reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap_or_default();
                     let mut examples = Vec::new();
                     for _ in 0..MAX_REQUESTS_PER_CLIENT {
                         if stop.load(Ordering::Relaxed) {

@@ -11,7 +11,7 @@ use vesemir_tests::balancing::{BACKEND, Haproxy, Load, Sampler};
 use vesemir_tests::{Fleet, ScratchDir, Setup, TestApp, demo_request, host_states};
 
 const FINISH: Duration = Duration::from_secs(180);
-const CLIENTS: usize = 4;
+const CLIENTS: usize = 6;
 
 fn names(fleet: &Fleet) -> Vec<String> {
     fleet.hosts.iter().map(|(n, _)| n.clone()).collect()
@@ -72,8 +72,14 @@ async fn a_rollout_under_load_drops_no_request() {
         assert_eq!(host["load_balancer"], "ready", "{host}");
     }
     let logs = app.logs(&id).await.unwrap();
-    assert!(logs.iter().any(|l| l["line"].as_str().unwrap().contains("weight 10 of 100")), "the reduced weight was set");
-    eprintln!("{} requests, {} failed, {} samples, at most {} out", load.ok, load.failed, samples.count, samples.most_out);
+    assert!(
+        logs.iter().any(|l| l["line"].as_str().unwrap().contains("weight 10 of 100")),
+        "the reduced weight was set"
+    );
+    eprintln!(
+        "{} requests, {} failed, {} samples, at most {} out",
+        load.ok, load.failed, samples.count, samples.most_out
+    );
     app.shut_down().await;
 }
 
@@ -83,7 +89,9 @@ fn careless_playbooks() -> ScratchDir {
     let shipped = std::fs::read_to_string(vesemir_tests::repo_root().join("playbooks/rolling.toml")).unwrap();
     let careless: String = shipped
         .split("[[steps]]")
-        .filter(|step| !["\"drain\"", "\"wait_drained\"", "\"maint\""].iter().any(|op| step.contains(&format!("operation = {op}"))))
+        .filter(|step| {
+            !["\"drain\"", "\"wait_drained\"", "\"maint\""].iter().any(|op| step.contains(&format!("operation = {op}")))
+        })
         .collect::<Vec<_>>()
         .join("[[steps]]");
     assert!(!careless.contains("wait_drained"));
@@ -163,7 +171,8 @@ async fn a_failed_health_check_stays_out_of_rotation_and_its_wave_mate_goes_back
     assert_eq!(fleet.served_version("vm-04").await.unwrap(), "12.0.0", "the wave-mate finished its playbook");
 
     let (_, vm3_logs) = app.get_json(&format!("/v1/deployments/{id}/logs?host=vm-03")).await.unwrap();
-    let vm3_logs: Vec<&str> = vm3_logs["lines"].as_array().unwrap().iter().map(|l| l["line"].as_str().unwrap()).collect();
+    let vm3_logs: Vec<&str> =
+        vm3_logs["lines"].as_array().unwrap().iter().map(|l| l["line"].as_str().unwrap()).collect();
     assert!(vm3_logs.iter().any(|l| l.contains("health check") && l.contains("500")), "{vm3_logs:#?}");
     app.shut_down().await;
 }
@@ -202,10 +211,13 @@ async fn a_wrong_backend_fails_the_step_with_haproxys_own_answer() {
     let lb = Haproxy::start(&fleet).unwrap();
     // Reached through SSH to vm-01, as production load balancers exposing only
     // their unix socket are.
-    let setup = Setup { backend: Some("payments".to_owned()), ..balanced(vec![lb.over_ssh("lb-1", fleet.address("vm-01"))]) };
+    let setup =
+        Setup { backend: Some("payments".to_owned()), ..balanced(vec![lb.over_ssh("lb-1", fleet.address("vm-01"))]) };
     let app = TestApp::start(Some(&fleet), setup).await.unwrap();
 
-    let id = app.deploy(&rolling("14.0.0")).await.unwrap();
+    let mut request = rolling("14.0.0");
+    request["concurrency"] = json!(1);
+    let id = app.deploy(&request).await.unwrap();
     let done = app.wait_final(&id, FINISH).await.unwrap();
 
     assert_eq!(done["state"], "failed");

@@ -56,8 +56,8 @@ fn write_config(control_dir: &Path) -> std::io::Result<std::path::PathBuf> {
 }
 
 pub async fn connect(ssh: &SshConfig, address: &str, control_dir: &Path) -> Result<Session, ConnectError> {
-    let config = write_config(control_dir)
-        .map_err(|e| ConnectError::ControlDir(format!("{}: {e}", control_dir.display())))?;
+    let config =
+        write_config(control_dir).map_err(|e| ConnectError::ControlDir(format!("{}: {e}", control_dir.display())))?;
     let mut builder = SessionBuilder::default();
     builder
         .config_file(&config)
