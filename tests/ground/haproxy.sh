@@ -130,7 +130,10 @@ servers_not_ready() {
         }
         $1 == "app" && $2 != "FRONTEND" && $2 != "BACKEND" {
             seen = 1
-            if ($col["status"] != "UP" || $col["check_status"] != "L7OK") print $2
+            # "* " marks a check in progress, not a different result.
+            check = $col["check_status"]
+            sub(/^\* /, "", check)
+            if ($col["status"] != "UP" || check != "L7OK") print $2
         }
         END { if (!seen) print "(none listed)" }'
 }

@@ -67,8 +67,11 @@ pub struct ServerStatus {
 }
 
 impl ServerStatus {
+    /// UP after a passing check. A server just set `ready` shows `UP 1/2` before its
+    /// first check, which is not proof that it serves; a server without a check
+    /// shows `no check`, and nothing more can be known.
     pub fn is_up(&self) -> bool {
-        self.status == "UP" || self.status.starts_with("UP ")
+        self.status == "UP" || self.status == "no check"
     }
 }
 
