@@ -467,6 +467,18 @@ retries = 3
 interval_ms = 200
 timeout_ms = 1000
 
+[services.lossy]
+step_timeout_seconds = 60
+playbook = {playbook:?}
+[services.lossy.vars]
+# On vm-02 the install kills the host's SSH sessions: the connection dies mid-step.
+install_command = "/opt/sandbox-app/bin/install {{{{version}}}} && if [ {{{{host.name}}}} = vm-02 ]; then pkill -9 -u deploy sshd; fi"
+restart_command = "/opt/sandbox-app/bin/restart"
+[services.lossy.health]
+url = "http://{{{{host.address}}}}:8080/health"
+retries = 3
+interval_ms = 200
+
 [services.noted]
 step_timeout_seconds = 60
 [services.noted.vars]
@@ -501,15 +513,17 @@ connect_timeout_seconds = 3
             balancers = setup.load_balancers.join(", "),
         ));
         if let Some(backend) = &setup.backend {
-            text.push_str(&format!(
-                r#"
-[services.demo.load_balancer]
+            for service in ["demo", "lossy"] {
+                text.push_str(&format!(
+                    r#"
+[services.{service}.load_balancer]
 backend = {backend:?}
 drain_timeout_seconds = 10
 up_timeout_seconds = 20
 poll_interval_ms = 50
 "#
-            ));
+                ));
+            }
         }
     } else {
         // A cluster with hosts nobody runs, for tests that never reach a worker.

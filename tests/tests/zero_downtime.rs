@@ -231,3 +231,34 @@ async fn a_wrong_backend_fails_the_step_with_haproxys_own_answer() {
     assert!(Path::new(&lb.socket).exists());
     app.shut_down().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_whose_connection_dies_after_the_drain_goes_back_only_when_healthy() {
+    let fleet = Fleet::up(3).unwrap();
+    let lb = Haproxy::start(&fleet).unwrap();
+    let app = TestApp::start(Some(&fleet), balanced(vec![lb.over_tcp("lb-1")])).await.unwrap();
+
+    let load = Load::start(&lb.frontend, CLIENTS);
+    settle().await;
+    let mut request = rolling("15.0.0");
+    request["service"] = json!("lossy");
+    request["concurrency"] = json!(1);
+    request["max_failures"] = json!(1);
+    let id = app.deploy(&request).await.unwrap();
+    let done = app.wait_final(&id, FINISH).await.unwrap();
+    settle().await;
+    let load = load.stop().await;
+
+    assert_eq!(done["state"], "failed");
+    let vm2 = &done["hosts"][1];
+    assert_eq!(vm2["state"], "unreachable", "{vm2:#}");
+    let error = vm2["error"].as_str().unwrap();
+    assert!(error.contains("step install") && error.contains("put back in rotation"), "{error}");
+    assert_eq!(vm2["load_balancer"], "ready");
+    assert_eq!(load.failed, 0, "requests failed: {:?}", load.examples);
+    // Its old release still serves, healthy, back in rotation with the others.
+    assert_eq!(fleet.served_version("vm-02").await.unwrap(), "none");
+    assert_all_back_at_full_weight(&lb, &fleet).await;
+    assert_eq!(done["hosts"][2]["state"], "succeeded");
+    app.shut_down().await;
+}
