@@ -17,7 +17,9 @@
 #                           create the node NAME from JSON, an object with any
 #                           of the node's top-level fields (chef_environment,
 #                           run_list, normal, automatic, ...); the rest get
-#                           Chef's defaults. Prints node=NAME
+#                           Chef's defaults. automatic.roles, unless given,
+#                           lists the run list's roles, as after a Chef run.
+#                           Prints node=NAME
 #   goiardi.sh wait-searchable DIR QUERY N
 #                           wait until GET /search/node?q=QUERY (QUERY as
 #                           typed, unencoded) returns at least N rows; prints
@@ -258,6 +260,14 @@ node = {
     "automatic": {},
 }
 node.update(given)
+# `roles:` searches look at automatic.roles, which chef-client fills from the
+# expanded run list; without a client run, the run list's own roles stand in.
+automatic = node["automatic"]
+if isinstance(automatic, dict) and "roles" not in automatic:
+    automatic["roles"] = [
+        item[len("role["):-1] for item in node["run_list"]
+        if item.startswith("role[") and item.endswith("]")
+    ]
 print(json.dumps(node))
 EOF
     ) || die "bad node JSON"

@@ -3,6 +3,7 @@
 //! Each cluster names its source in the configuration. Zero hosts is an error that says
 //! what was searched, never an empty success.
 
+pub mod chef;
 mod static_list;
 
 pub use static_list::StaticDiscovery;
