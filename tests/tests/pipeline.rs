@@ -315,3 +315,35 @@ async fn a_message_that_is_not_a_deployment_id_is_dead_lettered() {
     connection.close(200, "done".into()).await.unwrap();
     app.shut_down().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_deployments_to_one_target_roll_out_one_after_the_other() {
+    let fleet = Fleet::up(2).unwrap();
+    let app = TestApp::start(Some(&fleet), Setup { workers: 2, ..Setup::default() }).await.unwrap();
+
+    let first = app.deploy(&demo_request("20.0.0")).await.unwrap();
+    let second = app.deploy(&demo_request("21.0.0")).await.unwrap();
+    let mut plan = demo_request("22.0.0");
+    plan["dry_run"] = json!(true);
+    let dry_run = app.deploy(&plan).await.unwrap();
+
+    let planned = app.wait_final(&dry_run, FINISH).await.unwrap();
+    assert_eq!(planned["state"], "planned", "a dry run touches no host and waits for nobody");
+    let first = app.wait_final(&first, FINISH).await.unwrap();
+    let second = app.wait_final(&second, FINISH).await.unwrap();
+    assert_eq!((first["state"].as_str(), second["state"].as_str()), (Some("succeeded"), Some("succeeded")));
+
+    let at = |d: &serde_json::Value, field: &str| -> Vec<chrono::DateTime<chrono::FixedOffset>> {
+        d["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| chrono::DateTime::parse_from_rfc3339(h[field].as_str().unwrap()).unwrap())
+            .collect()
+    };
+    let first_end = at(&first, "finished_at").into_iter().max().unwrap();
+    let second_start = at(&second, "started_at").into_iter().min().unwrap();
+    assert!(first_end <= second_start, "the second started at {second_start}, before the first ended at {first_end}");
+    assert_eq!(fleet.served_version("vm-01").await.unwrap(), "21.0.0", "the later one was applied last");
+    app.shut_down().await;
+}

@@ -63,6 +63,11 @@ async fn process(runner: &Runner, worker_id: &str, id: Uuid) -> Settle {
                 info!(deployment = %id, %state, "already finished; acknowledging the leftover message");
                 return Settle::Ack;
             }
+            Ok(Claim::Waiting { behind }) => {
+                // Its turn comes when `behind` ends: that outcome queues it again.
+                info!(deployment = %id, %behind, "waiting for an older deployment of the same service and cluster");
+                return Settle::Ack;
+            }
             Ok(Claim::Missing) => {
                 warn!(deployment = %id, "no such deployment; dead-lettering the message");
                 return Settle::DeadLetter;

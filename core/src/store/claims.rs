@@ -32,8 +32,26 @@ pub enum Claim {
         /// How long the lease still runs, by the database's clock.
         remaining: Duration,
     },
+    /// Queued behind an older deployment of the same service to the same cluster.
+    /// When that one ends, the store queues this one again (see [`Store::finish`]).
+    Waiting {
+        behind: Uuid,
+    },
     /// No such deployment.
     Missing,
+}
+
+/// A deployment that holds or waits for its target (service and cluster): any state
+/// but final, except dry runs, which touch no host.
+macro_rules! blocks_target {
+    ($alias:literal) => {
+        concat!(
+            $alias,
+            ".state IN ('queued', 'running', 'cancelling') AND (",
+            $alias,
+            ".request->>'dry_run')::boolean IS NOT TRUE"
+        )
+    };
 }
 
 /// A discovered host with its place in the rollout.
@@ -56,15 +74,24 @@ pub struct RunHost {
 impl Store {
     /// Takes the deployment if nobody holds a live lease on it.
     pub async fn claim(&self, id: Uuid, token: &str, lease_seconds: u64) -> Result<Claim, StoreError> {
-        let claimed: Option<(sqlx::types::Json<DeploymentRequest>,)> = sqlx::query_as(
+        // One deployment per target: a queued one starts only when no older one of the
+        // same service and cluster is unfinished. Under concurrent claims, the younger
+        // always sees the older as unfinished until its final state is committed.
+        let claimed: Option<(sqlx::types::Json<DeploymentRequest>,)> = sqlx::query_as(concat!(
             "UPDATE deployments SET worker_id = $2, \
                  lease_expires_at = now() + make_interval(secs => $3), \
                  state = CASE WHEN state = 'queued' THEN 'running' ELSE state END, \
                  started_at = COALESCE(started_at, now()) \
              WHERE id = $1 AND state IN ('queued', 'running', 'cancelling') \
                AND (worker_id IS NULL OR lease_expires_at < now()) \
+               AND NOT (state = 'queued' AND (request->>'dry_run')::boolean IS NOT TRUE AND EXISTS ( \
+                   SELECT 1 FROM deployments other \
+                   WHERE other.service = deployments.service AND other.cluster = deployments.cluster \
+                     AND other.id < deployments.id AND ",
+            blocks_target!("other"),
+            ")) \
              RETURNING request",
-        )
+        ))
         .bind(id)
         .bind(token)
         .bind(lease_seconds as f64)
@@ -75,22 +102,29 @@ impl Store {
         }
 
         // The remaining lease is computed by the database, whose clock set it.
-        type Row = (String, Option<String>, Option<DateTime<Utc>>, Option<f64>);
-        let row: Option<Row> = sqlx::query_as(
+        type Row = (String, Option<String>, Option<DateTime<Utc>>, Option<f64>, Option<Uuid>);
+        let row: Option<Row> = sqlx::query_as(concat!(
             "SELECT state, worker_id, lease_expires_at, \
-                    GREATEST(EXTRACT(EPOCH FROM lease_expires_at - now()), 0)::float8 \
-             FROM deployments WHERE id = $1",
-        )
+                    GREATEST(EXTRACT(EPOCH FROM lease_expires_at - now()), 0)::float8, \
+                    (SELECT other.id FROM deployments other \
+                     WHERE other.service = d.service AND other.cluster = d.cluster AND other.id < d.id AND ",
+            blocks_target!("other"),
+            " ORDER BY other.id LIMIT 1) \
+             FROM deployments d WHERE id = $1"
+        ))
         .bind(id)
         .fetch_optional(&self.pool)
         .await?;
         Ok(match row {
             None => Claim::Missing,
-            Some((state, holder, until, remaining)) => {
+            Some((state, holder, until, remaining, behind)) => {
                 let state: DeploymentState = parse(&state)?;
                 let remaining = Duration::from_secs_f64(remaining.unwrap_or(0.0));
                 match (holder, until) {
                     _ if state.is_final() => Claim::Finished(state),
+                    (None, _) if state == DeploymentState::Queued && behind.is_some() => {
+                        Claim::Waiting { behind: behind.unwrap_or_default() }
+                    }
                     (Some(token), Some(until)) => Claim::HeldBy { token, until, remaining },
                     // Released between the two statements: the caller tries again.
                     _ => Claim::HeldBy { token: String::new(), until: Utc::now(), remaining: Duration::ZERO },
@@ -132,7 +166,9 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Records the outcome and drops the claim; false when the claim was lost.
+    /// Records the outcome and drops the claim; false when the claim was lost. In the
+    /// same transaction, the next deployment waiting for the same target (the oldest
+    /// queued one) is queued again through the outbox: a wake-up that cannot be lost.
     pub async fn finish(
         &self,
         id: Uuid,
@@ -140,18 +176,35 @@ impl Store {
         state: DeploymentState,
         error: Option<&str>,
     ) -> Result<bool, StoreError> {
-        let done = sqlx::query(
+        let mut tx = self.pool.begin().await?;
+        let target: Option<(String, String)> = sqlx::query_as(
             "UPDATE deployments SET state = $3, error = $4, finished_at = now(), \
                  worker_id = NULL, lease_expires_at = NULL \
-             WHERE id = $1 AND worker_id = $2",
+             WHERE id = $1 AND worker_id = $2 \
+             RETURNING service, cluster",
         )
         .bind(id)
         .bind(token)
         .bind(state.as_str())
         .bind(error)
-        .execute(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?;
-        Ok(done.rows_affected() == 1)
+        let Some((service, cluster)) = target else {
+            return Ok(false);
+        };
+        sqlx::query(concat!(
+            "INSERT INTO outbox (deployment_id) \
+             SELECT id FROM deployments d WHERE service = $1 AND cluster = $2 AND ",
+            blocks_target!("d"),
+            " AND state = 'queued' ORDER BY id LIMIT 1 \
+             ON CONFLICT (deployment_id) DO NOTHING"
+        ))
+        .bind(&service)
+        .bind(&cluster)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// Stores the discovered hosts, unless an earlier claim already did (a resumed

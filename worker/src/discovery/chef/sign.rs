@@ -126,11 +126,19 @@ impl Signer {
     }
 
     /// Every authentication header of a request, in order.
-    pub fn headers(&self, method: &str, path: &str, body: &[u8], timestamp: &str) -> Result<Vec<(String, String)>, SignError> {
+    pub fn headers(
+        &self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+        timestamp: &str,
+    ) -> Result<Vec<(String, String)>, SignError> {
         let canonical = self.canonical(method, path, body, timestamp);
         let signature = match self.version {
             SignVersion::V1_3 => self.key.sign(Pkcs1v15Sign::new::<Sha256>(), &Sha256::digest(canonical.as_bytes())),
-            SignVersion::V1_0 | SignVersion::V1_1 => self.key.sign(Pkcs1v15Sign::new_unprefixed(), canonical.as_bytes()),
+            SignVersion::V1_0 | SignVersion::V1_1 => {
+                self.key.sign(Pkcs1v15Sign::new_unprefixed(), canonical.as_bytes())
+            }
         }
         .map_err(|e| SignError::Sign(e.to_string()))?;
         let content_hash = match self.version {
@@ -138,7 +146,10 @@ impl Signer {
             _ => base64(&Sha1::digest(body)),
         };
         let mut headers = vec![
-            ("X-Ops-Sign".to_owned(), format!("algorithm={};version={};", self.version.algorithm(), self.version.as_str())),
+            (
+                "X-Ops-Sign".to_owned(),
+                format!("algorithm={};version={};", self.version.algorithm(), self.version.as_str()),
+            ),
             ("X-Ops-Userid".to_owned(), self.user.clone()),
             ("X-Ops-Timestamp".to_owned(), timestamp.to_owned()),
             ("X-Ops-Content-Hash".to_owned(), content_hash),
