@@ -16,6 +16,7 @@
 # openssl first: mixlib-authentication 3.0.6 loads openssl/digest on its own,
 # which on Ruby 3.1 breaks a later load of openssl.
 require "openssl"
+require "time"
 require "net/http"
 require "uri"
 require "mixlib/authentication/signedheaderauth"
@@ -60,8 +61,8 @@ headers["Content-Type"] = "application/json" unless body.empty?
 # Chef servers tell clients apart by it; any recent version does.
 headers["X-Chef-Version"] = "18.0.0"
 
-request = Net::HTTPGenericRequest.new(method.upcase, !body.empty?, true,
-  uri.request_uri, headers)
+request = Net::HTTPGenericRequest.new(method.upcase, !body.empty?,
+  method.upcase != "HEAD", uri.request_uri, headers)
 request.body = body unless body.empty?
 
 begin

@@ -31,7 +31,8 @@
 # The data lives in memory only: a restart forgets every client and node,
 # and goiardi writes a new admin.pem (and chef-validator.pem, chef-webui.pem)
 # at every start, so keys of clients created before are useless after it.
-# Search results lag writes by up to a few seconds, hence wait-searchable.
+# goiardi indexes a write in the background after answering it, so a search
+# made right after may miss it; hence wait-searchable.
 # Signing is done by chef_request.rb beside this script, with Chef's own
 # library (Debian's ruby-mixlib-authentication).
 # Files in DIR: goiardi.pid, goiardi.log, endpoints, last_start_ms, admin.pem,
@@ -225,7 +226,7 @@ cmd_client() {
     check_name "$name"
     key="$dir/$name.pem"
     answer=$(admin_request "$dir" POST /clients \
-        "{\"name\": \"$name\", \"admin\": false}") || die "could not create client $name"
+        "{\"name\": \"$name\", \"admin\": false}") || die "could not create client $name: $answer"
     rm -f "$key"
     (umask 077 && printf '%s' "$answer" | "$PYTHON" -c '
 import json, sys
@@ -236,7 +237,7 @@ sys.stdout.write(json.load(sys.stdin)["private_key"])
 }
 
 cmd_node() {
-    local dir=$1 name=$2 json=$3 body
+    local dir=$1 name=$2 json=$3 body answer
     dir=$(realpath "$dir")
     check_name "$name"
     # Fields left out get what `knife node create` would give them; the
@@ -271,7 +272,7 @@ if isinstance(automatic, dict) and "roles" not in automatic:
 print(json.dumps(node))
 EOF
     ) || die "bad node JSON"
-    admin_request "$dir" POST /nodes "$body" >/dev/null || die "could not create node $name"
+    answer=$(admin_request "$dir" POST /nodes "$body") || die "could not create node $name: $answer"
     printf 'node=%s\n' "$name"
 }
 
