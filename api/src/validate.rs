@@ -4,7 +4,8 @@
 use crate::error::ApiError;
 use std::collections::BTreeSet;
 use vesemir_core::config::{Config, DiscoveryKind};
-use vesemir_core::deployment::{Amount, DeploymentRequest, ExecutorKind, is_identifier, is_version};
+use vesemir_core::deployment::{Amount, DeploymentRequest, ExecutorKind, is_host_name, is_identifier, is_version};
+use vesemir_core::selector;
 
 const MAX_HOSTS: usize = 10_000;
 const MAX_VARS: usize = 64;
@@ -34,8 +35,8 @@ pub fn request(config: &Config, r: &DeploymentRequest) -> Result<(), ApiError> {
     }
     let mut seen = BTreeSet::new();
     for host in &r.hosts {
-        if !is_identifier(host) {
-            return Err(bad("invalid_hosts", format!("host name {host:?} must match [a-z0-9][a-z0-9._-]{{0,62}}")));
+        if !is_host_name(host) {
+            return Err(bad("invalid_hosts", format!("host name {host:?} must match [A-Za-z0-9][A-Za-z0-9._-]*")));
         }
         if !seen.insert(host) {
             return Err(bad("invalid_hosts", format!("host {host:?} is named twice")));
@@ -51,6 +52,11 @@ pub fn request(config: &Config, r: &DeploymentRequest) -> Result<(), ApiError> {
             }
             if let Some(unknown) = r.hosts.iter().find(|h| !cluster.hosts.iter().any(|c| &&c.name == h)) {
                 return Err(bad("unknown_host", format!("host {unknown:?} is not in cluster {}", r.cluster)));
+            }
+        }
+        DiscoveryKind::Chef => {
+            if let Some(selector) = &r.selector {
+                selector::validate(selector).map_err(|e| bad("invalid_selector", e.to_string()))?;
             }
         }
     }

@@ -4,7 +4,7 @@
 //! Relative paths in the file (keys, known_hosts, the playbooks directory) are resolved
 //! against the directory that holds the file, so a configuration can be moved as a unit.
 
-use crate::deployment::{ExecutorKind, is_identifier};
+use crate::deployment::{ExecutorKind, is_address, is_host_name, is_identifier};
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -145,6 +145,9 @@ pub struct ClusterConfig {
     #[serde(default)]
     pub hosts: Vec<StaticHost>,
     pub ssh: SshConfig,
+    /// The Chef server of a `chef` cluster.
+    #[serde(default)]
+    pub chef: Option<ChefConfig>,
     /// Every load balancer in front of the cluster's hosts: each change goes to all.
     #[serde(default)]
     pub load_balancers: Vec<LoadBalancerConfig>,
@@ -179,8 +182,64 @@ pub enum RuntimeApi {
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum DiscoveryKind {
+    /// The `hosts` list of the cluster.
     #[default]
     Static,
+    /// A node search on a Chef server (`chef` section).
+    Chef,
+}
+
+/// A Chef Infra Server (or a compatible one) and the client Vesemir signs as.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChefConfig {
+    /// With the organization when the server has them: `https://chef.example/organizations/acme`.
+    pub server_url: String,
+    pub client_name: String,
+    /// The client's private key, PKCS#1 PEM. Never logged.
+    pub client_key: PathBuf,
+    /// Signing protocol: `1.3` (SHA-256), or `1.0`/`1.1` for old servers.
+    #[serde(default = "default_sign_version")]
+    pub sign_version: String,
+    /// Operator terms ANDed with every search of this cluster, e.g. `chef_environment:production`.
+    #[serde(default)]
+    pub base_query: Option<String>,
+    /// The node attribute holding the address to connect to (a dotted path).
+    #[serde(default = "default_address_attribute")]
+    pub address_attribute: String,
+    /// Ask only for the attributes needed (partial search), in one page.
+    #[serde(default = "default_true")]
+    pub partial_search: bool,
+    /// Rows per page of a full search, and the most nodes a partial search may return.
+    #[serde(default = "default_page_size")]
+    pub page_size: u32,
+    #[serde(default = "default_chef_timeout")]
+    pub timeout_seconds: u64,
+    /// Further attempts after a 5xx answer or a connection error.
+    #[serde(default = "default_chef_retries")]
+    pub retries: u32,
+    /// A PEM bundle of extra CA certificates, for a server with an internal CA.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+fn default_sign_version() -> String {
+    "1.3".to_owned()
+}
+fn default_address_attribute() -> String {
+    "ipaddress".to_owned()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_page_size() -> u32 {
+    1000
+}
+fn default_chef_timeout() -> u64 {
+    10
+}
+fn default_chef_retries() -> u32 {
+    2
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -328,6 +387,10 @@ impl Config {
         for cluster in config.clusters.values_mut() {
             cluster.ssh.private_key = base.join(&cluster.ssh.private_key);
             cluster.ssh.known_hosts = base.join(&cluster.ssh.known_hosts);
+            if let Some(chef) = &mut cluster.chef {
+                chef.client_key = base.join(&chef.client_key);
+                chef.ca_file = chef.ca_file.as_ref().map(|f| base.join(f));
+            }
         }
         Ok(config)
     }
@@ -347,6 +410,22 @@ impl Config {
             if !is_identifier(name) {
                 return invalid(format!("cluster name {name:?} must match [a-z0-9][a-z0-9._-]*"));
             }
+            match (cluster.discovery, &cluster.chef) {
+                (DiscoveryKind::Chef, None) => {
+                    return invalid(format!(
+                        "cluster {name}: discovery = \"chef\" needs a [clusters.{name}.chef] section"
+                    ));
+                }
+                (DiscoveryKind::Chef, Some(chef)) => {
+                    if !["1.0", "1.1", "1.3"].contains(&chef.sign_version.as_str()) {
+                        return invalid(format!("cluster {name}: chef.sign_version must be 1.0, 1.1 or 1.3"));
+                    }
+                    if chef.page_size == 0 || chef.page_size > 10_000 {
+                        return invalid(format!("cluster {name}: chef.page_size must be 1 to 10000"));
+                    }
+                }
+                (DiscoveryKind::Static, _) => {}
+            }
             let mut balancers = BTreeSet::new();
             for lb in &cluster.load_balancers {
                 if !is_identifier(&lb.name) || !balancers.insert(&lb.name) {
@@ -355,9 +434,15 @@ impl Config {
             }
             let mut seen = BTreeSet::new();
             for host in &cluster.hosts {
-                if !is_identifier(&host.name) {
+                if !is_address(&host.address) {
                     return invalid(format!(
-                        "cluster {name}: host name {:?} must match [a-z0-9][a-z0-9._-]*",
+                        "cluster {name}: host {} has an invalid address {:?}",
+                        host.name, host.address
+                    ));
+                }
+                if !is_host_name(&host.name) {
+                    return invalid(format!(
+                        "cluster {name}: host name {:?} must match [A-Za-z0-9][A-Za-z0-9._-]*",
                         host.name
                     ));
                 }

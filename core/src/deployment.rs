@@ -17,6 +17,24 @@ pub fn is_identifier(s: &str) -> bool {
         && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'))
 }
 
+/// A host name, as static lists and Chef node names have them: letters (any case),
+/// digits and `._-`, starting with a letter or digit, at most 253 characters.
+pub fn is_host_name(s: &str) -> bool {
+    let bytes = s.as_bytes();
+    (1..=253).contains(&bytes.len())
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// An IP address or a DNS name: safe to hand to ssh (never starts with `-`, which ssh
+/// would read as an option) and to put in a URL.
+pub fn is_address(s: &str) -> bool {
+    let bytes = s.as_bytes();
+    (1..=253).contains(&bytes.len())
+        && bytes[0] != b'-'
+        && bytes.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':'))
+}
+
 /// A release version: letters, digits and `._+-`, starting with a letter or digit.
 pub fn is_version(s: &str) -> bool {
     let bytes = s.as_bytes();

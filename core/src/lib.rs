@@ -4,6 +4,7 @@
 //! - [`deployment`]: the domain model: requests, states, amounts, identifiers.
 //! - [`store`]: PostgreSQL, the source of truth. Every state change of a deployment,
 //!   a host or a step goes through here.
+//! - [`selector`]: turning a request's selector into a safe Chef search query.
 //! - [`queue`]: RabbitMQ, which carries only deployment ids. Publishing waits for the
 //!   broker's confirm; consuming acknowledges manually.
 //! - [`telemetry`]: tracing set-up for the binaries.
@@ -18,5 +19,6 @@
 pub mod config;
 pub mod deployment;
 pub mod queue;
+pub mod selector;
 pub mod store;
 pub mod telemetry;

@@ -101,8 +101,11 @@ impl Runner {
 
         let mut hosts = self.store.run_hosts(claim.id).await?;
         if hosts.is_empty() {
-            let discovery = discovery::for_cluster(&request.cluster, cluster);
-            let found = match discovery.discover(request).await {
+            let found = match discovery::for_cluster(&request.cluster, cluster) {
+                Ok(discovery) => discovery.discover(request).await,
+                Err(e) => Err(e),
+            };
+            let found = match found {
                 Ok(found) => found,
                 Err(e) => {
                     logs.system(None, format!("discovery failed: {e}")).await;

@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
-use vesemir_core::deployment::{DeploymentRequest, DeploymentState, is_identifier};
+use vesemir_core::deployment::{DeploymentRequest, DeploymentState, is_host_name, is_identifier};
 use vesemir_core::store::{ListFilter, NewDeployment, Submitted};
 
 const DEFAULT_PAGE: i64 = 20;
@@ -154,7 +154,12 @@ pub async fn logs(
     if !(1..=MAX_LOG_LINES).contains(&limit) {
         return Err(ApiError::bad_request("invalid_limit", format!("limit must be between 1 and {MAX_LOG_LINES}")));
     }
-    let host = name_filter("host", params.host)?;
+    let host = match params.host {
+        Some(h) if !is_host_name(&h) => {
+            return Err(ApiError::bad_request("invalid_query", "host must match [A-Za-z0-9][A-Za-z0-9._-]*"));
+        }
+        other => other,
+    };
     // Read the state first: if it is final, every line was committed before it.
     let Some(deployment_state) = state.store.deployment_state(id).await? else {
         return Err(ApiError::NotFound(format!("deployment {id} does not exist")));

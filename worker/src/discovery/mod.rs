@@ -22,11 +22,23 @@ pub struct DiscoveredHost {
 pub enum DiscoveryError {
     #[error("no hosts matched {0}")]
     NoHosts(String),
-    #[error("host {0:?} is not in cluster {1}")]
+    #[error("host {0:?} is not in {1}")]
     UnknownHost(String, String),
+    #[error(transparent)]
+    Query(#[from] vesemir_core::selector::QueryError),
+    #[error(transparent)]
+    Chef(#[from] chef::client::ChefError),
+    #[error("more than {limit} nodes match {query:?}: raise the cluster's chef.page_size or narrow the selector")]
+    TooMany { query: String, limit: u32 },
+    #[error("a node matching {query:?} has a name Vesemir cannot use: {name:?}")]
+    BadNode { query: String, name: String },
+    #[error(
+        "nodes without a usable address (attribute {attribute}): {nodes}. Fix their Chef data or narrow the selector"
+    )]
+    NoAddress { nodes: String, attribute: String },
 }
 
-pub trait Discovery: Send + Sync {
+pub trait Discovery: Send + Sync + std::fmt::Debug {
     fn discover<'a>(
         &'a self,
         request: &'a DeploymentRequest,
@@ -34,8 +46,12 @@ pub trait Discovery: Send + Sync {
 }
 
 /// The discovery source a cluster's configuration names.
-pub fn for_cluster(name: &str, cluster: &ClusterConfig) -> Box<dyn Discovery> {
-    match cluster.discovery {
-        DiscoveryKind::Static => Box::new(StaticDiscovery::new(name, &cluster.hosts)),
-    }
+pub fn for_cluster(name: &str, cluster: &ClusterConfig) -> Result<Box<dyn Discovery>, DiscoveryError> {
+    Ok(match (cluster.discovery, &cluster.chef) {
+        (DiscoveryKind::Chef, Some(chef)) => Box::new(chef::ChefDiscovery::new(chef)?),
+        (DiscoveryKind::Chef, None) => {
+            return Err(chef::client::ChefError::Config(format!("cluster {name} has no chef section")).into());
+        }
+        (DiscoveryKind::Static, _) => Box::new(StaticDiscovery::new(name, &cluster.hosts)),
+    })
 }

@@ -20,7 +20,7 @@ impl StaticDiscovery {
     fn select(&self, request: &DeploymentRequest) -> Result<Vec<DiscoveredHost>, DiscoveryError> {
         for wanted in &request.hosts {
             if !self.hosts.iter().any(|h| &h.name == wanted) {
-                return Err(DiscoveryError::UnknownHost(wanted.clone(), self.cluster.clone()));
+                return Err(DiscoveryError::UnknownHost(wanted.clone(), format!("cluster {}", self.cluster)));
             }
         }
         let hosts: Vec<DiscoveredHost> = self

@@ -215,3 +215,42 @@ mod tests {
         assert_eq!(canonical_path("/"), "/");
     }
 }
+
+#[cfg(test)]
+mod reference_vectors {
+    //! Vectors made by Chef's own implementation (mixlib-authentication); see
+    //! tests/data/chef/README.md for how they are regenerated.
+
+    use super::*;
+
+    const KEY: &str = include_str!("../../../../tests/data/chef/test_key.pem");
+    const VECTORS: &str = include_str!("../../../../tests/data/chef/vectors.json");
+
+    #[test]
+    fn canonical_strings_and_headers_match_chefs_implementation() {
+        let vectors: serde_json::Value = serde_json::from_str(VECTORS).unwrap();
+        let vectors = vectors["vectors"].as_array().unwrap();
+        assert_eq!(vectors.len(), 9);
+        for vector in vectors {
+            let input = &vector["input"];
+            let text = |key: &str| input[key].as_str().unwrap();
+            let version: SignVersion = text("sign_version").parse().unwrap();
+            let signer = Signer::new(text("user_id"), KEY, version).unwrap();
+            let body = text("body").as_bytes();
+            let name = vector["name"].as_str().unwrap();
+            assert_eq!(
+                signer.canonical(text("method"), text("path"), body, text("timestamp")),
+                vector["canonical_request"].as_str().unwrap(),
+                "{name}: canonical string"
+            );
+            let expected: Vec<(String, String)> = vector["headers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|h| (h[0].as_str().unwrap().to_owned(), h[1].as_str().unwrap().to_owned()))
+                .collect();
+            let headers = signer.headers(text("method"), text("path"), body, text("timestamp")).unwrap();
+            assert_eq!(headers, expected, "{name}: headers");
+        }
+    }
+}

@@ -1,23 +1,24 @@
 //! Building a Chef node search query from a request's selector.
 //!
-//! Every selector value is escaped for the Lucene query syntax, so a value is always
-//! one literal term: `web OR *:*` searches for a role of that odd name, it does not
-//! widen the search. The free `query` terms are query syntax by design; they are kept
-//! inside their own parentheses and ANDed with everything else, and refused when they
-//! could close those parentheses.
+//! Selector values (roles, tags, environment) are single literal terms: made only of
+//! letters, digits and `_ . - : @ =`, with the Lucene specials among them escaped, so
+//! `web OR *:*` is refused rather than widening the search. (Servers differ in how
+//! they decode other characters — goiardi URL-decodes a query twice, turning `+` into
+//! a space — so no other character can be escaped safely everywhere.) The free `query`
+//! terms are query syntax by design: they are kept inside their own parentheses, ANDed
+//! with everything else, and refused when they could close those parentheses.
 
-use vesemir_core::deployment::Selector;
+use crate::deployment::Selector;
 
 /// Characters with a meaning in Lucene's query syntax, escaped with a backslash.
-const SPECIAL: &[char] =
-    &['+', '-', '&', '|', '!', '(', ')', '{', '}', '[', ']', '^', '"', '~', '*', '?', ':', '\\', '/', ' '];
+const SPECIAL: &[char] = &['-', ':'];
 
-const MAX_VALUE_BYTES: usize = 256;
+const MAX_VALUE_BYTES: usize = 128;
 const MAX_QUERY_BYTES: usize = 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum QueryError {
-    #[error("{field} value {value:?} must be 1 to {MAX_VALUE_BYTES} printable characters without control characters")]
+    #[error("{field} value {value:?} must be 1 to {MAX_VALUE_BYTES} letters, digits or _ . - : @ =")]
     Unsafe { field: &'static str, value: String },
     #[error("query {0:?} is not valid: {1}")]
     Malformed(String, &'static str),
@@ -28,7 +29,8 @@ pub enum QueryError {
 /// Escapes one value as a literal term.
 pub fn escape(field: &'static str, value: &str) -> Result<String, QueryError> {
     let unsafe_value = || QueryError::Unsafe { field, value: value.to_owned() };
-    if value.is_empty() || value.len() > MAX_VALUE_BYTES || value.chars().any(char::is_control) {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | ':' | '@' | '=');
+    if value.is_empty() || value.len() > MAX_VALUE_BYTES || !value.chars().all(allowed) {
         return Err(unsafe_value());
     }
     let mut out = String::with_capacity(value.len() + 8);
@@ -79,6 +81,14 @@ pub fn check_free_query(query: &str) -> Result<(), QueryError> {
     Ok(())
 }
 
+/// Checks a selector on its own (before a cluster's base query is known).
+pub fn validate(selector: &Selector) -> Result<(), QueryError> {
+    match build(None, selector) {
+        Ok(_) | Err(QueryError::Empty) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// The whole query: the cluster's base terms (operator text), then the selector's.
 pub fn build(base: Option<&str>, selector: &Selector) -> Result<String, QueryError> {
     let mut terms = Vec::new();
@@ -124,10 +134,12 @@ mod tests {
     }
 
     #[test]
-    fn a_hostile_value_stays_one_literal_term() {
-        let q = build(None, &selector(&["web OR *:*"], &[], Some("prod) OR (*:*"), None)).unwrap();
-        assert_eq!(q, r"roles:web\ OR\ \*\:\* AND chef_environment:prod\)\ OR\ \(\*\:\*");
-        assert!(!q.contains(" OR *:*"));
+    fn a_hostile_value_is_refused_not_widening_the_search() {
+        for hostile in ["web OR *:*", "prod) OR (*:*", "*", "a+b", "50%", "x y", "a/b", "\"q\""] {
+            let err = build(None, &selector(&[hostile], &[], None, None)).unwrap_err();
+            assert!(matches!(err, QueryError::Unsafe { field: "roles", .. }), "{hostile}: {err}");
+        }
+        assert_eq!(escape("tags", "team:blue-green").unwrap(), r"team\:blue\-green");
     }
 
     #[test]
