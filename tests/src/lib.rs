@@ -11,6 +11,7 @@
 //! Everything a test starts is stopped when its handle drops.
 
 pub mod balancing;
+pub mod chef;
 
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
@@ -190,6 +191,8 @@ pub struct Setup {
     /// The demo service's playbook, and where playbooks are (default: the shipped ones).
     pub playbook: String,
     pub playbooks_dir: Option<PathBuf>,
+    /// More configuration, appended as written (more clusters, say).
+    pub extra_config: String,
 }
 
 impl Default for Setup {
@@ -203,6 +206,7 @@ impl Default for Setup {
             backend: None,
             playbook: "rolling".to_owned(),
             playbooks_dir: None,
+            extra_config: String::new(),
         }
     }
 }
@@ -538,6 +542,7 @@ known_hosts = "/nonexistent/known_hosts"
 "#,
         );
     }
+    text.push_str(&setup.extra_config);
     let config = Config::parse(&text, Path::new("/")).map_err(anyhow::Error::msg)?;
     config.validate()?;
     Ok(config)
