@@ -5,7 +5,7 @@
 
 use serde_json::{Value, json};
 use std::time::Duration;
-use vesemir_tests::chef::ChefServer;
+use vesemir_tests::chef::{ChefServer, node_json};
 use vesemir_tests::{Fleet, Setup, TestApp};
 
 const FINISH: Duration = Duration::from_secs(120);
@@ -156,4 +156,134 @@ async fn searches_page_sign_with_every_protocol_and_fail_with_what_to_fix() {
         assert_eq!(body["error"]["code"], "invalid_selector");
     }
     app.shut_down().await;
+}
+
+/// Fifty nodes: two environments, four roles, three tags, in a pattern a test can
+/// recompute.
+fn catalog() -> Vec<(String, &'static str, &'static str, &'static str)> {
+    let environments = ["production", "staging"];
+    let roles = ["web", "db", "cache", "worker"];
+    let tags = ["blue", "green", "canary"];
+    (0..50).map(|i| (format!("node-{i:02}"), environments[i % 2], roles[i % 4], tags[i % 3])).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_selector_finds_exactly_its_nodes_among_fifty() {
+    let fleet = Fleet::up(1).unwrap();
+    let chef = ChefServer::start().unwrap();
+    let key = chef.client("vesemir").unwrap();
+    let nodes = catalog();
+    let seeded = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, (name, env, role, tag))| node_json(name, env, &[role], &[tag], Some(&format!("10.20.0.{i}"))))
+        .collect();
+    chef.seed(seeded).await.unwrap();
+    chef.wait_searchable("name:node*", 50).unwrap();
+    let clusters = [
+        cluster("partial", &fleet, &chef, &key, ""),
+        cluster("full", &fleet, &chef, &key, "partial_search = false\npage_size = 7"),
+    ]
+    .concat();
+    let app = TestApp::start(Some(&fleet), Setup { extra_config: clusters, ..Setup::default() }).await.unwrap();
+
+    let selectors = [
+        json!({"roles": ["web"]}),
+        json!({"roles": ["db"], "environment": "staging"}),
+        json!({"tags": ["canary"], "environment": "production"}),
+        json!({"roles": ["cache"], "tags": ["blue"]}),
+        json!({"roles": ["worker"], "tags": ["green"], "environment": "staging"}),
+        json!({"query": "role:web OR role:db"}),
+    ];
+    for selector in selectors {
+        let matches = |(_, env, role, tag): &&(String, &str, &str, &str)| {
+            let wanted = |key: &str, value: &str| selector[key].as_array().is_none_or(|v| v.iter().any(|x| x == value));
+            wanted("roles", role)
+                && wanted("tags", tag)
+                && selector["environment"].as_str().is_none_or(|e| e == *env)
+                && (selector["query"].is_null() || ["web", "db"].contains(role))
+        };
+        let expected: Vec<String> = nodes.iter().filter(matches).map(|n| n.0.clone()).collect();
+        assert!(!expected.is_empty());
+        for cluster in ["partial", "full"] {
+            let id = app.deploy(&request(cluster, selector.clone(), true)).await.unwrap();
+            let planned = app.wait_final(&id, FINISH).await.unwrap();
+            assert_eq!(host_names(&planned), expected, "{cluster} {selector}");
+        }
+    }
+    app.shut_down().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paging_over_a_thousand_nodes_finds_each_once() {
+    let fleet = Fleet::up(1).unwrap();
+    let chef = ChefServer::start().unwrap();
+    let key = chef.client("vesemir").unwrap();
+    let nodes = (0..1000)
+        .map(|i| node_json(&format!("n{i:04}"), "production", &["bulk"], &["blue"], Some("10.30.0.1")))
+        .collect();
+    chef.seed(nodes).await.unwrap();
+    chef.wait_searchable("roles:bulk", 1000).unwrap();
+    let clusters = [
+        cluster("full", &fleet, &chef, &key, "partial_search = false\npage_size = 100"),
+        cluster("uneven", &fleet, &chef, &key, "partial_search = false\npage_size = 333"),
+        cluster("partial", &fleet, &chef, &key, "page_size = 5000"),
+    ]
+    .concat();
+    let app = TestApp::start(Some(&fleet), Setup { extra_config: clusters, ..Setup::default() }).await.unwrap();
+    for cluster in ["full", "uneven", "partial"] {
+        let id = app.deploy(&request(cluster, json!({"roles": ["bulk"]}), true)).await.unwrap();
+        let planned = app.wait_final(&id, FINISH).await.unwrap();
+        let names = host_names(&planned);
+        let unique: std::collections::BTreeSet<&String> = names.iter().collect();
+        assert_eq!((names.len(), unique.len()), (1000, 1000), "{cluster}");
+    }
+    app.shut_down().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_client_a_server_down_and_a_malformed_query_fail_clearly() {
+    let fleet = Fleet::up(1).unwrap();
+    let chef = ChefServer::start().unwrap();
+    let key = chef.client("vesemir").unwrap();
+    chef.seed(vec![node_json("solo", "production", &["web"], &["blue"], Some("10.40.0.1"))]).await.unwrap();
+    chef.wait_searchable("name:solo", 1).unwrap();
+    let unknown =
+        cluster("unknown", &fleet, &chef, &key, "").replace("client_name = \"vesemir\"", "client_name = \"nobody\"");
+    let mut down = cluster("down", &fleet, &chef, &key, "retries = 1\ntimeout_seconds = 2");
+    down = down.replace(&chef.url, "http://127.0.0.1:9");
+    let clusters = [unknown, down, cluster("ok", &fleet, &chef, &key, "")].concat();
+    let app = TestApp::start(Some(&fleet), Setup { extra_config: clusters, ..Setup::default() }).await.unwrap();
+
+    let cases = [
+        ("unknown", json!({"roles": ["web"]}), "refused client nobody (401: Failed to authenticate as 'nobody'"),
+        ("down", json!({"roles": ["web"]}), "cannot reach the Chef server at http://127.0.0.1:9"),
+        ("ok", json!({"query": "*"}), "rejected the search query \"(*)\" (400"),
+    ];
+    for (cluster, selector, expected) in cases {
+        let id = app.deploy(&request(cluster, selector, true)).await.unwrap();
+        let failed = app.wait_final(&id, FINISH).await.unwrap();
+        assert_eq!(failed["state"], "failed");
+        let error = failed["error"].as_str().unwrap();
+        assert!(error.contains(expected), "{cluster}: {error}");
+    }
+    app.shut_down().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_skewed_clock_is_named_in_the_error() {
+    let chef = ChefServer::start().unwrap();
+    let skewed = chef.admin().unwrap().with_clock(|| chrono::Utc::now() - chrono::Duration::minutes(20));
+    let err = skewed
+        .request(reqwest::Method::GET, "/search/node", &[("q", "name:*".to_owned())], None, "name:*")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("401") && err.contains("clock"), "{err}");
+    // The same request with a good clock goes through.
+    chef.admin()
+        .unwrap()
+        .request(reqwest::Method::GET, "/search/node", &[("q", "name:*".to_owned())], None, "")
+        .await
+        .unwrap();
 }

@@ -44,6 +44,8 @@ pub struct ChefClient {
     prefix: String,
     signer: Signer,
     retries: u32,
+    /// Where request timestamps come from (replaceable to test a skewed clock).
+    clock: fn() -> chrono::DateTime<chrono::Utc>,
 }
 
 impl ChefClient {
@@ -70,7 +72,11 @@ impl ChefClient {
             }
         }
         let http = builder.build().map_err(|e| ChefError::Config(e.to_string()))?;
-        Ok(Self { http, origin, prefix, signer, retries })
+        Ok(Self { http, origin, prefix, signer, retries, clock: chrono::Utc::now })
+    }
+
+    pub fn with_clock(self, clock: fn() -> chrono::DateTime<chrono::Utc>) -> Self {
+        Self { clock, ..self }
     }
 
     /// A signed request; retried on 5xx answers and connection errors.
@@ -107,7 +113,7 @@ impl ChefClient {
         body: &[u8],
         context: &str,
     ) -> Result<Value, ChefError> {
-        let timestamp = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
+        let timestamp = (self.clock)().format("%Y-%m-%dT%H:%M:%SZ").to_string();
         // The signed path never includes the query string.
         let headers = self.signer.headers(method.as_str(), full_path, body, &timestamp)?;
         let url = format!("{}{full_path}", self.origin);
