@@ -33,6 +33,8 @@ struct Cli {
 enum Command {
     /// Submit a deployment and print its id.
     Deploy(DeployArgs),
+    /// Show the hosts and waves a deployment would touch (a dry run), touching none.
+    Plan(DeployArgs),
     /// Show a deployment's state, summary and hosts.
     Status { id: String },
     /// Print a deployment's log.
@@ -63,6 +65,18 @@ struct DeployArgs {
     /// Deploy only to these hosts (repeatable).
     #[arg(long = "host")]
     hosts: Vec<String>,
+    /// Chef role the hosts must have (repeatable).
+    #[arg(long = "role")]
+    roles: Vec<String>,
+    /// Chef tag the hosts must have (repeatable).
+    #[arg(long = "tag")]
+    tags: Vec<String>,
+    /// Chef environment of the hosts.
+    #[arg(long)]
+    environment: Option<String>,
+    /// Further Chef search terms, ANDed with the rest.
+    #[arg(long)]
+    query: Option<String>,
     /// Hosts per wave: a count (2) or a percentage (25%).
     #[arg(long)]
     concurrency: Option<String>,
@@ -117,6 +131,7 @@ async fn main() -> ExitCode {
 async fn run(api: &Api, as_json: bool, command: Command) -> Result<u8, ApiError> {
     match command {
         Command::Deploy(args) => deploy(api, as_json, args).await,
+        Command::Plan(args) => deploy(api, as_json, DeployArgs { dry_run: true, wait: true, ..args }).await,
         Command::Status { id } => {
             let deployment = api.deployment(&id).await?;
             if as_json {
@@ -167,6 +182,16 @@ async fn deploy(api: &Api, as_json: bool, args: DeployArgs) -> Result<u8, ApiErr
     });
     if !args.hosts.is_empty() {
         body["hosts"] = json!(args.hosts);
+    }
+    if !(args.roles.is_empty() && args.tags.is_empty() && args.environment.is_none() && args.query.is_none()) {
+        let mut selector = json!({ "roles": args.roles, "tags": args.tags });
+        if let Some(environment) = &args.environment {
+            selector["environment"] = json!(environment);
+        }
+        if let Some(query) = &args.query {
+            selector["query"] = json!(query);
+        }
+        body["selector"] = selector;
     }
     if let Some(c) = &args.concurrency {
         body["concurrency"] = amount(c);

@@ -58,6 +58,11 @@ async fn deploy_wait_status_logs_and_list_with_their_exit_codes() {
     let list: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
     assert_eq!(list["deployments"].as_array().unwrap().len(), 1);
 
+    let plan = vesemir(&app.base, &["plan", "demo", "sandbox", "9.0.0", "--canary"]).await;
+    assert_eq!(plan.status.code(), Some(0));
+    assert!(stdout(&plan).contains("planned"), "plan waits for the plan");
+    assert!(stdout(&plan).contains("vm-02"));
+
     let submitted = vesemir(&app.base, &["deploy", "demo", "sandbox", "9.0.0", "--dry-run"]).await;
     assert_eq!(submitted.status.code(), Some(0));
     assert!(uuid::Uuid::parse_str(stdout(&submitted).trim()).is_ok(), "deploy prints the id");
