@@ -522,6 +522,15 @@ mod tests {
     }
 
     #[test]
+    fn the_example_configuration_is_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+        let text = std::fs::read_to_string(dir.join("vesemir.example.toml")).unwrap();
+        let config = Config::parse(&text, &dir).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.clusters["eu-west"].load_balancers.len(), 2);
+    }
+
+    #[test]
     fn secrets_do_not_leak_through_debug() {
         let config = Config::parse(MINIMAL, Path::new(".")).expect("valid");
         assert!(!format!("{config:?}").contains("guest:guest"));
