@@ -13,9 +13,18 @@ pub enum ApiError {
     /// 400: the request is malformed or names something that does not exist.
     #[error("{message}")]
     BadRequest { code: &'static str, message: String },
+    /// 401: no token, or one that is not valid.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// 403: a valid token whose role does not allow this.
+    #[error("{0}")]
+    Forbidden(String),
     /// 404
     #[error("{0}")]
     NotFound(String),
+    /// 409: the request conflicts with the resource's state.
+    #[error("{0}")]
+    Conflict(String),
     /// 405
     #[error("method not allowed")]
     MethodNotAllowed,
@@ -44,7 +53,10 @@ impl ApiError {
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             Self::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),
+            Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Self::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
@@ -59,6 +71,7 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::IdempotencyMismatch(_) => Self::IdempotencyMismatch(e.to_string()),
+            StoreError::Conflict(message) => Self::Conflict(message),
             other => Self::Internal(other),
         }
     }
@@ -99,6 +112,10 @@ impl IntoResponse for ApiError {
             tracing::error!(error = %cause, "request failed");
         }
         let body = json!({ "error": { "code": code, "message": self.to_string() } });
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert("www-authenticate", axum::http::HeaderValue::from_static("Bearer"));
+        }
+        response
     }
 }

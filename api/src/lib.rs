@@ -7,6 +7,7 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod auth;
 pub mod error;
 pub mod extract;
 pub mod outbox;
@@ -98,11 +99,14 @@ impl App {
 }
 
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
-    use routes::{deployments, health};
+    use routes::{admin, deployments, health};
     Router::new()
         .route("/v1/deployments", get(deployments::list).post(deployments::submit))
         .route("/v1/deployments/{id}", get(deployments::get))
         .route("/v1/deployments/{id}/logs", get(deployments::logs))
+        .route("/v1/tokens", get(admin::list_tokens).post(admin::create_token))
+        .route("/v1/tokens/{name}", axum::routing::delete(admin::revoke_token))
+        .route("/v1/audit", get(admin::audit))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .fallback(routes::not_found)

@@ -1,7 +1,9 @@
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use vesemir_core::access::Role;
 use vesemir_core::config::Config;
+use vesemir_core::store::Store;
 
 /// Vesemir's REST API.
 #[derive(Parser)]
@@ -20,6 +22,55 @@ enum Command {
     Serve,
     /// Apply database migrations and exit.
     Migrate,
+    /// Manage API tokens directly in the database (how the first admin token is made).
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token and print it; it is shown only this once.
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+    },
+    /// List tokens (never their secrets).
+    List,
+    /// Revoke a token by name.
+    Revoke { name: String },
+}
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    s.parse()
+}
+
+/// Who the audit trail names for changes made with this command.
+const LOCAL_ACTOR: &str = "vesemir-api token (local)";
+
+async fn token(store: &Store, command: TokenCommand) -> anyhow::Result<()> {
+    match command {
+        TokenCommand::Create { name, role } => {
+            if !vesemir_core::deployment::is_identifier(&name) {
+                anyhow::bail!("a token name must match [a-z0-9][a-z0-9._-]{{0,62}}");
+            }
+            let (_, token) = store.create_token(&name, role, LOCAL_ACTOR).await?;
+            println!("{token}");
+        }
+        TokenCommand::List => {
+            for t in store.tokens().await? {
+                let revoked = t.revoked_at.map(|at| format!("  revoked {at}")).unwrap_or_default();
+                println!("{:<24} {:<9} created by {} at {}{revoked}", t.name, t.role, t.created_by, t.created_at);
+            }
+        }
+        TokenCommand::Revoke { name } => {
+            if !store.revoke_token(&name, LOCAL_ACTOR).await? {
+                anyhow::bail!("no live token named {name:?}");
+            }
+        }
+    }
+    Ok(())
 }
 
 #[tokio::main]
@@ -35,9 +86,14 @@ async fn main() -> ExitCode {
                 app.run(vesemir_core::telemetry::shutdown_signal()).await?;
             }
             Command::Migrate => {
-                let store = vesemir_core::store::Store::connect(&config.database).await?;
+                let store = Store::connect(&config.database).await?;
                 store.migrate().await?;
                 tracing::info!("migrations applied");
+            }
+            Command::Token(command) => {
+                let store = Store::connect(&config.database).await?;
+                store.migrate().await?;
+                token(&store, command).await?;
             }
         }
         anyhow::Ok(())

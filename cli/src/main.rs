@@ -22,6 +22,9 @@ struct Cli {
     /// Base URL of the Vesemir API.
     #[arg(long, env = "VESEMIR_API", default_value = "http://127.0.0.1:8080", global = true)]
     api: String,
+    /// API token (from `vesemir-api token create` or an admin).
+    #[arg(long, env = "VESEMIR_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
     /// Print JSON instead of text, for scripts.
     #[arg(long, global = true)]
     json: bool,
@@ -118,7 +121,7 @@ fn amount(text: &str) -> Value {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let api = Api::new(&cli.api);
+    let api = Api::new(&cli.api, cli.token.as_deref());
     match run(&api, cli.json, cli.command).await {
         Ok(code) => ExitCode::from(code),
         Err(e) => {

@@ -1,5 +1,6 @@
 //! The parts of Vesemir that the API, the worker and the tests share.
 //!
+//! - [`access`]: API tokens and roles.
 //! - [`config`]: the one TOML configuration file, with environment overrides.
 //! - [`deployment`]: the domain model: requests, states, amounts, identifiers.
 //! - [`store`]: PostgreSQL, the source of truth. Every state change of a deployment,
@@ -16,6 +17,7 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod access;
 pub mod config;
 pub mod deployment;
 pub mod queue;

@@ -21,6 +21,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
+use vesemir_core::access::Role;
 use vesemir_core::config::Config;
 
 pub const ADMIN_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -238,7 +239,9 @@ impl Drop for WorkerHandle {
 #[derive(Debug)]
 pub struct TestApp {
     pub base: String,
+    /// Sends the admin token with every request.
     pub client: reqwest::Client,
+    pub admin_token: String,
     pub config: Config,
     pub workers: Vec<WorkerHandle>,
     api_stop: Option<oneshot::Sender<()>>,
@@ -264,9 +267,13 @@ impl TestApp {
                 })
                 .await;
         });
+        let store = vesemir_core::store::Store::from_pool(sqlx::PgPool::connect(&database.url).await?);
+        let (_, admin_token) = store.create_token("test-admin", Role::Admin, "test ground").await?;
+        store.close().await;
         let mut test_app = Self {
             base,
-            client: reqwest::Client::new(),
+            client: client_with(&admin_token),
+            admin_token,
             config,
             workers: Vec::new(),
             api_stop: Some(api_stop),
@@ -288,6 +295,14 @@ impl TestApp {
         }));
         self.workers.push(WorkerHandle { stop: Some(stop), task });
         Ok(())
+    }
+
+    /// A new token of `role`, for requests made as someone else.
+    pub async fn token(&self, name: &str, role: Role) -> anyhow::Result<String> {
+        let store = self.store().await?;
+        let (_, token) = store.create_token(name, role, "test ground").await?;
+        store.close().await;
+        Ok(token)
     }
 
     pub fn database_url(&self) -> &str {
@@ -405,6 +420,15 @@ async fn delete_queues(config: &Config) -> anyhow::Result<()> {
     }
     connection.close(200, "done".into()).await?;
     Ok(())
+}
+
+/// An HTTP client that sends `token` as its bearer.
+pub fn client_with(token: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Ok(value) = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")) {
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
+    reqwest::Client::builder().default_headers(headers).build().unwrap_or_default()
 }
 
 /// A host-key file for `fleet` in which two hosts' keys are swapped: both are "changed".

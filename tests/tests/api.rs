@@ -23,7 +23,7 @@ async fn a_submit_is_recorded_queued_and_readable() {
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["state"], "queued");
     assert_eq!(body["request"]["concurrency"], "50%");
-    assert_eq!(body["requested_by"], "anonymous");
+    assert_eq!(body["requested_by"], "test-admin", "the token's name is who requested it");
 
     let id = body["id"].as_str().unwrap();
     let fetched = app.deployment(id).await.unwrap();
@@ -284,5 +284,71 @@ async fn malformed_and_hostile_requests_get_a_clear_4xx() {
     // None of it was recorded.
     let (_, list) = app.get_json("/v1/deployments").await.unwrap();
     assert_eq!(list["deployments"].as_array().unwrap().len(), 0);
+    app.shut_down().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_authenticate_roles_authorize_and_the_audit_trail_remembers() {
+    let app = app().await;
+    let anonymous = reqwest::Client::new();
+    for path in ["/v1/deployments", "/v1/tokens", "/v1/audit"] {
+        let response = anonymous.get(app.url(path)).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 401, "{path} without a token");
+        assert_eq!(response.headers()["www-authenticate"], "Bearer");
+    }
+    let forged = vesemir_tests::client_with(
+        "vsm_0190a6b00000700080000000000000000_0000000000000000000000000000000000000000000000000000000000000000",
+    );
+    assert_eq!(forged.get(app.url("/v1/deployments")).send().await.unwrap().status().as_u16(), 401);
+    assert_eq!(anonymous.get(app.url("/healthz")).send().await.unwrap().status().as_u16(), 200);
+
+    // An admin makes a deployer token over the API; the deployer submits and reads.
+    let created = app
+        .client
+        .post(app.url("/v1/tokens"))
+        .json(&json!({"name": "ci-payments", "role": "deployer"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status().as_u16(), 201);
+    let created: Value = created.json().await.unwrap();
+    let deployer = vesemir_tests::client_with(created["token"].as_str().unwrap());
+    let submitted = deployer.post(app.url("/v1/deployments")).json(&demo_request("1.0.0")).send().await.unwrap();
+    assert_eq!(submitted.status().as_u16(), 202);
+    let submitted: Value = submitted.json().await.unwrap();
+    assert_eq!(submitted["requested_by"], "ci-payments");
+
+    // A deployer manages no tokens and reads no audit trail.
+    for (method, path) in [("GET", "/v1/tokens"), ("GET", "/v1/audit"), ("DELETE", "/v1/tokens/test-admin")] {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let response = deployer.request(method, app.url(path)).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 403, "{path}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "forbidden");
+    }
+
+    // Revoked, the token stops working at once.
+    let revoked = app.client.delete(app.url("/v1/tokens/ci-payments")).send().await.unwrap();
+    assert_eq!(revoked.status().as_u16(), 204);
+    assert_eq!(deployer.get(app.url("/v1/deployments")).send().await.unwrap().status().as_u16(), 401);
+
+    let (_, listed) = app.get_json("/v1/tokens").await.unwrap();
+    assert!(!listed.to_string().contains(created["token"].as_str().unwrap()), "tokens are never shown again");
+    let (_, audit) = app.get_json("/v1/audit").await.unwrap();
+    let actions: Vec<(&str, &str)> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["actor"].as_str().unwrap(), e["action"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("test ground", "token.create"),
+            ("test-admin", "token.create"),
+            ("ci-payments", "submit"),
+            ("test-admin", "token.revoke")
+        ]
+    );
     app.shut_down().await;
 }

@@ -14,8 +14,16 @@ fn cli() -> PathBuf {
     dir.join("vesemir")
 }
 
-async fn vesemir(api: &str, args: &[&str]) -> Output {
-    let output = tokio::process::Command::new(cli()).arg("--api").arg(api).args(args).output().await.unwrap();
+async fn vesemir(api: &str, token: &str, args: &[&str]) -> Output {
+    let output = tokio::process::Command::new(cli())
+        .arg("--api")
+        .arg(api)
+        .arg("--token")
+        .arg(token)
+        .args(args)
+        .output()
+        .await
+        .unwrap();
     eprintln!(
         "vesemir {}:\n{}{}",
         args.join(" "),
@@ -34,36 +42,39 @@ async fn deploy_wait_status_logs_and_list_with_their_exit_codes() {
     let fleet = Fleet::up(2).unwrap();
     let app = TestApp::start(Some(&fleet), Setup::default()).await.unwrap();
 
-    let ok = vesemir(&app.base, &["deploy", "demo", "sandbox", "8.0.0", "--concurrency", "50%", "--wait"]).await;
+    let ok =
+        vesemir(&app.base, &app.admin_token, &["deploy", "demo", "sandbox", "8.0.0", "--concurrency", "50%", "--wait"])
+            .await;
     assert_eq!(ok.status.code(), Some(0));
     assert!(stdout(&ok).contains("succeeded: 2 of 2 hosts done"));
     assert!(stdout(&ok).contains("vm-02"));
 
-    let failed = vesemir(&app.base, &["deploy", "demo", "sandbox", "broken-8", "--wait", "--json"]).await;
+    let failed =
+        vesemir(&app.base, &app.admin_token, &["deploy", "demo", "sandbox", "broken-8", "--wait", "--json"]).await;
     assert_eq!(failed.status.code(), Some(1), "a failed deployment exits 1");
     let failed: serde_json::Value = serde_json::from_slice(&failed.stdout).unwrap();
     assert_eq!(failed["state"], "failed");
     let id = failed["id"].as_str().unwrap();
 
-    let status = vesemir(&app.base, &["status", id]).await;
+    let status = vesemir(&app.base, &app.admin_token, &["status", id]).await;
     assert_eq!(status.status.code(), Some(1));
     assert!(stdout(&status).contains("vm-01"));
 
-    let logs = vesemir(&app.base, &["logs", id, "--host", "vm-01"]).await;
+    let logs = vesemir(&app.base, &app.admin_token, &["logs", id, "--host", "vm-01"]).await;
     assert_eq!(logs.status.code(), Some(0));
     assert!(stdout(&logs).contains("health check"));
     assert!(stdout(&logs).lines().all(|l| l.contains("vm-01")));
 
-    let list = vesemir(&app.base, &["list", "--json", "--state", "failed"]).await;
+    let list = vesemir(&app.base, &app.admin_token, &["list", "--json", "--state", "failed"]).await;
     let list: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
     assert_eq!(list["deployments"].as_array().unwrap().len(), 1);
 
-    let plan = vesemir(&app.base, &["plan", "demo", "sandbox", "9.0.0", "--canary"]).await;
+    let plan = vesemir(&app.base, &app.admin_token, &["plan", "demo", "sandbox", "9.0.0", "--canary"]).await;
     assert_eq!(plan.status.code(), Some(0));
     assert!(stdout(&plan).contains("planned"), "plan waits for the plan");
     assert!(stdout(&plan).contains("vm-02"));
 
-    let submitted = vesemir(&app.base, &["deploy", "demo", "sandbox", "9.0.0", "--dry-run"]).await;
+    let submitted = vesemir(&app.base, &app.admin_token, &["deploy", "demo", "sandbox", "9.0.0", "--dry-run"]).await;
     assert_eq!(submitted.status.code(), Some(0));
     assert!(uuid::Uuid::parse_str(stdout(&submitted).trim()).is_ok(), "deploy prints the id");
     app.shut_down().await;
@@ -71,15 +82,15 @@ async fn deploy_wait_status_logs_and_list_with_their_exit_codes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usage_and_connection_errors_have_their_own_exit_codes() {
-    let usage = vesemir("http://127.0.0.1:9", &["deploy", "demo"]).await;
+    let usage = vesemir("http://127.0.0.1:9", "none", &["deploy", "demo"]).await;
     assert_eq!(usage.status.code(), Some(2), "a usage error exits 2");
 
-    let unreachable = vesemir("http://127.0.0.1:9", &["list"]).await;
+    let unreachable = vesemir("http://127.0.0.1:9", "none", &["list"]).await;
     assert_eq!(unreachable.status.code(), Some(3), "an unreachable API exits 3");
     assert!(String::from_utf8_lossy(&unreachable.stderr).contains("cannot reach the Vesemir API"));
 
     let app = TestApp::start(None, Setup { workers: 0, ..Setup::default() }).await.unwrap();
-    let refused = vesemir(&app.base, &["deploy", "billing", "sandbox", "1.0"]).await;
+    let refused = vesemir(&app.base, &app.admin_token, &["deploy", "billing", "sandbox", "1.0"]).await;
     assert_eq!(refused.status.code(), Some(3), "a refused request exits 3");
     assert!(String::from_utf8_lossy(&refused.stderr).contains("unknown_service"));
     app.shut_down().await;

@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
+use vesemir_core::access::Caller;
 use vesemir_core::deployment::{DeploymentRequest, DeploymentState, is_host_name, is_identifier};
 use vesemir_core::store::{ListFilter, NewDeployment, Submitted};
 
@@ -17,9 +18,6 @@ const DEFAULT_PAGE: i64 = 20;
 const MAX_PAGE: i64 = 100;
 const DEFAULT_LOG_LINES: i64 = 1000;
 const MAX_LOG_LINES: i64 = 5000;
-
-/// Until tokens arrive, every request is anonymous.
-const REQUESTED_BY: &str = "anonymous";
 
 /// A name filter from a query string: anything but an identifier cannot match, and
 /// some bytes (NUL) cannot even be sent to the database.
@@ -39,6 +37,7 @@ fn parse_id(text: &str) -> Result<Uuid, ApiError> {
 
 pub async fn submit(
     State(state): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     Json(body): Json<serde_json::Value>,
 ) -> Result<Response, ApiError> {
@@ -64,7 +63,7 @@ pub async fn submit(
 
     let submitted = state
         .store
-        .submit(NewDeployment { request: &request, requested_by: REQUESTED_BY, idempotency_key: key })
+        .submit(NewDeployment { request: &request, requested_by: &caller.name, idempotency_key: key })
         .await?;
     let (status, deployment) = match submitted {
         Submitted::Created(d) => {
@@ -80,7 +79,7 @@ pub async fn submit(
     Ok((status, [(header::LOCATION, location)], axum::Json(deployment)).into_response())
 }
 
-pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub async fn get(State(state): State<AppState>, _caller: Caller, Path(id): Path<String>) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     match state.store.deployment(id).await? {
         Some(d) => Ok(axum::Json(d).into_response()),
@@ -98,7 +97,11 @@ pub struct ListParams {
     cursor: Option<String>,
 }
 
-pub async fn list(State(state): State<AppState>, Query(params): Query<ListParams>) -> Result<Response, ApiError> {
+pub async fn list(
+    State(state): State<AppState>,
+    _caller: Caller,
+    Query(params): Query<ListParams>,
+) -> Result<Response, ApiError> {
     let limit = params.limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(ApiError::bad_request("invalid_limit", format!("limit must be between 1 and {MAX_PAGE}")));
@@ -142,6 +145,7 @@ pub struct LogParams {
 
 pub async fn logs(
     State(state): State<AppState>,
+    _caller: Caller,
     Path(id): Path<String>,
     Query(params): Query<LogParams>,
 ) -> Result<Response, ApiError> {

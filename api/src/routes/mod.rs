@@ -1,3 +1,4 @@
+pub mod admin;
 pub mod deployments;
 pub mod health;
 

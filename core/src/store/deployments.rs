@@ -138,6 +138,8 @@ impl Store {
 
         if let Some((created_at,)) = inserted {
             sqlx::query("INSERT INTO outbox (deployment_id) VALUES ($1)").bind(id).execute(&mut *tx).await?;
+            let detail = serde_json::json!({ "service": new.request.service, "cluster": new.request.cluster, "version": new.request.version });
+            super::access::audit(&mut tx, new.requested_by, "submit", Some(id), detail).await?;
             tx.commit().await?;
             // Everything a new deployment holds is known here: no need to read it back.
             return Ok(Submitted::Created(Deployment {

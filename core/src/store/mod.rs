@@ -3,11 +3,13 @@
 //! Queries are checked at run time (`query_as` with `FromRow`), so building never needs
 //! a database; every statement is exercised by the end-to-end tests against a real one.
 
+mod access;
 mod claims;
 mod deployments;
 mod logs;
 mod outbox;
 
+pub use access::{AuditEntry, TokenInfo};
 pub use claims::{Claim, ClaimedDeployment, PlannedHost, RunHost};
 pub use deployments::{ListFilter, NewDeployment, Submitted};
 pub use logs::NewLogLine;
@@ -28,6 +30,9 @@ pub enum StoreError {
     /// The Idempotency-Key was used before with a different request.
     #[error("Idempotency-Key {0:?} was already used with a different request")]
     IdempotencyMismatch(String),
+    /// The thing to create exists already.
+    #[error("{0}")]
+    Conflict(String),
     /// A stored value that this version does not understand (a newer writer, or damage).
     #[error("stored data is not valid: {0}")]
     Corrupt(String),

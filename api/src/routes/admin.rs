@@ -1,0 +1,73 @@
+//! Admin endpoints: tokens and the audit trail.
+
+use crate::AppState;
+use crate::auth::require;
+use crate::error::ApiError;
+use crate::extract::{Json, Path, Query};
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+use vesemir_core::access::{Caller, Role};
+use vesemir_core::deployment::is_identifier;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewToken {
+    name: String,
+    role: Role,
+}
+
+pub async fn create_token(
+    State(state): State<AppState>,
+    caller: Caller,
+    Json(new): Json<NewToken>,
+) -> Result<Response, ApiError> {
+    require(&caller, Role::Admin, "creating a token")?;
+    if !is_identifier(&new.name) {
+        return Err(ApiError::bad_request("invalid_name", "a token name must match [a-z0-9][a-z0-9._-]{0,62}"));
+    }
+    let (info, token) = state.store.create_token(&new.name, new.role, &caller.name).await?;
+    // The only time the token is shown: it is not stored.
+    Ok((StatusCode::CREATED, axum::Json(json!({ "token": token, "info": info }))).into_response())
+}
+
+pub async fn list_tokens(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
+    require(&caller, Role::Admin, "listing tokens")?;
+    Ok(axum::Json(json!({ "tokens": state.store.tokens().await? })).into_response())
+}
+
+pub async fn revoke_token(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    require(&caller, Role::Admin, "revoking a token")?;
+    if state.store.revoke_token(&name, &caller.name).await? {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(ApiError::NotFound(format!("no live token named {name:?}")))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditParams {
+    after: Option<i64>,
+    limit: Option<i64>,
+}
+
+pub async fn audit(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(params): Query<AuditParams>,
+) -> Result<Response, ApiError> {
+    require(&caller, Role::Admin, "reading the audit trail")?;
+    let limit = params.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request("invalid_limit", "limit must be between 1 and 1000"));
+    }
+    let entries = state.store.audit_log(params.after.unwrap_or(0), limit).await?;
+    Ok(axum::Json(json!({ "entries": entries })).into_response())
+}

@@ -1,0 +1,135 @@
+//! Tokens and the audit trail.
+
+use super::{Store, StoreError, parse};
+use crate::access::{NewToken, Role};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TokenInfo {
+    pub id: Uuid,
+    pub name: String,
+    pub role: Role,
+    pub created_by: String,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AuditEntry {
+    pub id: i64,
+    pub at: DateTime<Utc>,
+    pub actor: String,
+    pub action: String,
+    pub deployment_id: Option<Uuid>,
+    pub detail: Value,
+}
+
+type TokenRow = (Uuid, String, String, String, DateTime<Utc>, Option<DateTime<Utc>>);
+
+fn token_info((id, name, role, created_by, created_at, revoked_at): TokenRow) -> Result<TokenInfo, StoreError> {
+    Ok(TokenInfo { id, name, role: parse(&role)?, created_by, created_at, revoked_at })
+}
+
+/// Appends to the audit trail, inside the caller's transaction.
+pub(super) async fn audit(
+    conn: &mut PgConnection,
+    actor: &str,
+    action: &str,
+    deployment_id: Option<Uuid>,
+    detail: Value,
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO audit (actor, action, deployment_id, detail) VALUES ($1, $2, $3, $4)")
+        .bind(actor)
+        .bind(action)
+        .bind(deployment_id)
+        .bind(detail)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+impl Store {
+    /// Creates a token; returns it with its text, which is never stored.
+    pub async fn create_token(&self, name: &str, role: Role, actor: &str) -> Result<(TokenInfo, String), StoreError> {
+        let token = NewToken::generate();
+        let mut tx = self.pool.begin().await?;
+        let row: Option<TokenRow> = sqlx::query_as(
+            "INSERT INTO tokens (id, name, role, hash, created_by) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (name) DO NOTHING \
+             RETURNING id, name, role, created_by, created_at, revoked_at",
+        )
+        .bind(token.id)
+        .bind(name)
+        .bind(role.as_str())
+        .bind(&token.hash)
+        .bind(actor)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Err(StoreError::Conflict(format!("a token named {name:?} exists")));
+        };
+        audit(&mut tx, actor, "token.create", None, serde_json::json!({ "name": name, "role": role })).await?;
+        tx.commit().await?;
+        Ok((token_info(row)?, token.text))
+    }
+
+    /// A token's record and stored hash, to check a presented token against.
+    pub async fn token(&self, id: Uuid) -> Result<Option<(TokenInfo, String)>, StoreError> {
+        let row: Option<(Uuid, String, String, String, DateTime<Utc>, Option<DateTime<Utc>>, String)> =
+            sqlx::query_as("SELECT id, name, role, created_by, created_at, revoked_at, hash FROM tokens WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        row.map(|(id, name, role, by, at, revoked, hash)| Ok((token_info((id, name, role, by, at, revoked))?, hash)))
+            .transpose()
+    }
+
+    pub async fn tokens(&self) -> Result<Vec<TokenInfo>, StoreError> {
+        let rows: Vec<TokenRow> =
+            sqlx::query_as("SELECT id, name, role, created_by, created_at, revoked_at FROM tokens ORDER BY name")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.into_iter().map(token_info).collect()
+    }
+
+    /// Revokes a token by name; false when there is no such live token.
+    pub async fn revoke_token(&self, name: &str, actor: &str) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query("UPDATE tokens SET revoked_at = now() WHERE name = $1 AND revoked_at IS NULL")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        audit(&mut tx, actor, "token.revoke", None, serde_json::json!({ "name": name })).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// The audit trail after an entry id, oldest first.
+    pub async fn audit_log(&self, after: i64, limit: i64) -> Result<Vec<AuditEntry>, StoreError> {
+        let rows: Vec<(i64, DateTime<Utc>, String, String, Option<Uuid>, Value)> = sqlx::query_as(
+            "SELECT id, at, actor, action, deployment_id, detail FROM audit WHERE id > $1 ORDER BY id LIMIT $2",
+        )
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, at, actor, action, deployment_id, detail)| AuditEntry {
+                id,
+                at,
+                actor,
+                action,
+                deployment_id,
+                detail,
+            })
+            .collect())
+    }
+}
