@@ -29,6 +29,8 @@ pub struct AuditEntry {
 }
 
 type TokenRow = (Uuid, String, String, String, DateTime<Utc>, Option<DateTime<Utc>>);
+type TokenRowWithHash = (Uuid, String, String, String, DateTime<Utc>, Option<DateTime<Utc>>, String);
+type AuditRow = (i64, DateTime<Utc>, String, String, Option<Uuid>, Value);
 
 fn token_info((id, name, role, created_by, created_at, revoked_at): TokenRow) -> Result<TokenInfo, StoreError> {
     Ok(TokenInfo { id, name, role: parse(&role)?, created_by, created_at, revoked_at })
@@ -79,7 +81,7 @@ impl Store {
 
     /// A token's record and stored hash, to check a presented token against.
     pub async fn token(&self, id: Uuid) -> Result<Option<(TokenInfo, String)>, StoreError> {
-        let row: Option<(Uuid, String, String, String, DateTime<Utc>, Option<DateTime<Utc>>, String)> =
+        let row: Option<TokenRowWithHash> =
             sqlx::query_as("SELECT id, name, role, created_by, created_at, revoked_at, hash FROM tokens WHERE id = $1")
                 .bind(id)
                 .fetch_optional(&self.pool)
@@ -113,7 +115,7 @@ impl Store {
 
     /// The audit trail after an entry id, oldest first.
     pub async fn audit_log(&self, after: i64, limit: i64) -> Result<Vec<AuditEntry>, StoreError> {
-        let rows: Vec<(i64, DateTime<Utc>, String, String, Option<Uuid>, Value)> = sqlx::query_as(
+        let rows: Vec<AuditRow> = sqlx::query_as(
             "SELECT id, at, actor, action, deployment_id, detail FROM audit WHERE id > $1 ORDER BY id LIMIT $2",
         )
         .bind(after)
