@@ -104,6 +104,8 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/deployments", get(deployments::list).post(deployments::submit))
         .route("/v1/deployments/{id}", get(deployments::get))
         .route("/v1/deployments/{id}/logs", get(deployments::logs))
+        .route("/v1/deployments/{id}/cancel", axum::routing::post(deployments::cancel))
+        .route("/v1/deployments/{id}/retry", axum::routing::post(deployments::retry))
         .route("/v1/tokens", get(admin::list_tokens).post(admin::create_token))
         .route("/v1/tokens/{name}", axum::routing::delete(admin::revoke_token))
         .route("/v1/audit", get(admin::audit))

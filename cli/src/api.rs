@@ -42,6 +42,10 @@ impl Api {
         self.send(request).await
     }
 
+    pub(crate) async fn post(&self, path: &str) -> Result<Value, ApiError> {
+        self.send(self.client.post(self.url(path))).await
+    }
+
     pub(crate) async fn deployment(&self, id: &str) -> Result<Value, ApiError> {
         self.send(self.client.get(self.url(&format!("/v1/deployments/{id}")))).await
     }

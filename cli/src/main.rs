@@ -40,6 +40,16 @@ enum Command {
     Plan(DeployArgs),
     /// Show a deployment's state, summary and hosts.
     Status { id: String },
+    /// Cancel a deployment: no new host starts; hosts in flight finish.
+    Cancel { id: String },
+    /// Admin: deploy again to the hosts of a deployment that failed, were unreachable
+    /// or were skipped.
+    Retry {
+        id: String,
+        /// Wait until the retry ends; the exit code tells how it ended.
+        #[arg(long)]
+        wait: bool,
+    },
     /// Print a deployment's log.
     Logs {
         id: String,
@@ -135,6 +145,22 @@ async fn run(api: &Api, as_json: bool, command: Command) -> Result<u8, ApiError>
     match command {
         Command::Deploy(args) => deploy(api, as_json, args).await,
         Command::Plan(args) => deploy(api, as_json, DeployArgs { dry_run: true, wait: true, ..args }).await,
+        Command::Cancel { id } => {
+            let deployment = api.post(&format!("/v1/deployments/{id}/cancel")).await?;
+            print_deployment(&deployment, as_json);
+            Ok(0)
+        }
+        Command::Retry { id, wait: wait_for_it } => {
+            let deployment = api.post(&format!("/v1/deployments/{id}/retry")).await?;
+            if !wait_for_it {
+                print_deployment(&deployment, as_json);
+                return Ok(0);
+            }
+            let new_id = deployment["id"].as_str().unwrap_or_default().to_owned();
+            let finished = wait(api, &new_id, as_json).await?;
+            print_deployment(&finished, as_json);
+            Ok(exit_code(&finished))
+        }
         Command::Status { id } => {
             let deployment = api.deployment(&id).await?;
             if as_json {
@@ -248,6 +274,14 @@ async fn wait(api: &Api, id: &str, quiet: bool) -> Result<Value, ApiError> {
             return Ok(deployment);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn print_deployment(deployment: &Value, as_json: bool) {
+    if as_json {
+        println!("{deployment:#}");
+    } else {
+        print!("{}", render::status(deployment));
     }
 }
 

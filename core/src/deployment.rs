@@ -322,6 +322,8 @@ pub struct Deployment {
     pub version: String,
     pub state: DeploymentState,
     pub requested_by: String,
+    /// Who asked for the cancel, once someone has.
+    pub cancelled_by: Option<String>,
     pub retry_of: Option<Uuid>,
     pub attempt: i32,
     pub created_at: DateTime<Utc>,

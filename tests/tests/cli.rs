@@ -74,6 +74,12 @@ async fn deploy_wait_status_logs_and_list_with_their_exit_codes() {
     assert!(stdout(&plan).contains("planned"), "plan waits for the plan");
     assert!(stdout(&plan).contains("vm-02"));
 
+    let retried = vesemir(&app.base, &app.admin_token, &["retry", id, "--wait"]).await;
+    assert_eq!(retried.status.code(), Some(1), "the retry of a broken release fails again");
+    let cancel_final = vesemir(&app.base, &app.admin_token, &["cancel", id]).await;
+    assert_eq!(cancel_final.status.code(), Some(3), "cancelling a finished deployment is refused");
+    assert!(String::from_utf8_lossy(&cancel_final.stderr).contains("409"));
+
     let submitted = vesemir(&app.base, &app.admin_token, &["deploy", "demo", "sandbox", "9.0.0", "--dry-run"]).await;
     assert_eq!(submitted.status.code(), Some(0));
     assert!(uuid::Uuid::parse_str(stdout(&submitted).trim()).is_ok(), "deploy prints the id");

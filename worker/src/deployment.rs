@@ -165,6 +165,7 @@ impl Runner {
                 logs.system(None, format!("deployment failed: {message}")).await;
                 Finished(DeploymentState::Failed, Some(message))
             }
+            Outcome::Cancelled(message) => Finished(DeploymentState::Cancelled, Some(message)),
             Outcome::Interrupted => {
                 logs.system(None, "stopping: hosts in flight finished, the rest is left for another worker").await;
                 Interrupted

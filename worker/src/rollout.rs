@@ -54,6 +54,8 @@ impl Threshold {
 pub enum Outcome {
     Succeeded,
     Failed(String),
+    /// Stopped at someone's request: hosts in flight finished, the rest were skipped.
+    Cancelled(String),
     /// Stopped before the end (shutdown or lost lease): another claim resumes it.
     Interrupted,
 }
@@ -124,6 +126,9 @@ impl Rollout<'_> {
             if self.stop.requested() {
                 return Ok(Outcome::Interrupted);
             }
+            if self.store.cancel_requested(self.deployment_id).await?.is_some() {
+                break;
+            }
             let names: Vec<&str> = todo.iter().map(|h| h.name.as_str()).collect();
             self.logs.system(None, format!("wave {}: {}", wave + 1, names.join(", "))).await;
 
@@ -141,6 +146,12 @@ impl Rollout<'_> {
             }
         }
 
+        if let Some(by) = self.store.cancel_requested(self.deployment_id).await? {
+            let skipped = self.store.skip_pending_hosts(self.deployment_id).await?;
+            let message = format!("cancelled by {by}; {skipped} hosts not started were skipped");
+            self.logs.system(None, &message).await;
+            return Ok(Outcome::Cancelled(message));
+        }
         let exceeded = threshold.exceeded(failures);
         if exceeded {
             let skipped = self.store.skip_pending_hosts(self.deployment_id).await?;

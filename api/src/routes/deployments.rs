@@ -1,6 +1,7 @@
 //! `/v1/deployments`: submit, read, list, logs.
 
 use crate::AppState;
+use crate::auth::require;
 use crate::error::ApiError;
 use crate::extract::{Json, Path, Query};
 use crate::validate;
@@ -11,8 +12,9 @@ use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
 use vesemir_core::access::Caller;
+use vesemir_core::access::Role;
 use vesemir_core::deployment::{DeploymentRequest, DeploymentState, is_host_name, is_identifier};
-use vesemir_core::store::{ListFilter, NewDeployment, Submitted};
+use vesemir_core::store::{Cancel, ListFilter, NewDeployment, RetryPlan, Submitted};
 
 const DEFAULT_PAGE: i64 = 20;
 const MAX_PAGE: i64 = 100;
@@ -63,7 +65,7 @@ pub async fn submit(
 
     let submitted = state
         .store
-        .submit(NewDeployment { request: &request, requested_by: &caller.name, idempotency_key: key })
+        .submit(NewDeployment { request: &request, requested_by: &caller.name, idempotency_key: key, retry_of: None })
         .await?;
     let (status, deployment) = match submitted {
         Submitted::Created(d) => {
@@ -171,4 +173,51 @@ pub async fn logs(
     let lines = state.store.logs(id, after, host.as_deref(), limit).await?;
     let next_after = lines.last().map_or(after, |l| l.seq);
     Ok(axum::Json(json!({ "state": deployment_state, "lines": lines, "next_after": next_after })).into_response())
+}
+
+/// `POST /v1/deployments/{id}/cancel`: no new host starts; hosts in flight finish.
+pub async fn cancel(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    match state.store.cancel(id, &caller.name).await? {
+        Cancel::NotFound => return Err(ApiError::NotFound(format!("deployment {id} does not exist"))),
+        Cancel::Final(done) => {
+            return Err(ApiError::Conflict(format!("deployment {id} is already {done}: there is nothing to cancel")));
+        }
+        Cancel::Cancelled | Cancel::Cancelling => {}
+    }
+    let deployment = state.store.deployment(id).await?.ok_or_else(|| ApiError::NotFound(format!("deployment {id}")))?;
+    Ok((StatusCode::ACCEPTED, axum::Json(deployment)).into_response())
+}
+
+/// `POST /v1/deployments/{id}/retry` (admin): a new deployment of the same request on
+/// the hosts that failed, were unreachable or were skipped.
+pub async fn retry(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    require(&caller, Role::Admin, "retrying a deployment")?;
+    let id = parse_id(&id)?;
+    let (mut request, hosts, attempt) = match state.store.retry_plan(id).await? {
+        RetryPlan::NotFound => return Err(ApiError::NotFound(format!("deployment {id} does not exist"))),
+        RetryPlan::Refused(why) => return Err(ApiError::Conflict(why)),
+        RetryPlan::Hosts { request, hosts, attempt } => (request, hosts, attempt),
+    };
+    request.hosts = hosts;
+    let new = NewDeployment {
+        request: &request,
+        requested_by: &caller.name,
+        idempotency_key: None,
+        retry_of: Some((id, attempt)),
+    };
+    let Submitted::Created(deployment) = state.store.submit(new).await? else {
+        return Err(ApiError::Conflict("the retry was not created".to_owned()));
+    };
+    let _ = state.nudge.try_send(deployment.id);
+    let location = format!("/v1/deployments/{}", deployment.id);
+    Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], axum::Json(deployment)).into_response())
 }

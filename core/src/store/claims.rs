@@ -192,17 +192,7 @@ impl Store {
         let Some((service, cluster)) = target else {
             return Ok(false);
         };
-        sqlx::query(concat!(
-            "INSERT INTO outbox (deployment_id) \
-             SELECT id FROM deployments d WHERE service = $1 AND cluster = $2 AND ",
-            blocks_target!("d"),
-            " AND state = 'queued' ORDER BY id LIMIT 1 \
-             ON CONFLICT (deployment_id) DO NOTHING"
-        ))
-        .bind(&service)
-        .bind(&cluster)
-        .execute(&mut *tx)
-        .await?;
+        wake_next(&mut tx, &service, &cluster).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -364,4 +354,21 @@ impl Store {
         .await?;
         Ok(())
     }
+}
+
+/// Queues again the oldest deployment waiting for a target, inside the caller's
+/// transaction (the one that frees the target), so the wake-up cannot be lost.
+pub(super) async fn wake_next(conn: &mut sqlx::PgConnection, service: &str, cluster: &str) -> Result<(), StoreError> {
+    sqlx::query(concat!(
+        "INSERT INTO outbox (deployment_id) \
+         SELECT id FROM deployments d WHERE service = $1 AND cluster = $2 AND ",
+        blocks_target!("d"),
+        " AND state = 'queued' ORDER BY id LIMIT 1 \
+         ON CONFLICT (deployment_id) DO NOTHING"
+    ))
+    .bind(service)
+    .bind(cluster)
+    .execute(conn)
+    .await?;
+    Ok(())
 }

@@ -13,6 +13,8 @@ pub struct NewDeployment<'a> {
     pub request: &'a DeploymentRequest,
     pub requested_by: &'a str,
     pub idempotency_key: Option<&'a str>,
+    /// For a retry: the deployment it retries, and its attempt number.
+    pub retry_of: Option<(Uuid, i32)>,
 }
 
 /// The answer to a submit: a new deployment, or the one an earlier submit with the same
@@ -42,6 +44,7 @@ struct DeploymentRow {
     request: sqlx::types::Json<DeploymentRequest>,
     state: String,
     requested_by: String,
+    cancelled_by: Option<String>,
     retry_of: Option<Uuid>,
     attempt: i32,
     error: Option<String>,
@@ -52,7 +55,7 @@ struct DeploymentRow {
 
 macro_rules! deployment_columns {
     () => {
-        "id, service, cluster, version, request, state, requested_by, retry_of, attempt, error, \
+        "id, service, cluster, version, request, state, requested_by, cancelled_by, retry_of, attempt, error, \
          created_at, started_at, finished_at"
     };
 }
@@ -66,6 +69,7 @@ impl DeploymentRow {
             version: self.version,
             state: parse(&self.state)?,
             requested_by: self.requested_by,
+            cancelled_by: self.cancelled_by,
             retry_of: self.retry_of,
             attempt: self.attempt,
             created_at: self.created_at,
@@ -120,8 +124,8 @@ impl Store {
         let id = Uuid::now_v7();
         let inserted: Option<(DateTime<Utc>,)> = sqlx::query_as(
             "INSERT INTO deployments (id, service, cluster, version, request, requested_by, \
-                 idempotency_key, request_hash) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                 idempotency_key, request_hash, retry_of, attempt) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
              ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING \
              RETURNING created_at",
         )
@@ -133,13 +137,16 @@ impl Store {
         .bind(new.requested_by)
         .bind(new.idempotency_key)
         .bind(&hash)
+        .bind(new.retry_of.map(|(of, _)| of))
+        .bind(new.retry_of.map_or(1, |(_, attempt)| attempt))
         .fetch_optional(&mut *tx)
         .await?;
 
         if let Some((created_at,)) = inserted {
             sqlx::query("INSERT INTO outbox (deployment_id) VALUES ($1)").bind(id).execute(&mut *tx).await?;
             let detail = serde_json::json!({ "service": new.request.service, "cluster": new.request.cluster, "version": new.request.version });
-            super::access::audit(&mut tx, new.requested_by, "submit", Some(id), detail).await?;
+            let action = if new.retry_of.is_some() { "retry" } else { "submit" };
+            super::access::audit(&mut tx, new.requested_by, action, Some(id), detail).await?;
             tx.commit().await?;
             // Everything a new deployment holds is known here: no need to read it back.
             return Ok(Submitted::Created(Deployment {
@@ -149,8 +156,9 @@ impl Store {
                 version: new.request.version.clone(),
                 state: DeploymentState::Queued,
                 requested_by: new.requested_by.to_owned(),
-                retry_of: None,
-                attempt: 1,
+                cancelled_by: None,
+                retry_of: new.retry_of.map(|(of, _)| of),
+                attempt: new.retry_of.map_or(1, |(_, attempt)| attempt),
                 created_at,
                 started_at: None,
                 finished_at: None,

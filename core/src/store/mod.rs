@@ -5,12 +5,14 @@
 
 mod access;
 mod claims;
+mod control;
 mod deployments;
 mod logs;
 mod outbox;
 
 pub use access::{AuditEntry, TokenInfo};
 pub use claims::{Claim, ClaimedDeployment, PlannedHost, RunHost};
+pub use control::{Cancel, RetryPlan};
 pub use deployments::{ListFilter, NewDeployment, Submitted};
 pub use logs::NewLogLine;
 pub use outbox::OutboxBatch;

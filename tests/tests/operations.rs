@@ -1,0 +1,128 @@
+//! Acting on deployments: cancel and retry, and who may.
+
+#![allow(clippy::unwrap_used)] // A test that unwraps fails loudly, which is what a test should do.
+
+use serde_json::{Value, json};
+use std::time::Duration;
+use vesemir_core::access::Role;
+use vesemir_tests::balancing::{BACKEND, Haproxy, Load};
+use vesemir_tests::{Fleet, Setup, TestApp, client_with, demo_request, host_states};
+
+const FINISH: Duration = Duration::from_secs(120);
+
+async fn post(app: &TestApp, client: &reqwest::Client, path: &str) -> (u16, Value) {
+    let response = client.post(app.url(path)).send().await.unwrap();
+    (response.status().as_u16(), response.json().await.unwrap_or(Value::Null))
+}
+
+async fn wait_for(app: &TestApp, id: &str, what: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + FINISH;
+    loop {
+        let d = app.deployment(id).await.unwrap();
+        if what(&d) {
+            return d;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never reached: {d:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_mid_rollout_finishes_hosts_in_flight_and_skips_the_rest() {
+    let fleet = Fleet::up(4).unwrap();
+    let lb = Haproxy::start(&fleet).unwrap();
+    let setup =
+        Setup { load_balancers: vec![lb.over_tcp("lb-1")], backend: Some(BACKEND.to_owned()), ..Setup::default() };
+    let app = TestApp::start(Some(&fleet), setup).await.unwrap();
+    let load = Load::start(&lb.frontend, 4);
+
+    let mut request = demo_request("40.0.0");
+    request["weight"] = json!(10);
+    request["sleep_seconds"] = json!(2);
+    let id = app.deploy(&request).await.unwrap();
+    wait_for(&app, &id, |d| d["summary"]["running"] == 1).await;
+
+    let deployer = client_with(&app.token("ci-payments", Role::Deployer).await.unwrap());
+    let (status, cancelling) = post(&app, &deployer, &format!("/v1/deployments/{id}/cancel")).await;
+    assert_eq!(status, 202, "{cancelling}");
+    assert_eq!(cancelling["state"], "cancelling");
+    let done = app.wait_final(&id, FINISH).await.unwrap();
+    let load = load.stop().await;
+
+    assert_eq!(done["state"], "cancelled", "{done:#}");
+    assert_eq!(done["cancelled_by"], "ci-payments");
+    let states = host_states(&done);
+    assert_eq!(states[0].1, "succeeded", "the host in flight finished its playbook");
+    assert!(states[1..].iter().all(|(_, s)| s == "skipped"), "{states:?}");
+    assert_eq!(load.failed, 0, "{:?}", load.examples);
+    for (name, server) in lb.servers(&fleet.hosts.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>()).await.unwrap() {
+        assert!(server.in_rotation() && server.weight == server.initial_weight, "{name}: {server:?}");
+    }
+
+    let (again, body) = post(&app, &app.client, &format!("/v1/deployments/{id}/cancel")).await;
+    assert_eq!(again, 409, "{body}");
+    let (_, audit) = app.get_json("/v1/audit").await.unwrap();
+    assert!(
+        audit["entries"].as_array().unwrap().iter().any(|e| e["action"] == "cancel" && e["actor"] == "ci-payments")
+    );
+    app.shut_down().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_deployment_cancelled_never_starts_and_the_next_one_runs() {
+    let fleet = Fleet::up(2).unwrap();
+    let app = TestApp::start(Some(&fleet), Setup { workers: 2, ..Setup::default() }).await.unwrap();
+    let mut slow = demo_request("41.0.0");
+    slow["sleep_seconds"] = json!(2);
+    let first = app.deploy(&slow).await.unwrap();
+    let second = app.deploy(&demo_request("42.0.0")).await.unwrap();
+    let third = app.deploy(&demo_request("43.0.0")).await.unwrap();
+    wait_for(&app, &first, |d| d["state"] == "running").await;
+
+    let (status, body) = post(&app, &app.client, &format!("/v1/deployments/{second}/cancel")).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["state"], "cancelled", "a queued deployment is cancelled at once");
+
+    assert_eq!(app.wait_final(&first, FINISH).await.unwrap()["state"], "succeeded");
+    let third = app.wait_final(&third, FINISH).await.unwrap();
+    assert_eq!(third["state"], "succeeded", "the next one in line ran: {third:#}");
+    let second = app.deployment(&second).await.unwrap();
+    assert_eq!((second["state"].as_str(), second["started_at"].is_null()), (Some("cancelled"), true));
+    assert_eq!(fleet.served_version("vm-01").await.unwrap(), "43.0.0");
+    app.shut_down().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_deploys_only_what_did_not_succeed_and_only_admins_may() {
+    let fleet = Fleet::up(3).unwrap();
+    fleet.stop_sshd("vm-02").unwrap();
+    let app = TestApp::start(Some(&fleet), Setup::default()).await.unwrap();
+    let mut request = demo_request("44.0.0");
+    request["max_failures"] = json!(1);
+    let id = app.deploy(&request).await.unwrap();
+    let failed = app.wait_final(&id, FINISH).await.unwrap();
+    assert_eq!(failed["state"], "failed");
+    fleet.start_sshd("vm-02").unwrap();
+
+    let deployer = client_with(&app.token("ci-payments", Role::Deployer).await.unwrap());
+    let (status, body) = post(&app, &deployer, &format!("/v1/deployments/{id}/retry")).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"]["code"], "forbidden");
+
+    let (status, retry) = post(&app, &app.client, &format!("/v1/deployments/{id}/retry")).await;
+    assert_eq!(status, 202, "{retry}");
+    assert_eq!(retry["retry_of"], id.as_str());
+    assert_eq!(retry["attempt"], 2);
+    assert_eq!(retry["requested_by"], "test-admin");
+    let retry_id = retry["id"].as_str().unwrap();
+    let done = app.wait_final(retry_id, FINISH).await.unwrap();
+    assert_eq!(done["state"], "succeeded", "{done:#}");
+    assert_eq!(host_states(&done), [("vm-02".to_owned(), "succeeded".to_owned())], "only the unreachable VM");
+    assert_eq!(fleet.served_version("vm-02").await.unwrap(), "44.0.0");
+
+    let (status, body) = post(&app, &app.client, &format!("/v1/deployments/{retry_id}/retry")).await;
+    assert_eq!(status, 409, "nothing left to retry: {body}");
+    let (status, _) = post(&app, &app.client, "/v1/deployments/0190a6b0-0000-7000-8000-000000000000/retry").await;
+    assert_eq!(status, 404);
+    app.shut_down().await;
+}
