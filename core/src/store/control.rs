@@ -20,7 +20,7 @@ pub enum Cancel {
 pub enum RetryPlan {
     /// The original request narrowed to these hosts, and the next attempt number.
     Hosts {
-        request: DeploymentRequest,
+        request: Box<DeploymentRequest>,
         hosts: Vec<String>,
         attempt: i32,
     },
@@ -105,7 +105,7 @@ impl Store {
                 "deployment {id} has no host that failed, was unreachable or was skipped: nothing to retry"
             )));
         }
-        Ok(RetryPlan::Hosts { request: request.0, hosts: again, attempt: attempt + 1 })
+        Ok(RetryPlan::Hosts { request: Box::new(request.0), hosts: again, attempt: attempt + 1 })
     }
 
     /// Whether someone asked to cancel the deployment (read by its worker).
