@@ -9,6 +9,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod events;
 pub mod extract;
 pub mod outbox;
 pub mod routes;
@@ -37,6 +38,7 @@ pub struct AppState {
     pub store: Store,
     pub publisher: Arc<Publisher>,
     pub nudge: mpsc::Sender<Uuid>,
+    pub hub: Arc<events::Hub>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +57,8 @@ pub struct App {
     relay: outbox::Relay,
     store: Store,
     publisher: Arc<Publisher>,
+    hub: Arc<events::Hub>,
+    database_url: String,
 }
 
 impl App {
@@ -72,9 +76,17 @@ impl App {
             interval: Duration::from_millis(config.api.outbox_interval_ms),
         };
         let max_body = config.api.max_body_bytes;
-        let state = AppState { config: Arc::new(config), store: store.clone(), publisher: publisher.clone(), nudge };
+        let hub = events::Hub::new(store.clone());
+        let database_url = config.database.url.expose().to_owned();
+        let state = AppState {
+            config: Arc::new(config),
+            store: store.clone(),
+            publisher: publisher.clone(),
+            nudge,
+            hub: hub.clone(),
+        };
         let router = router(state, max_body);
-        Ok(Self { listener, router, relay, store, publisher })
+        Ok(Self { listener, router, relay, store, publisher, hub, database_url })
     }
 
     pub fn port(&self) -> u16 {
@@ -85,6 +97,7 @@ impl App {
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let (stop_tx, stop) = watch::channel(false);
         let relay = tokio::spawn(self.relay.run(stop.clone()));
+        let listener = tokio::spawn(self.hub.listen(self.database_url, stop.clone()));
         let served = axum::serve(self.listener, self.router)
             .with_graceful_shutdown(async move {
                 shutdown.await;
@@ -92,6 +105,7 @@ impl App {
             })
             .await;
         let _ = relay.await;
+        let _ = listener.await;
         self.publisher.close().await;
         self.store.close().await;
         served
@@ -104,6 +118,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/deployments", get(deployments::list).post(deployments::submit))
         .route("/v1/deployments/{id}", get(deployments::get))
         .route("/v1/deployments/{id}/logs", get(deployments::logs))
+        .route("/v1/deployments/{id}/events", get(events::events))
         .route("/v1/deployments/{id}/cancel", axum::routing::post(deployments::cancel))
         .route("/v1/deployments/{id}/retry", axum::routing::post(deployments::retry))
         .route("/v1/tokens", get(admin::list_tokens).post(admin::create_token))

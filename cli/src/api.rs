@@ -17,6 +17,8 @@ pub(crate) enum ApiError {
 pub(crate) struct Api {
     base: String,
     client: reqwest::Client,
+    /// The same, without an overall request timeout.
+    streaming: reqwest::Client,
 }
 
 impl Api {
@@ -25,13 +27,12 @@ impl Api {
         if let Some(value) = token.and_then(|t| reqwest::header::HeaderValue::from_str(&format!("Bearer {t}")).ok()) {
             headers.insert(reqwest::header::AUTHORIZATION, value);
         }
-        let client = reqwest::Client::builder()
-            .default_headers(headers)
-            .timeout(Duration::from_secs(30))
-            .connect_timeout(Duration::from_secs(5))
-            .build()
-            .unwrap_or_default();
-        Self { base: base.trim_end_matches('/').to_owned(), client }
+        let builder =
+            || reqwest::Client::builder().default_headers(headers.clone()).connect_timeout(Duration::from_secs(5));
+        let client = builder().timeout(Duration::from_secs(30)).build().unwrap_or_default();
+        // A stream's keep-alives come every 15 s: a minute without a byte is a dead link.
+        let streaming = builder().read_timeout(Duration::from_secs(60)).build().unwrap_or_default();
+        Self { base: base.trim_end_matches('/').to_owned(), client, streaming }
     }
 
     pub(crate) async fn submit(&self, body: &Value, idempotency_key: Option<&str>) -> Result<Value, ApiError> {
@@ -44,6 +45,29 @@ impl Api {
 
     pub(crate) async fn post(&self, path: &str) -> Result<Value, ApiError> {
         self.send(self.client.post(self.url(path))).await
+    }
+
+    /// Opens the deployment's event stream, resuming after `last_event_id`.
+    pub(crate) async fn events(&self, id: &str, last_event_id: Option<&str>) -> Result<reqwest::Response, ApiError> {
+        // No overall timeout: the stream lasts as long as the deployment.
+        let mut request = self.streaming.get(self.url(&format!("/v1/deployments/{id}/events")));
+        if let Some(last) = last_event_id {
+            request = request.header("Last-Event-ID", last);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| ApiError::Unreachable { url: self.base.clone(), message: error_chain(&e) })?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        Err(ApiError::Refused {
+            status,
+            code: body["error"]["code"].as_str().unwrap_or("unknown").to_owned(),
+            message: body["error"]["message"].as_str().unwrap_or("no message").to_owned(),
+        })
     }
 
     pub(crate) async fn deployment(&self, id: &str) -> Result<Value, ApiError> {

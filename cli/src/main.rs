@@ -5,6 +5,7 @@
 //! 3 when the API cannot be reached or refuses the request.
 
 mod api;
+mod follow;
 mod render;
 
 use api::{Api, ApiError};
@@ -39,7 +40,15 @@ enum Command {
     /// Show the hosts and waves a deployment would touch (a dry run), touching none.
     Plan(DeployArgs),
     /// Show a deployment's state, summary and hosts.
-    Status { id: String },
+    Status {
+        id: String,
+        /// Follow it live until it ends: log lines and host results as they happen.
+        #[arg(long)]
+        follow: bool,
+        /// With --follow, only this host's lines.
+        #[arg(long, requires = "follow")]
+        host: Option<String>,
+    },
     /// Cancel a deployment: no new host starts; hosts in flight finish.
     Cancel { id: String },
     /// Admin: deploy again to the hosts of a deployment that failed, were unreachable
@@ -117,6 +126,9 @@ struct DeployArgs {
     /// Wait until the deployment ends; the exit code tells how it ended.
     #[arg(long)]
     wait: bool,
+    /// Follow it live until it ends (implies --wait).
+    #[arg(long)]
+    follow: bool,
 }
 
 fn parse_var(text: &str) -> Result<(String, String), String> {
@@ -144,7 +156,9 @@ async fn main() -> ExitCode {
 async fn run(api: &Api, as_json: bool, command: Command) -> Result<u8, ApiError> {
     match command {
         Command::Deploy(args) => deploy(api, as_json, args).await,
-        Command::Plan(args) => deploy(api, as_json, DeployArgs { dry_run: true, wait: true, ..args }).await,
+        Command::Plan(args) => {
+            deploy(api, as_json, DeployArgs { dry_run: true, wait: true, follow: false, ..args }).await
+        }
         Command::Cancel { id } => {
             let deployment = api.post(&format!("/v1/deployments/{id}/cancel")).await?;
             print_deployment(&deployment, as_json);
@@ -161,7 +175,14 @@ async fn run(api: &Api, as_json: bool, command: Command) -> Result<u8, ApiError>
             print_deployment(&finished, as_json);
             Ok(exit_code(&finished))
         }
-        Command::Status { id } => {
+        Command::Status { id, follow: true, host } => {
+            let finished = follow::follow(api, &id, host.as_deref(), as_json).await?;
+            if !as_json {
+                print!("{}", render::status(&finished));
+            }
+            Ok(exit_code(&finished))
+        }
+        Command::Status { id, .. } => {
             let deployment = api.deployment(&id).await?;
             if as_json {
                 println!("{deployment:#}");
@@ -239,6 +260,13 @@ async fn deploy(api: &Api, as_json: bool, args: DeployArgs) -> Result<u8, ApiErr
     }
     let deployment = api.submit(&body, args.idempotency_key.as_deref()).await?;
     let id = deployment["id"].as_str().unwrap_or_default().to_owned();
+    if args.follow {
+        let finished = follow::follow(api, &id, None, as_json).await?;
+        if !as_json {
+            print!("{}", render::status(&finished));
+        }
+        return Ok(exit_code(&finished));
+    }
     if !args.wait {
         if as_json {
             println!("{deployment:#}");

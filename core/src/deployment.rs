@@ -369,6 +369,9 @@ pub struct LogLine {
     pub stream: LogStream,
     pub line: String,
     pub at: DateTime<Utc>,
+    /// For a line about a change: `{"type": "state" | "host" | "step", …}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<serde_json::Value>,
 }
 
 #[cfg(test)]

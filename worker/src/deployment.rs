@@ -87,7 +87,8 @@ impl Runner {
         lease: &LeaseKeeper,
     ) -> Result<Step, StoreError> {
         let request = &claim.request;
-        logs.system(None, format!("claimed by {}", claim.token)).await;
+        let running = serde_json::json!({ "type": "state", "state": "running" });
+        logs.event(None, format!("claimed by {}", claim.token), running).await;
         let (Some(cluster), Some(service)) =
             (self.config.clusters.get(&request.cluster), self.config.services.get(&request.service))
         else {

@@ -24,7 +24,16 @@ pub struct LogSink {
 
 impl LogSink {
     pub async fn line(&self, host: Option<&str>, stream: LogStream, line: impl Into<String>) {
-        let line = NewLogLine { host: host.map(str::to_owned), stream, line: line.into(), at: Utc::now() };
+        self.send(host, stream, line.into(), None).await;
+    }
+
+    /// A line from Vesemir about a change, with the change as structured data.
+    pub async fn event(&self, host: Option<&str>, line: impl Into<String>, event: serde_json::Value) {
+        self.send(host, LogStream::System, line.into(), Some(event)).await;
+    }
+
+    async fn send(&self, host: Option<&str>, stream: LogStream, line: String, event: Option<serde_json::Value>) {
+        let line = NewLogLine { host: host.map(str::to_owned), stream, line, at: Utc::now(), event };
         // Fails only once the pump has stopped, when nobody is left to read the line.
         let _ = self.tx.send(line).await;
     }

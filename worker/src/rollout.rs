@@ -171,6 +171,8 @@ impl Rollout<'_> {
         if !self.store.start_host(self.deployment_id, self.token, &host.name).await? {
             return Ok(None);
         }
+        let started = serde_json::json!({ "type": "host", "host": host.name, "state": "running", "wave": host.wave });
+        self.logs.event(Some(&host.name), format!("started (wave {})", host.wave + 1), started).await;
         let journal = Journal::new(
             self.store.clone(),
             self.deployment_id,
@@ -188,11 +190,7 @@ impl Rollout<'_> {
             balancers: self.balancers,
         };
         let report = executor.run(job, &journal).await;
-        let verdict = match &report.error {
-            Some(error) => format!("{}: {error}", report.state),
-            None => report.state.to_string(),
-        };
-        journal.log(vesemir_core::deployment::LogStream::System, verdict).await;
+        journal.host_event(&report).await;
         let stored = self
             .store
             .finish_host(

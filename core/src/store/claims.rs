@@ -5,8 +5,9 @@
 //! deployment) is fenced by the claim token, so a worker that lost its lease cannot
 //! act on a deployment another worker has taken over.
 
+use super::NewLogLine;
 use super::{Store, StoreError, parse};
-use crate::deployment::{DeploymentRequest, DeploymentState, HostState, StepState};
+use crate::deployment::{DeploymentRequest, DeploymentState, HostState, LogStream, StepState};
 use chrono::{DateTime, Utc};
 use std::time::Duration;
 use uuid::Uuid;
@@ -192,6 +193,14 @@ impl Store {
         let Some((service, cluster)) = target else {
             return Ok(false);
         };
+        // The last event of the stream, committed with the state it announces.
+        let line = match error {
+            Some(error) => format!("deployment {state}: {error}"),
+            None => format!("deployment {state}"),
+        };
+        let event = serde_json::json!({ "type": "state", "state": state, "error": error });
+        let last = NewLogLine { host: None, stream: LogStream::System, line, at: Utc::now(), event: Some(event) };
+        super::logs::append(&mut tx, id, &[last]).await?;
         wake_next(&mut tx, &service, &cluster).await?;
         tx.commit().await?;
         Ok(true)

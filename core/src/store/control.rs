@@ -53,6 +53,15 @@ impl Store {
                 .bind(actor)
                 .execute(&mut *tx)
                 .await?;
+                let event = serde_json::json!({ "type": "state", "state": "cancelled", "error": format!("cancelled before it started by {actor}") });
+                let line = super::NewLogLine {
+                    host: None,
+                    stream: crate::deployment::LogStream::System,
+                    line: format!("deployment cancelled before it started by {actor}"),
+                    at: chrono::Utc::now(),
+                    event: Some(event),
+                };
+                super::logs::append(&mut tx, id, &[line]).await?;
                 super::claims::wake_next(&mut tx, &service, &cluster).await?;
                 Cancel::Cancelled
             }
@@ -62,6 +71,14 @@ impl Store {
                     .bind(actor)
                     .execute(&mut *tx)
                     .await?;
+                let line = super::NewLogLine {
+                    host: None,
+                    stream: crate::deployment::LogStream::System,
+                    line: format!("cancel requested by {actor}: no new host starts"),
+                    at: chrono::Utc::now(),
+                    event: Some(serde_json::json!({ "type": "state", "state": "cancelling" })),
+                };
+                super::logs::append(&mut tx, id, &[line]).await?;
                 Cancel::Cancelling
             }
             DeploymentState::Cancelling => return Ok(Cancel::Cancelling),

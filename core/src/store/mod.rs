@@ -14,7 +14,7 @@ pub use access::{AuditEntry, TokenInfo};
 pub use claims::{Claim, ClaimedDeployment, PlannedHost, RunHost};
 pub use control::{Cancel, RetryPlan};
 pub use deployments::{ListFilter, NewDeployment, Submitted};
-pub use logs::NewLogLine;
+pub use logs::{EVENTS_CHANNEL, NewLogLine};
 pub use outbox::OutboxBatch;
 
 use crate::config::DatabaseConfig;

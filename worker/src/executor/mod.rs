@@ -75,12 +75,26 @@ impl Journal {
         &self.host
     }
 
+    /// A line about this host's outcome, with the outcome as structured data.
+    pub async fn host_event(&self, report: &HostReport) {
+        let line = match &report.error {
+            Some(error) => format!("{}: {error}", report.state),
+            None => report.state.to_string(),
+        };
+        let event = serde_json::json!({
+            "type": "host", "host": self.host, "state": report.state, "error": report.error,
+            "load_balancer": report.load_balancer.map(|s| s.as_str()),
+        });
+        self.logs.event(Some(&self.host), line, event).await;
+    }
+
     pub async fn log(&self, stream: LogStream, line: impl Into<String>) {
         self.logs.line(Some(&self.host), stream, line).await;
     }
 
     pub async fn step_started(&self, position: usize, name: &str) {
-        self.log(LogStream::System, format!("step {name}: started")).await;
+        let event = serde_json::json!({ "type": "step", "host": self.host, "step": name, "position": position, "state": "running" });
+        self.logs.event(Some(&self.host), format!("step {name}: started"), event).await;
         if let Err(e) = self.store.start_step(self.deployment_id, &self.token, &self.host, position as i32, name).await
         {
             tracing::warn!(host = %self.host, step = name, error = %e, "recording a step start failed");
@@ -96,7 +110,10 @@ impl Journal {
         output: &str,
     ) {
         let code = exit_code.map(|c| format!(" (exit code {c})")).unwrap_or_default();
-        self.log(LogStream::System, format!("step {name}: {state}{code}")).await;
+        let event = serde_json::json!({
+            "type": "step", "host": self.host, "step": name, "position": position, "state": state, "exit_code": exit_code,
+        });
+        self.logs.event(Some(&self.host), format!("step {name}: {state}{code}"), event).await;
         if let Err(e) = self
             .store
             .finish_step(self.deployment_id, &self.token, &self.host, position as i32, state, exit_code, output)

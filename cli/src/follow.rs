@@ -1,0 +1,142 @@
+//! `--follow`: a deployment's events as they happen, over Server-Sent Events, resuming
+//! with `Last-Event-ID` after a dropped connection so no line is lost or repeated.
+
+use crate::api::{Api, ApiError};
+use crate::render;
+use serde_json::Value;
+use std::io::IsTerminal;
+use std::time::Duration;
+
+/// Reconnections in a row before giving up.
+const MAX_RECONNECTS: u32 = 30;
+
+/// One Server-Sent Event.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct SseEvent {
+    pub(crate) id: Option<String>,
+    pub(crate) kind: String,
+    pub(crate) data: String,
+}
+
+/// Splits an SSE byte stream into events (fields per the HTML living standard: `id`,
+/// `event`, `data`; comments and unknown fields ignored).
+#[derive(Debug, Default)]
+pub(crate) struct SseParser {
+    buffer: Vec<u8>,
+    event: SseEvent,
+}
+
+impl SseParser {
+    pub(crate) fn feed(&mut self, bytes: &[u8]) -> Vec<SseEvent> {
+        self.buffer.extend_from_slice(bytes);
+        let mut events = Vec::new();
+        while let Some(end) = self.buffer.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.buffer.drain(..=end).collect();
+            let line = String::from_utf8_lossy(&line);
+            let line = line.trim_end_matches(['\n', '\r']);
+            if line.is_empty() {
+                if !self.event.data.is_empty() || self.event.id.is_some() {
+                    events.push(std::mem::take(&mut self.event));
+                }
+                continue;
+            }
+            let (field, value) = line.split_once(':').unwrap_or((line, ""));
+            let value = value.strip_prefix(' ').unwrap_or(value);
+            match field {
+                "id" => self.event.id = Some(value.to_owned()),
+                "event" => self.event.kind = value.to_owned(),
+                "data" => {
+                    if !self.event.data.is_empty() {
+                        self.event.data.push('\n');
+                    }
+                    self.event.data.push_str(value);
+                }
+                _ => {}
+            }
+        }
+        events
+    }
+}
+
+fn is_final_state(event: &Value) -> bool {
+    event["type"] == "state"
+        && matches!(event["state"].as_str(), Some("succeeded" | "failed" | "cancelled" | "planned"))
+}
+
+/// Follows until the deployment's final state; returns the deployment as it ended.
+pub(crate) async fn follow(api: &Api, id: &str, host: Option<&str>, as_json: bool) -> Result<Value, ApiError> {
+    let progress = !as_json && std::io::stderr().is_terminal();
+    let mut last: Option<String> = None;
+    let mut reconnects = 0;
+    loop {
+        let mut response = match api.events(id, last.as_deref()).await {
+            Ok(response) => response,
+            Err(e @ ApiError::Refused { .. }) => return Err(e),
+            Err(e) => {
+                reconnects += 1;
+                if reconnects > MAX_RECONNECTS {
+                    return Err(e);
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        let mut parser = SseParser::default();
+        loop {
+            let chunk = match response.chunk().await {
+                Ok(Some(chunk)) => chunk,
+                // The connection ended or broke: resume from the last event seen.
+                Ok(None) | Err(_) => break,
+            };
+            reconnects = 0;
+            for event in parser.feed(&chunk) {
+                if event.id.is_some() {
+                    last.clone_from(&event.id);
+                }
+                let Ok(line) = serde_json::from_str::<Value>(&event.data) else { continue };
+                show(&line, host, as_json);
+                let change = &line["event"];
+                if progress
+                    && change["type"] == "host"
+                    && let Ok(d) = api.deployment(id).await
+                {
+                    eprintln!("{}", render::progress(&d));
+                }
+                if is_final_state(change) {
+                    return api.deployment(id).await;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn show(line: &Value, host: Option<&str>, as_json: bool) {
+    if host.is_some_and(|h| line["host"].as_str() != Some(h)) {
+        return;
+    }
+    if as_json {
+        println!("{line}");
+    } else {
+        println!("{}", render::log_line(line));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_are_split_across_chunks_and_comments_ignored() {
+        let mut parser = SseParser::default();
+        assert!(parser.feed(b": keep-alive\n\nid: 7\nevent: log\nda").is_empty());
+        let events = parser.feed(b"ta: {\"seq\":7}\n\nid: 8\ndata: a\ndata: b\n\n");
+        assert_eq!(
+            events,
+            [
+                SseEvent { id: Some("7".into()), kind: "log".into(), data: "{\"seq\":7}".into() },
+                SseEvent { id: Some("8".into()), kind: String::new(), data: "a\nb".into() },
+            ]
+        );
+    }
+}
