@@ -243,6 +243,8 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub admin_token: String,
     pub config: Config,
+    /// The configuration as a TOML document, for the real binaries.
+    pub config_text: String,
     pub workers: Vec<WorkerHandle>,
     api_stop: Option<oneshot::Sender<()>>,
     api_task: Option<JoinHandle<()>>,
@@ -255,7 +257,7 @@ impl TestApp {
         vesemir_core::telemetry::init("warn");
         let database = TestDatabase::create().await?;
         let control_dir = ScratchDir::new("vs")?;
-        let config = config_for(&database.url, &control_dir, fleet, &setup)?;
+        let (config, config_text) = config_for(&database.url, &control_dir, fleet, &setup)?;
 
         let app = vesemir_api::App::build(config.clone()).await?;
         let base = format!("http://127.0.0.1:{}", app.port());
@@ -275,6 +277,7 @@ impl TestApp {
             client: client_with(&admin_token),
             admin_token,
             config,
+            config_text,
             workers: Vec::new(),
             api_stop: Some(api_stop),
             api_task: Some(api_task),
@@ -459,7 +462,7 @@ fn config_for(
     control_dir: &ScratchDir,
     fleet: Option<&Fleet>,
     setup: &Setup,
-) -> anyhow::Result<Config> {
+) -> anyhow::Result<(Config, String)> {
     let queue = format!("vesemir.test.{}", Uuid::now_v7().simple());
     let mut text = format!(
         r#"
@@ -569,7 +572,7 @@ known_hosts = "/nonexistent/known_hosts"
     text.push_str(&setup.extra_config);
     let config = Config::parse(&text, Path::new("/")).map_err(anyhow::Error::msg)?;
     config.validate()?;
-    Ok(config)
+    Ok((config, text))
 }
 
 /// A submit body for the demo service on the sandbox cluster.

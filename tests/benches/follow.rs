@@ -1,0 +1,151 @@
+//! Following a deployment live: the latency from a line printed on a VM to the same
+//! line printed by `vesemir status --follow`, and what 100 followers of one deployment
+//! cost the API (its CPU) and the database (transactions per second), beside one
+//! follower, in one run. Prints figures; asserts nothing.
+//!
+//! Run with `scripts/bench` (it builds the release binaries this starts).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // A benchmark that cannot set up should stop loudly.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant, SystemTime};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use vesemir_tests::{Fleet, ScratchDir, Setup, TestApp, client_with, demo_request};
+
+const TICKS: u32 = 200;
+
+fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().and_then(|deps| deps.parent()).unwrap().join(name)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn now_ns() -> u128 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos()
+}
+
+/// CPU seconds a process has used (user + system).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+async fn transactions(app: &TestApp) -> i64 {
+    let pool = sqlx::PgPool::connect(app.database_url()).await.unwrap();
+    let (n,): (i64,) =
+        sqlx::query_as("SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    pool.close().await;
+    n
+}
+
+/// Opens `n` followers on a separate API process for `id` and reads them to the end;
+/// returns (API CPU seconds per second, database transactions per second).
+async fn followers_cost(app: &TestApp, api: &str, api_pid: u32, n: usize) -> (f64, f64) {
+    let id = app.deploy(&demo_request("2.0.0")).await.unwrap();
+    let (cpu0, tx0, t0) = (cpu_seconds(api_pid), transactions(app).await, Instant::now());
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let client = client_with(&app.admin_token);
+            let url = format!("{api}/v1/deployments/{id}/events");
+            tokio::spawn(async move {
+                let mut response = client.get(url).send().await.unwrap();
+                while let Ok(Some(_)) = response.chunk().await {}
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    let cpu = (cpu_seconds(api_pid) - cpu0) / elapsed;
+    let tps = (transactions(app).await - tx0) as f64 / elapsed;
+    (cpu, tps)
+}
+
+#[tokio::main]
+async fn main() {
+    let fleet = Fleet::up(1).unwrap();
+    let playbooks = ScratchDir::new("vp").unwrap();
+    std::fs::write(
+        playbooks.path().join("ticker.toml"),
+        format!(
+            "[[steps]]\nname = \"ticks\"\naction = \"run\"\ncommand = \"for i in $(seq 1 {TICKS}); do echo tick $(date +%s%N); sleep 0.05; done\"\n"
+        ),
+    )
+    .unwrap();
+    let setup = Setup {
+        playbook: "ticker".to_owned(),
+        playbooks_dir: Some(playbooks.path().to_path_buf()),
+        ..Setup::default()
+    };
+    let app = TestApp::start(Some(&fleet), setup).await.unwrap();
+
+    // Latency, through the real CLI.
+    let id = app.deploy(&demo_request("1.0.0")).await.unwrap();
+    let mut follower = tokio::process::Command::new(binary("vesemir"))
+        .args(["--api", &app.base, "--token", &app.admin_token, "status", &id, "--follow"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(follower.stdout.take().unwrap()).lines();
+    let mut latencies = Vec::new();
+    while let Some(line) = lines.next_line().await.unwrap() {
+        let at = now_ns();
+        if let Some(sent) = line.split("tick ").nth(1).and_then(|t| t.trim().parse::<u128>().ok()) {
+            latencies.push((at.saturating_sub(sent)) as f64 / 1e6);
+        }
+    }
+    follower.wait().await.unwrap();
+    latencies.sort_by(f64::total_cmp);
+
+    // Cost of followers, on an API process of its own.
+    let dir = ScratchDir::new("vf").unwrap();
+    let config = dir.path().join("vesemir.toml");
+    std::fs::write(&config, &app.config_text).unwrap();
+    let mut api = tokio::process::Command::new(binary("vesemir-api"))
+        .arg("--config")
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut log = BufReader::new(api.stderr.take().unwrap()).lines();
+    let port = loop {
+        let line = tokio::time::timeout(Duration::from_secs(30), log.next_line()).await.unwrap().unwrap().unwrap();
+        if let Some(port) = line.split("\"port\":").nth(1).and_then(|p| p.split(|c: char| !c.is_ascii_digit()).next()) {
+            break port.to_owned();
+        }
+    };
+    tokio::spawn(async move { while let Ok(Some(_)) = log.next_line().await {} });
+    let api_url = format!("http://127.0.0.1:{port}");
+    let pid = api.id().unwrap();
+    let (cpu_1, tps_1) = followers_cost(&app, &api_url, pid, 1).await;
+    let (cpu_100, tps_100) = followers_cost(&app, &api_url, pid, 100).await;
+
+    println!("Follow benchmark (one VM printing {TICKS} lines, one every 50 ms; debug={})", cfg!(debug_assertions));
+    println!(
+        "  VM line -> printed by `vesemir status --follow`   p50 {:>6.1} ms   p99 {:>6.1} ms   ({} lines)",
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        latencies.len()
+    );
+    println!("  API CPU, 1 follower        {cpu_1:>6.3} s/s     database {tps_1:>7.1} transactions/s");
+    println!("  API CPU, 100 followers     {cpu_100:>6.3} s/s     database {tps_100:>7.1} transactions/s");
+    println!(
+        "  ratio 100 / 1              CPU {:>5.1}x     database {:>5.2}x",
+        cpu_100 / cpu_1.max(1e-9),
+        tps_100 / tps_1.max(1e-9)
+    );
+    api.kill().await.ok();
+    app.shut_down().await;
+}
