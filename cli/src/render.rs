@@ -10,7 +10,7 @@ fn s(v: &Value) -> &str {
 pub(crate) fn progress(d: &Value) -> String {
     let sum = &d["summary"];
     format!(
-        "{}: {} of {} hosts done ({} succeeded, {} failed, {} unreachable, {} skipped)",
+        "{}: {} of {} hosts done ({} succeeded, {} failed, {} unreachable, {} skipped){}",
         s(&d["state"]),
         ["succeeded", "failed", "unreachable", "skipped"].iter().map(|k| sum[k].as_u64().unwrap_or(0)).sum::<u64>(),
         sum["total"].as_u64().unwrap_or(0),
@@ -18,7 +18,16 @@ pub(crate) fn progress(d: &Value) -> String {
         sum["failed"].as_u64().unwrap_or(0),
         sum["unreachable"].as_u64().unwrap_or(0),
         sum["skipped"].as_u64().unwrap_or(0),
+        current_wave(d).map(|(wave, waves)| format!(", wave {wave} of {waves}")).unwrap_or_default(),
     )
+}
+
+/// The wave in flight (1-based) and how many there are, while hosts are running.
+fn current_wave(d: &Value) -> Option<(i64, i64)> {
+    let hosts = d["hosts"].as_array()?;
+    let waves = hosts.iter().filter_map(|h| h["wave"].as_i64()).max()? + 1;
+    let running = hosts.iter().filter(|h| h["state"] == "running").filter_map(|h| h["wave"].as_i64()).min()?;
+    Some((running + 1, waves))
 }
 
 pub(crate) fn status(d: &Value) -> String {
