@@ -1,6 +1,7 @@
 //! The HTTP health check of a host, from the worker: a GET that must answer the
 //! expected status, retried at an interval.
 
+use crate::error_chain;
 use crate::executor::Journal;
 use crate::executor::native::OutputTail;
 use std::time::Duration;
@@ -66,15 +67,4 @@ impl Default for HealthCheck {
     fn default() -> Self {
         Self::new()
     }
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

@@ -147,3 +147,15 @@ async fn drain(tasks: &mut JoinSet<()>) {
         }
     }
 }
+
+/// An error with its causes, on one line: what a deployment's log and error show.
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text.replace('\n', " ").trim().to_owned()
+}

@@ -89,15 +89,7 @@ pub async fn connect(ssh: &SshConfig, address: &str, control_dir: &Path) -> Resu
 
 /// An openssh error with its causes, on one line.
 pub fn error_text(error: &openssh::Error) -> String {
-    use std::error::Error as _;
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text.replace('\n', " ").trim().to_owned()
+    crate::error_chain(error)
 }
 
 pub fn is_host_key_problem(ssh_error: &str) -> bool {

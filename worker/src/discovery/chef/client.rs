@@ -1,6 +1,7 @@
 //! A signed HTTP client for a Chef server's API.
 
 use super::sign::{SERVER_API_VERSION, SignError, Signer};
+use crate::error_chain;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use std::time::Duration;
@@ -131,10 +132,10 @@ impl ChefClient {
             request = request.header("Content-Type", "application/json").body(body.to_vec());
         }
         let response =
-            request.send().await.map_err(|e| ChefError::Unreachable { url: url.clone(), message: chain(&e) })?;
+            request.send().await.map_err(|e| ChefError::Unreachable { url: url.clone(), message: error_chain(&e) })?;
         let status = response.status();
         let text =
-            response.text().await.map_err(|e| ChefError::Unreachable { url: url.clone(), message: chain(&e) })?;
+            response.text().await.map_err(|e| ChefError::Unreachable { url: url.clone(), message: error_chain(&e) })?;
         if status.is_success() {
             if text.trim().is_empty() {
                 // goiardi answers unknown paths (an organization it does not have) so.
@@ -167,17 +168,6 @@ pub fn error_message(body: &str) -> String {
         _ => body.chars().take(300).collect(),
     };
     message.trim().to_owned()
-}
-
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]
