@@ -47,8 +47,9 @@ async fn transactions(app: &TestApp) -> i64 {
     n
 }
 
-/// Opens `n` followers on a separate API process for `id` and reads them to the end;
-/// returns (API CPU seconds per second, database transactions per second).
+/// Opens `n` followers on a separate API process for a new deployment and reads each
+/// stream to its end (the deployment's final state); returns (API CPU seconds per
+/// second, database transactions per second) over that time.
 async fn followers_cost(app: &TestApp, api: &str, api_pid: u32, n: usize) -> (f64, f64) {
     let id = app.deploy(&demo_request("2.0.0")).await.unwrap();
     let (cpu0, tx0, t0) = (cpu_seconds(api_pid), transactions(app).await, Instant::now());
@@ -58,12 +59,17 @@ async fn followers_cost(app: &TestApp, api: &str, api_pid: u32, n: usize) -> (f6
             let url = format!("{api}/v1/deployments/{id}/events");
             tokio::spawn(async move {
                 let mut response = client.get(url).send().await.unwrap();
-                while let Ok(Some(_)) = response.chunk().await {}
+                assert_eq!(response.status().as_u16(), 200);
+                let mut body = Vec::new();
+                while let Ok(Some(chunk)) = response.chunk().await {
+                    body.extend_from_slice(&chunk);
+                }
+                String::from_utf8_lossy(&body).contains("event: state")
             })
         })
         .collect();
     for task in tasks {
-        task.await.unwrap();
+        assert!(task.await.unwrap(), "every follower saw the deployment to its end");
     }
     let elapsed = t0.elapsed().as_secs_f64();
     let cpu = (cpu_seconds(api_pid) - cpu0) / elapsed;
@@ -129,6 +135,11 @@ async fn main() {
     tokio::spawn(async move { while let Ok(Some(_)) = log.next_line().await {} });
     let api_url = format!("http://127.0.0.1:{port}");
     let pid = api.id().unwrap();
+    // Ready: its database and broker answer.
+    let probe = reqwest::Client::new();
+    while !probe.get(format!("{api_url}/readyz")).send().await.is_ok_and(|r| r.status().is_success()) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let (cpu_1, tps_1) = followers_cost(&app, &api_url, pid, 1).await;
     let (cpu_100, tps_100) = followers_cost(&app, &api_url, pid, 100).await;
 
