@@ -126,6 +126,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/audit", get(admin::audit))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))

@@ -110,11 +110,18 @@ async fn lists_are_newest_first_filtered_and_paged() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn health_and_readiness_answer() {
+async fn health_readiness_and_metrics_answer_without_a_token() {
     let app = app().await;
-    assert_eq!(app.get_json("/healthz").await.unwrap().0, 200);
-    let (status, body) = app.get_json("/readyz").await.unwrap();
-    assert_eq!(status, 200, "{body}");
+    let anonymous = reqwest::Client::new();
+    assert_eq!(anonymous.get(app.url("/healthz")).send().await.unwrap().status().as_u16(), 200);
+    let ready = anonymous.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status().as_u16(), 200);
+
+    app.deploy(&demo_request("1.0.0")).await.unwrap();
+    let metrics = anonymous.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("vesemir_deployments{state=\"queued\"} 1"), "{metrics}");
+    assert!(metrics.contains("vesemir_deployments{state=\"succeeded\"} 0"), "{metrics}");
+    assert!(metrics.contains("vesemir_hosts_running 0"), "{metrics}");
     app.shut_down().await;
 }
 

@@ -293,3 +293,37 @@ impl Store {
         row.map(|(s,)| parse(&s)).transpose()
     }
 }
+
+/// What the metrics endpoint reports, read in one query.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Gauges {
+    pub deployments: Vec<(DeploymentState, i64)>,
+    pub outbox_pending: i64,
+    pub hosts_running: i64,
+}
+
+impl Store {
+    pub async fn gauges(&self) -> Result<Gauges, StoreError> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT 'deployments.' || state, count(*) FROM deployments GROUP BY state \
+             UNION ALL SELECT 'outbox', count(*) FROM outbox \
+             UNION ALL SELECT 'hosts_running', count(*) FROM hosts WHERE state = 'running'",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut gauges = Gauges::default();
+        let mut by_state: HashMap<DeploymentState, i64> = HashMap::new();
+        for (name, n) in rows {
+            match name.as_str() {
+                "outbox" => gauges.outbox_pending = n,
+                "hosts_running" => gauges.hosts_running = n,
+                other => {
+                    let state = other.strip_prefix("deployments.").unwrap_or(other);
+                    by_state.insert(parse(state)?, n);
+                }
+            }
+        }
+        gauges.deployments = DeploymentState::ALL.iter().map(|s| (*s, by_state.get(s).copied().unwrap_or(0))).collect();
+        Ok(gauges)
+    }
+}

@@ -13,7 +13,7 @@ mod outbox;
 pub use access::{AuditEntry, TokenInfo};
 pub use claims::{Claim, ClaimedDeployment, PlannedHost, RunHost};
 pub use control::{Cancel, RetryPlan};
-pub use deployments::{ListFilter, NewDeployment, Submitted};
+pub use deployments::{Gauges, ListFilter, NewDeployment, Submitted};
 pub use logs::{EVENTS_CHANNEL, NewLogLine};
 pub use outbox::OutboxBatch;
 
