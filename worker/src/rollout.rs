@@ -9,7 +9,6 @@ use crate::executor::{Executor, HostJob, HostReport, Journal};
 use crate::lb::Balancers;
 use crate::log_pump::LogSink;
 use crate::playbook::Playbook;
-use futures_util::future::join_all;
 use tokio::sync::watch;
 use uuid::Uuid;
 use vesemir_core::config::{ClusterConfig, ServiceConfig};
@@ -132,18 +131,10 @@ impl Rollout<'_> {
             let names: Vec<&str> = todo.iter().map(|h| h.name.as_str()).collect();
             self.logs.system(None, format!("wave {}: {}", wave + 1, names.join(", "))).await;
 
-            let reports = join_all(todo.iter().map(|host| self.run_host(executor, host))).await;
-            let mut claim_lost = false;
-            for report in reports {
-                match report? {
-                    Some(report) if report.state.is_failure() => failures += 1,
-                    Some(_) => {}
-                    None => claim_lost = true,
-                }
-            }
-            if claim_lost {
+            let Some(reports) = self.run_wave(executor, &todo).await? else {
                 return Ok(Outcome::Interrupted);
-            }
+            };
+            failures += reports.iter().filter(|r| r.state.is_failure()).count();
         }
 
         if let Some(by) = self.store.cancel_requested(self.deployment_id).await? {
@@ -166,43 +157,56 @@ impl Rollout<'_> {
         Ok(outcome(&hosts, exceeded))
     }
 
-    /// Runs one host; `None` when the claim was lost before its outcome was stored.
-    async fn run_host(&self, executor: &dyn Executor, host: &RunHost) -> Result<Option<HostReport>, StoreError> {
-        if !self.store.start_host(self.deployment_id, self.token, &host.name).await? {
-            return Ok(None);
-        }
-        let started = serde_json::json!({ "type": "host", "host": host.name, "state": "running", "wave": host.wave });
-        self.logs.event(Some(&host.name), format!("started (wave {})", host.wave + 1), started).await;
-        let journal = Journal::new(
-            self.store.clone(),
-            self.deployment_id,
-            self.token.to_owned(),
-            host.name.clone(),
-            self.logs.clone(),
-        );
-        let job = HostJob {
-            deployment_id: self.deployment_id,
-            host,
-            request: self.request,
-            service: self.service,
-            cluster: self.cluster,
-            playbook: self.playbook,
-            balancers: self.balancers,
-        };
-        let report = executor.run(job, &journal).await;
-        journal.host_event(&report).await;
-        let stored = self
-            .store
-            .finish_host(
+    /// Runs one wave: marks its hosts running, hands them to the executor together,
+    /// stores each outcome. `None` when the claim was lost on the way.
+    async fn run_wave(
+        &self,
+        executor: &dyn Executor,
+        hosts: &[&RunHost],
+    ) -> Result<Option<Vec<HostReport>>, StoreError> {
+        let mut jobs = Vec::with_capacity(hosts.len());
+        for host in hosts {
+            if !self.store.start_host(self.deployment_id, self.token, &host.name).await? {
+                return Ok(None);
+            }
+            let started =
+                serde_json::json!({ "type": "host", "host": host.name, "state": "running", "wave": host.wave });
+            self.logs.event(Some(&host.name), format!("started (wave {})", host.wave + 1), started).await;
+            let journal = Journal::new(
+                self.store.clone(),
                 self.deployment_id,
-                self.token,
-                &host.name,
-                report.state,
-                report.error.as_deref(),
-                report.load_balancer.map(|s| s.as_str()),
-            )
-            .await?;
-        Ok(stored.then_some(report))
+                self.token.to_owned(),
+                host.name.clone(),
+                self.logs.clone(),
+            );
+            let job = HostJob {
+                deployment_id: self.deployment_id,
+                host,
+                request: self.request,
+                service: self.service,
+                cluster: self.cluster,
+                playbook: self.playbook,
+                balancers: self.balancers,
+            };
+            jobs.push((job, journal));
+        }
+        let reports = executor.run_wave(&jobs).await;
+        let mut claim_held = true;
+        for ((job, journal), report) in jobs.iter().zip(&reports) {
+            journal.host_event(report).await;
+            claim_held &= self
+                .store
+                .finish_host(
+                    self.deployment_id,
+                    self.token,
+                    &job.host.name,
+                    report.state,
+                    report.error.as_deref(),
+                    report.load_balancer.map(|s| s.as_str()),
+                )
+                .await?;
+        }
+        Ok(claim_held.then_some(reports))
     }
 }
 

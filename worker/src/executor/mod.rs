@@ -51,8 +51,11 @@ impl HostReport {
     }
 }
 
+/// Runs a wave of hosts: every host's playbook, at once. Returns one report per job,
+/// in order. (The native executor runs each host itself; a tool such as Ansible runs
+/// the wave as one play.)
 pub trait Executor: Send + Sync + std::fmt::Debug {
-    fn run<'a>(&'a self, job: HostJob<'a>, journal: &'a Journal) -> BoxFuture<'a, HostReport>;
+    fn run_wave<'a>(&'a self, jobs: &'a [(HostJob<'a>, Journal)]) -> BoxFuture<'a, Vec<HostReport>>;
 }
 
 /// Records one host's steps and log lines.

@@ -16,7 +16,7 @@ use crate::health::{HealthCheck, HealthError};
 use crate::playbook::{Action, LbOperation};
 use crate::ssh;
 use crate::template::{Context, TemplateError, Variables, shell_quote};
-use futures_util::future::BoxFuture;
+use futures_util::future::{BoxFuture, join_all};
 use openssh::{Session, Stdio};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -48,8 +48,8 @@ impl NativeExecutor {
 }
 
 impl Executor for NativeExecutor {
-    fn run<'a>(&'a self, job: HostJob<'a>, journal: &'a Journal) -> BoxFuture<'a, HostReport> {
-        Box::pin(self.run_host(job, journal))
+    fn run_wave<'a>(&'a self, jobs: &'a [(HostJob<'a>, Journal)]) -> BoxFuture<'a, Vec<HostReport>> {
+        Box::pin(join_all(jobs.iter().map(|(job, journal)| self.run_host(*job, journal))))
     }
 }
 
