@@ -78,8 +78,14 @@ pub fn request(config: &Config, r: &DeploymentRequest) -> Result<(), ApiError> {
     if r.sleep_seconds.is_some_and(|s| s > MAX_SLEEP_SECONDS) {
         return Err(bad("invalid_sleep_seconds", format!("sleep_seconds must be at most {MAX_SLEEP_SECONDS}")));
     }
-    if r.executor == Some(ExecutorKind::Ansible) {
-        return Err(bad("unsupported_executor", "the ansible executor is not available in this version; use native"));
+    let balanced = config.services.get(&r.service).filter(|s| s.load_balancer.is_some());
+    if let Some(service) = balanced
+        && r.executor.unwrap_or(service.executor) == ExecutorKind::Ansible
+    {
+        return Err(bad(
+            "unsupported_executor",
+            "the ansible executor does not drive load balancers yet: use native for a service behind one",
+        ));
     }
 
     if r.vars.len() > MAX_VARS {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use vesemir_core::config::Config;
-use vesemir_core::deployment::DeploymentState;
+use vesemir_core::deployment::{DeploymentState, ExecutorKind};
 use vesemir_core::store::{ClaimedDeployment, Store, StoreError};
 
 /// What the consumer should do with the message once the deployment is handled.
@@ -28,7 +28,9 @@ pub enum Disposition {
 pub struct Runner {
     pub config: Arc<Config>,
     pub store: Store,
-    pub executor: Arc<dyn Executor>,
+    /// The executors a service or request can choose.
+    pub native: Arc<dyn Executor>,
+    pub ansible: Arc<dyn Executor>,
     pub shutdown: watch::Receiver<bool>,
 }
 
@@ -157,7 +159,11 @@ impl Runner {
             logs,
             stop: Stop { shutdown: self.shutdown.clone(), lease_lost: lease.lost() },
         };
-        Ok(match rollout.run(self.executor.as_ref(), hosts).await? {
+        let executor = match request.executor.unwrap_or(service.executor) {
+            ExecutorKind::Native => self.native.as_ref(),
+            ExecutorKind::Ansible => self.ansible.as_ref(),
+        };
+        Ok(match rollout.run(executor, hosts).await? {
             Outcome::Succeeded => {
                 logs.system(None, "deployment succeeded").await;
                 Finished(DeploymentState::Succeeded, None)

@@ -28,6 +28,7 @@ pub mod ssh;
 pub mod template;
 
 use crate::deployment::Runner;
+use crate::executor::ansible::AnsibleExecutor;
 use crate::executor::native::NativeExecutor;
 use futures_util::StreamExt;
 use std::sync::Arc;
@@ -54,11 +55,13 @@ impl Worker {
     pub async fn build(config: Config) -> Result<Self, StoreError> {
         let store = Store::connect(&config.database).await?;
         store.migrate().await?;
-        let executor = Arc::new(NativeExecutor::new(config.worker.ssh_control_dir.clone()));
+        let native = Arc::new(NativeExecutor::new(config.worker.ssh_control_dir.clone()));
+        let ansible =
+            Arc::new(AnsibleExecutor::new(config.worker.playbooks_dir.clone(), config.worker.ssh_control_dir.clone()));
         let (shutdown_tx, shutdown) = watch::channel(false);
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         let id = format!("{}:{}", host.trim(), std::process::id());
-        Ok(Self { id, runner: Runner { config: Arc::new(config), store, executor, shutdown }, shutdown_tx })
+        Ok(Self { id, runner: Runner { config: Arc::new(config), store, native, ansible, shutdown }, shutdown_tx })
     }
 
     pub fn id(&self) -> &str {

@@ -3,6 +3,7 @@
 //! The rollout decides which hosts run when; an executor only runs one host's steps,
 //! records each step through its [`Journal`], and returns the host's outcome.
 
+pub mod ansible;
 pub mod native;
 pub mod rotation;
 

@@ -368,7 +368,7 @@ impl OutputTail {
         }
     }
 
-    fn text(&mut self) -> &str {
+    pub fn text(&mut self) -> &str {
         self.joined = self.lines.join("\n");
         &self.joined
     }

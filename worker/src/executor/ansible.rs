@@ -1,0 +1,330 @@
+//! The ansible executor: each wave is one run of `ansible-playbook` on the shipped
+//! `playbooks/ansible/rolling.yml`, with a temporary inventory of the wave's hosts.
+//!
+//! Safety: the inventory holds only validated host names and addresses; every
+//! command and URL is rendered by Vesemir per host (values shell-quoted) and handed
+//! over in an extra-vars file whose strings are all `!unsafe`, so Ansible never
+//! templates anything a request carries. Both files are mode 0600 and removed when
+//! the run ends, however it ends. Results come from the `vesemir_events` callback
+//! (one JSON line per event), read live: steps and log lines are recorded as they
+//! happen, and the final stats decide each host's outcome.
+
+use super::native::{OutputTail, variables};
+use super::{Executor, HostJob, HostReport, Journal};
+use crate::template::Context;
+use futures_util::future::BoxFuture;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use vesemir_core::deployment::{HostState, LogStream, StepState, is_address, is_host_name};
+
+/// The tasks of the playbook, in order: their positions are the steps' positions.
+const TASKS: [&str; 3] = ["install", "restart", "health"];
+
+#[derive(Debug)]
+pub struct AnsibleExecutor {
+    playbooks_dir: PathBuf,
+    work_dir: PathBuf,
+}
+
+impl AnsibleExecutor {
+    pub fn new(playbooks_dir: PathBuf, work_dir: PathBuf) -> Self {
+        Self { playbooks_dir, work_dir }
+    }
+}
+
+impl Executor for AnsibleExecutor {
+    fn run_wave<'a>(&'a self, jobs: &'a [(HostJob<'a>, Journal)]) -> BoxFuture<'a, Vec<HostReport>> {
+        Box::pin(self.wave(jobs))
+    }
+}
+
+/// A directory removed when dropped: the inventory and extra vars never outlive a run.
+struct RunDir(PathBuf);
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    std::fs::write(path, text)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+}
+
+/// A YAML scalar Ansible will not template: JSON string syntax is valid YAML.
+fn unsafe_string(text: &str) -> String {
+    format!("!unsafe {}", serde_json::to_string(text).unwrap_or_default())
+}
+
+/// Per host: its rendered commands and URL.
+fn extra_vars(jobs: &[(HostJob<'_>, Journal)]) -> Result<String, String> {
+    let mut yaml = String::from("vesemir_hosts:\n");
+    for (job, _) in jobs {
+        let vars = variables(job);
+        let render =
+            |template: &str, context| vars.render(template, context).map_err(|e| format!("{}: {e}", job.host.name));
+        let command = |name: &str| {
+            job.service
+                .vars
+                .get(name)
+                .ok_or_else(|| format!("the service has no {name} in its vars"))
+                .and_then(|t| render(t, Context::Shell))
+        };
+        yaml.push_str(&format!(
+            "  {}:\n    install: {}\n    restart: {}\n    health_url: {}\n",
+            serde_json::to_string(&job.host.name).unwrap_or_default(),
+            unsafe_string(&command("install_command")?),
+            unsafe_string(&command("restart_command")?),
+            unsafe_string(&render(&job.service.health.url, Context::Url)?),
+        ));
+    }
+    if let Some((job, _)) = jobs.first() {
+        let health = &job.service.health;
+        yaml.push_str(&format!(
+            "vesemir_health:\n  expected_status: {}\n  retries: {}\n  interval_seconds: {}\n  timeout_seconds: {}\n",
+            health.expected_status,
+            health.retries.saturating_sub(1),
+            health.interval_ms.div_ceil(1000),
+            health.timeout_ms.div_ceil(1000).max(1),
+        ));
+    }
+    Ok(yaml)
+}
+
+fn inventory(jobs: &[(HostJob<'_>, Journal)]) -> Result<String, String> {
+    let mut text = String::from("[targets]\n");
+    for (job, _) in jobs {
+        let (name, address) = (&job.host.name, &job.host.address);
+        if !is_host_name(name) || !is_address(address) {
+            return Err(format!("host {name:?} at {address:?} cannot go into an inventory"));
+        }
+        text.push_str(&format!("{name} ansible_host={address}\n"));
+    }
+    Ok(text)
+}
+
+/// What the callback said about one host.
+#[derive(Debug, Default)]
+struct Seen {
+    running: Option<(usize, String)>,
+    tail: OutputTail,
+    outcome: Option<HostReport>,
+    last_error: Option<String>,
+}
+
+impl AnsibleExecutor {
+    async fn wave(&self, jobs: &[(HostJob<'_>, Journal)]) -> Vec<HostReport> {
+        let fail_all = |message: String| jobs.iter().map(|_| HostReport::failed(message.clone())).collect();
+        let Some((first, _)) = jobs.first() else { return Vec::new() };
+        let (inventory, vars) = match inventory(jobs).and_then(|i| extra_vars(jobs).map(|v| (i, v))) {
+            Ok(files) => files,
+            Err(e) => return fail_all(e),
+        };
+        let dir = self.work_dir.join(format!("ansible-{}", uuid::Uuid::now_v7().simple()));
+        let prepared = std::fs::create_dir_all(&dir)
+            .and_then(|()| std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)))
+            .map(|()| RunDir(dir.clone()))
+            .and_then(|run_dir| {
+                write_private(&dir.join("inventory.ini"), &inventory)?;
+                write_private(&dir.join("vars.yml"), &vars)?;
+                // Our own, empty configuration: no ansible.cfg of the worker's
+                // directory or home changes how Vesemir's runs behave.
+                write_private(&dir.join("ansible.cfg"), "[defaults]\n")?;
+                std::fs::create_dir_all(dir.join("tmp"))?;
+                Ok(run_dir)
+            });
+        let _run_dir = match prepared {
+            Ok(run_dir) => run_dir,
+            Err(e) => return fail_all(format!("cannot prepare the ansible run in {}: {e}", dir.display())),
+        };
+
+        let ssh = &first.cluster.ssh;
+        let ssh_args = format!(
+            "-o UserKnownHostsFile={} -o StrictHostKeyChecking=yes -o GlobalKnownHostsFile=/dev/null \
+             -o UpdateHostKeys=no -o KexAlgorithms=curve25519-sha256,curve25519-sha256@libssh.org \
+             -o ServerAliveInterval={} -o ServerAliveCountMax=3 -o ControlMaster=auto -o ControlPersist=30s",
+            ssh.known_hosts.display(),
+            ssh.keepalive_seconds
+        );
+        let mut command = tokio::process::Command::new("ansible-playbook");
+        command
+            .arg("-i")
+            .arg(dir.join("inventory.ini"))
+            .arg("-e")
+            .arg(format!("@{}", dir.join("vars.yml").display()))
+            .arg("--forks")
+            .arg(jobs.len().to_string())
+            .arg(self.playbooks_dir.join("ansible/rolling.yml"))
+            .env("ANSIBLE_STDOUT_CALLBACK", "vesemir_events")
+            .env("ANSIBLE_CALLBACK_PLUGINS", self.playbooks_dir.join("ansible/callback_plugins"))
+            .env("ANSIBLE_HOST_KEY_CHECKING", "True")
+            .env("ANSIBLE_REMOTE_USER", &ssh.user)
+            .env("ANSIBLE_PRIVATE_KEY_FILE", &ssh.private_key)
+            .env("ANSIBLE_REMOTE_PORT", ssh.port.to_string())
+            .env("ANSIBLE_TIMEOUT", ssh.connect_timeout_seconds.to_string())
+            .env("ANSIBLE_SSH_ARGS", ssh_args)
+            .env("ANSIBLE_SSH_CONTROL_PATH_DIR", dir.join("cp"))
+            .env("ANSIBLE_LOCAL_TEMP", dir.join("tmp"))
+            .env("ANSIBLE_RETRY_FILES_ENABLED", "False")
+            .env("ANSIBLE_NOCOLOR", "1")
+            .env("ANSIBLE_PYTHON_INTERPRETER", "auto_silent")
+            .env("ANSIBLE_CONFIG", dir.join("ansible.cfg"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Its own process group, so a timeout ends ansible and every ssh it started.
+            .process_group(0)
+            .kill_on_drop(true);
+        let mut child = match command.spawn() {
+            Ok(child) => child,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return fail_all("ansible-playbook is not installed on this worker (Debian: ansible-core)".to_owned());
+            }
+            Err(e) => return fail_all(format!("cannot start ansible-playbook: {e}")),
+        };
+        let journals: HashMap<&str, &Journal> = jobs.iter().map(|(job, j)| (job.host.name.as_str(), j)).collect();
+        let mut seen: HashMap<String, Seen> = HashMap::new();
+        let mut stderr_lines = Vec::new();
+        let limit = Duration::from_secs(first.service.step_timeout_seconds * TASKS.len() as u64 + 60);
+
+        let stdout = child.stdout.take();
+        let stderr = child.stderr.take();
+        let run = async {
+            let read_out = async {
+                let Some(stdout) = stdout else { return };
+                let mut lines = BufReader::new(stdout).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    match serde_json::from_str::<Value>(&line) {
+                        Ok(event) => on_event(&event, &journals, &mut seen).await,
+                        Err(_) => stderr_lines.push(line),
+                    }
+                }
+            };
+            let read_err = async {
+                let Some(stderr) = stderr else { return Vec::new() };
+                let mut lines = BufReader::new(stderr).lines();
+                let mut out = Vec::new();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    out.push(line);
+                }
+                out
+            };
+            let ((), err) = tokio::join!(read_out, read_err);
+            (err, child.wait().await)
+        };
+        let (err_lines, status) = match tokio::time::timeout(limit, run).await {
+            Ok(done) => done,
+            Err(_) => {
+                if let Some(pid) = child.id() {
+                    let _ = tokio::process::Command::new("kill").arg("-KILL").arg(format!("-{pid}")).status().await;
+                }
+                let _ = child.wait().await;
+                return fail_all(format!(
+                    "ansible-playbook did not finish within {}s and was stopped",
+                    limit.as_secs()
+                ));
+            }
+        };
+        stderr_lines.extend(err_lines);
+        for line in stderr_lines.iter().filter(|l| !l.trim().is_empty()) {
+            if let Some((_, journal)) = jobs.first() {
+                journal.log(LogStream::Stderr, format!("ansible-playbook: {line}")).await;
+            }
+        }
+        let exit = status.ok().and_then(|s| s.code());
+        jobs.iter()
+            .map(|(job, _)| {
+                seen.remove(&job.host.name).and_then(|s| s.outcome).unwrap_or_else(|| {
+                    let why = stderr_lines.iter().rev().find(|l| !l.trim().is_empty()).cloned().unwrap_or_default();
+                    HostReport::failed(format!(
+                        "ansible-playbook ended (exit code {}) without a result for this host: {why}",
+                        exit.map_or("none".to_owned(), |c| c.to_string())
+                    ))
+                })
+            })
+            .collect()
+    }
+}
+
+/// Records one callback event: steps as they start and end, output as it comes, and
+/// each host's outcome from the final stats.
+async fn on_event(event: &Value, journals: &HashMap<&str, &Journal>, seen: &mut HashMap<String, Seen>) {
+    let Some(host) = event["host"].as_str() else { return };
+    let Some(journal) = journals.get(host) else { return };
+    let state = seen.entry(host.to_owned()).or_default();
+    let task = event["task"].as_str().unwrap_or_default();
+    let position = TASKS.iter().position(|t| *t == task).unwrap_or(TASKS.len());
+    match event["type"].as_str() {
+        Some("start") => {
+            journal.step_started(position, task).await;
+            state.running = Some((position, task.to_owned()));
+            state.tail = OutputTail::default();
+        }
+        Some("retry") => {
+            let line = format!(
+                "{task}: attempt {} failed, retrying ({})",
+                event["attempt"],
+                event["msg"].as_str().unwrap_or("")
+            );
+            state.tail.push(&line);
+            journal.log(LogStream::System, line).await;
+        }
+        Some("result") => {
+            for (stream, key) in [(LogStream::Stdout, "stdout"), (LogStream::Stderr, "stderr")] {
+                for line in event[key].as_str().unwrap_or_default().lines() {
+                    state.tail.push(line);
+                    journal.log(stream, line).await;
+                }
+            }
+            let status = event["status"].as_str().unwrap_or_default();
+            let msg = event["msg"].as_str().unwrap_or_default();
+            if !msg.is_empty() && status != "ok" && status != "changed" {
+                state.tail.push(msg);
+                journal.log(LogStream::System, format!("{task}: {msg}")).await;
+            }
+            let rc = event["rc"].as_i64().map(|c| c as i32);
+            let step_state =
+                if matches!(status, "ok" | "changed" | "skipped") { StepState::Succeeded } else { StepState::Failed };
+            journal.step_finished(position, task, step_state, rc, state.tail.text()).await;
+            state.running = None;
+            if step_state == StepState::Failed {
+                let detail = if msg.is_empty() { format!("exit code {}", rc.unwrap_or(-1)) } else { msg.to_owned() };
+                state.last_error = Some(format!("step {task}: {detail}"));
+                if status == "unreachable" {
+                    state.outcome = Some(HostReport::unreachable(format!("step {task}: {detail}")));
+                }
+            }
+        }
+        Some("stats") => {
+            let failures = event["failures"].as_i64().unwrap_or(0);
+            let unreachable = event["unreachable"].as_i64().unwrap_or(0);
+            let error = state.last_error.clone().unwrap_or_else(|| "ansible reported a failure".to_owned());
+            state.outcome = Some(match (unreachable, failures) {
+                (u, _) if u > 0 => HostReport { state: HostState::Unreachable, ..HostReport::unreachable(error) },
+                (_, f) if f > 0 => HostReport::failed(error),
+                _ => HostReport::succeeded(),
+            });
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strings_for_ansible_are_unsafe_and_quoted() {
+        assert_eq!(
+            unsafe_string("echo '{{ lookup(\"pipe\", \"id\") }}'"),
+            r#"!unsafe "echo '{{ lookup(\"pipe\", \"id\") }}'""#
+        );
+        assert_eq!(unsafe_string("a\nb"), r#"!unsafe "a\nb""#);
+    }
+}
