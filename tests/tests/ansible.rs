@@ -116,3 +116,71 @@ async fn the_shipped_ansible_playbook_passes_the_syntax_check() {
         .unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_playbook_and_a_run_past_its_time_fail_clearly_and_leave_nothing() {
+    let fleet = Fleet::up(1).unwrap();
+    let playbooks = vesemir_tests::ScratchDir::new("vp").unwrap();
+    std::fs::create_dir_all(playbooks.path().join("ansible/callback_plugins")).unwrap();
+    std::fs::write(playbooks.path().join("ansible/rolling.yml"), "- hosts: targets\n  tasks: [ {{ not yaml\n").unwrap();
+    let shipped = vesemir_tests::repo_root().join("playbooks/rolling.toml");
+    std::fs::copy(shipped, playbooks.path().join("rolling.toml")).unwrap();
+    let slow = r#"
+[services.slow]
+step_timeout_seconds = 1
+executor = "ansible"
+[services.slow.vars]
+install_command = "sleep 300"
+restart_command = "true"
+[services.slow.health]
+url = "http://{{host.address}}:8080/health"
+"#;
+    let broken =
+        Setup { playbooks_dir: Some(playbooks.path().to_path_buf()), extra_config: String::new(), ..Setup::default() };
+    let app = TestApp::start(Some(&fleet), broken).await.unwrap();
+    let id = app.deploy(&ansible("63.0.0")).await.unwrap();
+    let done = app.wait_final(&id, FINISH).await.unwrap();
+    assert_eq!(done["state"], "failed");
+    let error = done["hosts"][0]["error"].as_str().unwrap();
+    assert!(error.contains("ansible-playbook ended") && error.contains("exit code 4"), "{error}");
+    assert!(leftovers(&app).is_empty());
+    app.shut_down().await;
+
+    let app = TestApp::start(Some(&fleet), Setup { extra_config: slow.to_owned(), ..Setup::default() }).await.unwrap();
+    let id = app.deploy(&json!({"service": "slow", "cluster": "sandbox", "version": "64.0.0"})).await.unwrap();
+    let done = app.wait_final(&id, FINISH).await.unwrap();
+    assert_eq!(done["state"], "failed");
+    let error = done["hosts"][0]["error"].as_str().unwrap();
+    assert!(error.contains("step install: timed out and was stopped on the host"), "{error}");
+    assert!(leftovers(&app).is_empty());
+    // The whole process group went: no ansible-playbook and no sleep of this run is left.
+    let inside = fleet.exec("vm-01", &["sh", "-c", "pgrep -f '^sleep 300$' || true"]).unwrap();
+    assert!(inside.is_empty(), "a remote command outlived the run: {inside}");
+    let local = std::process::Command::new("pgrep")
+        .args(["-f", &app.config.worker.ssh_control_dir.to_string_lossy()])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&local.stdout).trim().is_empty(), "a local process outlived the run");
+    app.shut_down().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_under_ansible_lets_the_wave_finish_and_leaves_nothing() {
+    let fleet = Fleet::up(3).unwrap();
+    let app = TestApp::start(Some(&fleet), Setup::default()).await.unwrap();
+    let id = app.deploy(&ansible("65.0.0")).await.unwrap();
+    let deadline = tokio::time::Instant::now() + FINISH;
+    while app.deployment(&id).await.unwrap()["summary"]["running"] != 1 {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let response = app.client.post(app.url(&format!("/v1/deployments/{id}/cancel"))).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 202);
+    let done = app.wait_final(&id, FINISH).await.unwrap();
+    assert_eq!(done["state"], "cancelled", "{done:#}");
+    let states = host_states(&done);
+    assert_eq!(states[0].1, "succeeded", "the wave in flight finished");
+    assert!(states[1..].iter().all(|(_, s)| s == "skipped"), "{states:?}");
+    assert!(leftovers(&app).is_empty());
+    app.shut_down().await;
+}

@@ -11,7 +11,7 @@
 
 use super::native::{OutputTail, variables};
 use super::{Executor, HostJob, HostReport, Journal};
-use crate::template::Context;
+use crate::template::{Context, shell_quote};
 use futures_util::future::BoxFuture;
 use serde_json::Value;
 use std::collections::HashMap;
@@ -69,12 +69,16 @@ fn extra_vars(jobs: &[(HostJob<'_>, Journal)]) -> Result<String, String> {
         let vars = variables(job);
         let render =
             |template: &str, context| vars.render(template, context).map_err(|e| format!("{}: {e}", job.host.name));
+        // As with native, the host enforces the step timeout on the command's whole
+        // process group, so nothing outlives a timed-out step.
+        let secs = job.service.step_timeout_seconds.max(1);
         let command = |name: &str| {
             job.service
                 .vars
                 .get(name)
                 .ok_or_else(|| format!("the service has no {name} in its vars"))
                 .and_then(|t| render(t, Context::Shell))
+                .map(|c| format!("timeout --kill-after=5 {secs} sh -c {}", shell_quote(&c)))
         };
         yaml.push_str(&format!(
             "  {}:\n    install: {}\n    restart: {}\n    health_url: {}\n",
@@ -87,7 +91,8 @@ fn extra_vars(jobs: &[(HostJob<'_>, Journal)]) -> Result<String, String> {
     if let Some((job, _)) = jobs.first() {
         let health = &job.service.health;
         yaml.push_str(&format!(
-            "vesemir_health:\n  expected_status: {}\n  retries: {}\n  interval_seconds: {}\n  timeout_seconds: {}\n",
+            "vesemir_step_timeout: {}\nvesemir_health:\n  expected_status: {}\n  retries: {}\n  interval_seconds: {}\n  timeout_seconds: {}\n",
+            job.service.step_timeout_seconds + 15,
             health.expected_status,
             health.retries.saturating_sub(1),
             health.interval_ms.div_ceil(1000),
@@ -191,7 +196,7 @@ impl AnsibleExecutor {
         let journals: HashMap<&str, &Journal> = jobs.iter().map(|(job, j)| (job.host.name.as_str(), j)).collect();
         let mut seen: HashMap<String, Seen> = HashMap::new();
         let mut stderr_lines = Vec::new();
-        let limit = Duration::from_secs(first.service.step_timeout_seconds * TASKS.len() as u64 + 60);
+        let limit = Duration::from_secs((first.service.step_timeout_seconds + 20) * TASKS.len() as u64 + 30);
 
         let stdout = child.stdout.take();
         let stderr = child.stderr.take();
@@ -221,8 +226,14 @@ impl AnsibleExecutor {
         let (err_lines, status) = match tokio::time::timeout(limit, run).await {
             Ok(done) => done,
             Err(_) => {
+                close_masters(&dir.join("cp")).await;
                 if let Some(pid) = child.id() {
-                    let _ = tokio::process::Command::new("kill").arg("-KILL").arg(format!("-{pid}")).status().await;
+                    // `--`: a negative pid names the process group, not a signal.
+                    let _ = tokio::process::Command::new("kill")
+                        .args(["-s", "KILL", "--"])
+                        .arg(format!("-{pid}"))
+                        .status()
+                        .await;
                 }
                 let _ = child.wait().await;
                 return fail_all(format!(
@@ -232,6 +243,7 @@ impl AnsibleExecutor {
             }
         };
         stderr_lines.extend(err_lines);
+        close_masters(&dir.join("cp")).await;
         for line in stderr_lines.iter().filter(|l| !l.trim().is_empty()) {
             if let Some((_, journal)) = jobs.first() {
                 journal.log(LogStream::Stderr, format!("ansible-playbook: {line}")).await;
@@ -249,6 +261,23 @@ impl AnsibleExecutor {
                 })
             })
             .collect()
+    }
+}
+
+/// Ends the SSH master connections Ansible left to persist: no ssh process outlives
+/// the run.
+async fn close_masters(control_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(control_dir) else { return };
+    for entry in entries.filter_map(Result::ok) {
+        let exit = tokio::process::Command::new("ssh")
+            .arg("-o")
+            .arg(format!("ControlPath={}", entry.path().display()))
+            .args(["-O", "exit", "vesemir-control"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = tokio::time::timeout(Duration::from_secs(5), exit).await;
     }
 }
 
@@ -294,7 +323,11 @@ async fn on_event(event: &Value, journals: &HashMap<&str, &Journal>, seen: &mut 
             journal.step_finished(position, task, step_state, rc, state.tail.text()).await;
             state.running = None;
             if step_state == StepState::Failed {
-                let detail = if msg.is_empty() { format!("exit code {}", rc.unwrap_or(-1)) } else { msg.to_owned() };
+                let detail = match rc {
+                    Some(124 | 137) => "timed out and was stopped on the host".to_owned(),
+                    _ if msg.is_empty() => format!("exit code {}", rc.unwrap_or(-1)),
+                    _ => msg.to_owned(),
+                };
                 state.last_error = Some(format!("step {task}: {detail}"));
                 if status == "unreachable" {
                     state.outcome = Some(HostReport::unreachable(format!("step {task}: {detail}")));
