@@ -29,7 +29,8 @@ LOCK_ROOT=/tmp/vesemir-fleet-locks
 MOUNT_POINT=/opt/sandbox-app
 DEPLOY_USER=deploy
 APP_PORT=8080
-PYTHON=/usr/bin/python3
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 READY_TIMEOUT=${FLEET_READY_TIMEOUT:-30}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 APP_SRC=$HERE/app.py
@@ -48,18 +49,6 @@ usage: fleet.sh up DIR N
        fleet.sh exec DIR NAME CMD...
 EOF
     exit 2
-}
-
-# A zombie counts as gone: whoever adopted it may take a while to reap it.
-pid_alive() {
-    local state
-    [ -n "$1" ] || return 1
-    state=$(ps -o stat= -p "$1" 2>/dev/null) || return 1
-    [[ $state != Z* ]]
-}
-
-read_file() {
-    if [ -f "$1" ]; then cat "$1"; fi
 }
 
 port_accepts() {

@@ -40,7 +40,8 @@
 set -euo pipefail
 
 GOIARDI=${GOIARDI:-/usr/bin/goiardi}
-PYTHON=/usr/bin/python3
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 RUBY=${RUBY:-/usr/bin/ruby}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 CHEF_REQUEST=$HERE/chef_request.rb
@@ -57,44 +58,6 @@ die() {
 
 usage() {
     die "usage: goiardi.sh start DIR | stop DIR | client DIR NAME | node DIR NAME JSON | wait-searchable DIR QUERY N | request DIR METHOD PATH [BODY]"
-}
-
-read_file() {
-    if [ -f "$1" ]; then cat "$1"; fi
-}
-
-port_is_free() {
-    # A real bind also catches listeners on 0.0.0.0. SO_REUSEADDR, as the
-    # servers themselves use, lets connections of a previous run that linger
-    # in TIME_WAIT pass, so a restarted server can keep its port.
-    "$PYTHON" - "$1" <<'EOF' 2>/dev/null
-import socket, sys
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("127.0.0.1", int(sys.argv[1])))
-EOF
-}
-
-pick_port() {
-    # Stay below the kernel's ephemeral range so outgoing connections made
-    # later by the tests cannot already sit on the chosen port.
-    local p _
-    for _ in $(seq 1 200); do
-        p=$((20000 + RANDOM % 12000))
-        if [ "$p" != "$SYSTEM_PORT" ] && port_is_free "$p"; then
-            echo "$p"
-            return 0
-        fi
-    done
-    die "no free port found"
-}
-
-# A zombie counts as gone: whoever adopted it may take a while to reap it.
-pid_alive() {
-    local state
-    [ -n "$1" ] || return 1
-    state=$(ps -o stat= -p "$1" 2>/dev/null) || return 1
-    [[ $state != Z* ]]
 }
 
 # Waits up to N tenths of a second for a process to disappear.
@@ -155,7 +118,7 @@ cmd_start() {
     # A port chosen free may be taken before goiardi binds it; goiardi then
     # exits, and the start is retried on another port.
     for attempt in 1 2 3 4 5; do
-        port=$(pick_port)
+        port=$(pick_port "$SYSTEM_PORT")
         # Removed so that the wait below cannot be fooled by a stale key.
         rm -f "$dir/admin.pem" "$dir/goiardi.pid"
         # A clean environment: goiardi reads any GOIARDI_* variable as an

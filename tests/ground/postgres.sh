@@ -12,7 +12,8 @@ set -euo pipefail
 
 PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
 PG_USER=postgres
-PYTHON=/usr/bin/python3
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 die() {
     printf 'postgres.sh: %s\n' "$*" >&2
@@ -25,32 +26,6 @@ usage() {
 
 as_pg() {
     runuser -u "$PG_USER" -- "$@"
-}
-
-port_is_free() {
-    # A real bind also catches listeners on 0.0.0.0. SO_REUSEADDR, as the
-    # servers themselves use, lets connections of a previous run that linger
-    # in TIME_WAIT pass, so a restarted server can keep its port.
-    "$PYTHON" - "$1" <<'EOF' 2>/dev/null
-import socket, sys
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("127.0.0.1", int(sys.argv[1])))
-EOF
-}
-
-pick_port() {
-    # Stay below the kernel's ephemeral range so outgoing connections made
-    # later by the tests cannot already sit on the chosen port.
-    local p _
-    for _ in $(seq 1 200); do
-        p=$((20000 + RANDOM % 12000))
-        if port_is_free "$p"; then
-            echo "$p"
-            return 0
-        fi
-    done
-    die "no free port found"
 }
 
 grant_traversal() {

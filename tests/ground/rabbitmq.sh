@@ -17,7 +17,8 @@
 set -euo pipefail
 
 RABBIT_BIN=${RABBIT_BIN:-/usr/lib/rabbitmq/bin}
-PYTHON=/usr/bin/python3
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 START_TIMEOUT=${RABBIT_START_TIMEOUT:-120}
 
 die() {
@@ -29,46 +30,8 @@ usage() {
     die "usage: rabbitmq.sh start DIR [PORT] | rabbitmq.sh stop DIR"
 }
 
-port_is_free() {
-    # A real bind also catches listeners on 0.0.0.0. SO_REUSEADDR, as the
-    # servers themselves use, lets connections of a previous run that linger
-    # in TIME_WAIT pass, so a restarted server can keep its port.
-    "$PYTHON" - "$1" <<'EOF' 2>/dev/null
-import socket, sys
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("127.0.0.1", int(sys.argv[1])))
-EOF
-}
-
-pick_port() {
-    # Stay below the kernel's ephemeral range so outgoing connections made
-    # later by the tests cannot already sit on the chosen port.
-    local p _
-    for _ in $(seq 1 200); do
-        p=$((20000 + RANDOM % 12000))
-        if port_is_free "$p"; then
-            echo "$p"
-            return 0
-        fi
-    done
-    die "no free port found"
-}
-
 port_accepts() {
     (: <"/dev/tcp/127.0.0.1/$1") 2>/dev/null
-}
-
-# A zombie counts as gone: whoever adopted it may take a while to reap it.
-pid_alive() {
-    local state
-    [ -n "$1" ] || return 1
-    state=$(ps -o stat= -p "$1" 2>/dev/null) || return 1
-    [[ $state != Z* ]]
-}
-
-read_file() {
-    if [ -f "$1" ]; then cat "$1"; fi
 }
 
 # Sets RMQ_ENV to the environment of the node in DIR, for `env -i`. It is
