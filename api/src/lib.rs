@@ -11,6 +11,7 @@ pub mod auth;
 pub mod error;
 pub mod events;
 pub mod extract;
+pub mod limit;
 pub mod outbox;
 pub mod routes;
 pub mod validate;
@@ -130,6 +131,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(max_body_bytes, limit::declared_length))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

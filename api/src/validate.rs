@@ -4,7 +4,7 @@
 use crate::error::ApiError;
 use std::collections::BTreeSet;
 use vesemir_core::config::{Config, DiscoveryKind};
-use vesemir_core::deployment::{Amount, DeploymentRequest, ExecutorKind, is_host_name, is_identifier, is_version};
+use vesemir_core::deployment::{Amount, DeploymentRequest, is_host_name, is_identifier, is_version};
 use vesemir_core::selector;
 
 const MAX_HOSTS: usize = 10_000;
@@ -78,16 +78,6 @@ pub fn request(config: &Config, r: &DeploymentRequest) -> Result<(), ApiError> {
     if r.sleep_seconds.is_some_and(|s| s > MAX_SLEEP_SECONDS) {
         return Err(bad("invalid_sleep_seconds", format!("sleep_seconds must be at most {MAX_SLEEP_SECONDS}")));
     }
-    let balanced = config.services.get(&r.service).filter(|s| s.load_balancer.is_some());
-    if let Some(service) = balanced
-        && r.executor.unwrap_or(service.executor) == ExecutorKind::Ansible
-    {
-        return Err(bad(
-            "unsupported_executor",
-            "the ansible executor does not drive load balancers yet: use native for a service behind one",
-        ));
-    }
-
     if r.vars.len() > MAX_VARS {
         return Err(bad("invalid_vars", format!("at most {MAX_VARS} vars")));
     }

@@ -31,6 +31,15 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
 }
 
+/// The workspace's `vesemir` command line, built into the same target directory as
+/// the running test (`cargo build --workspace --bins` puts it there).
+pub fn cli_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let binary = exe.parent().and_then(Path::parent).unwrap_or(Path::new(".")).join("vesemir");
+    assert!(binary.exists(), "{} is missing: run `cargo build --workspace --bins` first", binary.display());
+    binary
+}
+
 fn ground_script(name: &str) -> PathBuf {
     repo_root().join("tests/ground").join(name)
 }

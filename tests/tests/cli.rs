@@ -3,19 +3,11 @@
 
 #![allow(clippy::unwrap_used)] // A test that unwraps fails loudly, which is what a test should do.
 
-use std::path::PathBuf;
 use std::process::Output;
 use vesemir_tests::{Fleet, Setup, TestApp};
 
-/// The workspace's `vesemir` binary, built beside this test binary.
-fn cli() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
-    dir.join("vesemir")
-}
-
 async fn vesemir(api: &str, token: &str, args: &[&str]) -> Output {
-    let output = tokio::process::Command::new(cli())
+    let output = tokio::process::Command::new(vesemir_tests::cli_binary())
         .arg("--api")
         .arg(api)
         .arg("--token")

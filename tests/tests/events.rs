@@ -80,18 +80,13 @@ async fn a_follower_cut_off_and_resumed_gets_every_line_exactly_once() {
     app.shut_down().await;
 }
 
-fn cli() -> std::path::PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent().and_then(|deps| deps.parent()).unwrap().join("vesemir")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_follow_prints_the_deployment_live_and_exits_with_its_outcome() {
     let fleet = Fleet::up(2).unwrap();
     let app = TestApp::start(Some(&fleet), Setup::default()).await.unwrap();
     for (version, code) in [("51.0.0", 0), ("broken-51", 1)] {
         let id = app.deploy(&demo_request(version)).await.unwrap();
-        let output = tokio::process::Command::new(cli())
+        let output = tokio::process::Command::new(vesemir_tests::cli_binary())
             .args(["--api", &app.base, "--token", &app.admin_token, "status", &id, "--follow"])
             .output()
             .await
