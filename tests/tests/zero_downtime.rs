@@ -21,8 +21,35 @@ fn balanced(load_balancers: Vec<String>) -> Setup {
     Setup { load_balancers, backend: Some(BACKEND.to_owned()), ..Setup::default() }
 }
 
-fn rolling(version: &str) -> Value {
+/// Every behaviour holds with either executor: each test runs once with each.
+macro_rules! with_each_executor {
+    ($($test:ident),* $(,)?) => {$(
+        mod $test {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn native() {
+                super::$test("native").await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn ansible() {
+                super::$test("ansible").await;
+            }
+        }
+    )*};
+}
+
+with_each_executor!(
+    a_rollout_under_load_drops_no_request,
+    a_failed_health_check_stays_out_of_rotation_and_its_wave_mate_goes_back,
+    an_unreachable_vm_is_never_taken_out_of_rotation,
+    every_load_balancer_receives_every_change,
+    a_wrong_backend_fails_the_step_with_haproxys_own_answer,
+    a_host_whose_connection_dies_after_the_drain_goes_back_only_when_healthy,
+);
+
+fn rolling(version: &str, executor: &str) -> Value {
     let mut request = demo_request(version);
+    request["executor"] = json!(executor);
     request["concurrency"] = json!(2);
     request["weight"] = json!(10);
     request["sleep_seconds"] = json!(1);
@@ -41,8 +68,7 @@ async fn assert_all_back_at_full_weight(lb: &Haproxy, fleet: &Fleet) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rollout_under_load_drops_no_request() {
+async fn a_rollout_under_load_drops_no_request(executor: &str) {
     let fleet = Fleet::up(6).unwrap();
     let lb = Haproxy::start(&fleet).unwrap();
     let app = TestApp::start(Some(&fleet), balanced(vec![lb.over_tcp("lb-1")])).await.unwrap();
@@ -50,7 +76,7 @@ async fn a_rollout_under_load_drops_no_request() {
     let load = Load::start(&lb.frontend, CLIENTS);
     let sampler = Sampler::start(&lb, names(&fleet));
     settle().await;
-    let id = app.deploy(&rolling("10.0.0")).await.unwrap();
+    let id = app.deploy(&rolling("10.0.0", executor)).await.unwrap();
     let done = app.wait_final(&id, FINISH).await.unwrap();
     settle().await;
     let load = load.stop().await;
@@ -83,7 +109,9 @@ async fn a_rollout_under_load_drops_no_request() {
     app.shut_down().await;
 }
 
-/// The rolling playbook without its drain, wait and maint steps.
+/// The rolling playbook without its drain, wait and maint steps: the control run that
+/// proves the load can see a careless restart (native only; it shows the load, not an
+/// executor).
 fn careless_playbooks() -> ScratchDir {
     let dir = ScratchDir::new("vp").unwrap();
     let shipped = std::fs::read_to_string(vesemir_tests::repo_root().join("playbooks/rolling.toml")).unwrap();
@@ -113,7 +141,7 @@ async fn the_same_rollout_without_a_drain_drops_requests() {
 
     let load = Load::start(&lb.frontend, CLIENTS);
     settle().await;
-    let id = app.deploy(&rolling("11.0.0")).await.unwrap();
+    let id = app.deploy(&rolling("11.0.0", "native")).await.unwrap();
     let done = app.wait_final(&id, FINISH).await.unwrap();
     settle().await;
     let load = load.stop().await;
@@ -124,8 +152,7 @@ async fn the_same_rollout_without_a_drain_drops_requests() {
     app.shut_down().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_health_check_stays_out_of_rotation_and_its_wave_mate_goes_back() {
+async fn a_failed_health_check_stays_out_of_rotation_and_its_wave_mate_goes_back(executor: &str) {
     let fleet = Fleet::up(6).unwrap();
     // vm-03's next start comes up unhealthy, whatever the release.
     fleet.exec("vm-03", &["touch", "/opt/sandbox-app/break-next-start"]).unwrap();
@@ -134,7 +161,7 @@ async fn a_failed_health_check_stays_out_of_rotation_and_its_wave_mate_goes_back
 
     let load = Load::start(&lb.frontend, CLIENTS);
     settle().await;
-    let mut request = rolling("12.0.0");
+    let mut request = rolling("12.0.0", executor);
     request["max_failures"] = json!(0);
     let id = app.deploy(&request).await.unwrap();
     let done = app.wait_final(&id, FINISH).await.unwrap();
@@ -173,12 +200,42 @@ async fn a_failed_health_check_stays_out_of_rotation_and_its_wave_mate_goes_back
     let (_, vm3_logs) = app.get_json(&format!("/v1/deployments/{id}/logs?host=vm-03")).await.unwrap();
     let vm3_logs: Vec<&str> =
         vm3_logs["lines"].as_array().unwrap().iter().map(|l| l["line"].as_str().unwrap()).collect();
-    assert!(vm3_logs.iter().any(|l| l.contains("health check") && l.contains("500")), "{vm3_logs:#?}");
+    assert!(vm3_logs.iter().any(|l| l.contains("health") && l.contains("500")), "{vm3_logs:#?}");
     app.shut_down().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_load_balancer_receives_every_change() {
+/// A VM that cannot be reached is reported `unreachable` and its server is left as it
+/// was, in rotation: nothing took it out, so nothing has to put it back.
+async fn an_unreachable_vm_is_never_taken_out_of_rotation(executor: &str) {
+    let fleet = Fleet::up(4).unwrap();
+    fleet.stop_sshd("vm-02").unwrap();
+    let lb = Haproxy::start(&fleet).unwrap();
+    let app = TestApp::start(Some(&fleet), balanced(vec![lb.over_tcp("lb-1")])).await.unwrap();
+
+    let load = Load::start(&lb.frontend, CLIENTS);
+    settle().await;
+    let mut request = rolling("16.0.0", executor);
+    request["max_failures"] = json!(1);
+    let id = app.deploy(&request).await.unwrap();
+    let done = app.wait_final(&id, FINISH).await.unwrap();
+    settle().await;
+    let load = load.stop().await;
+
+    assert_eq!(done["state"], "failed", "{done:#}");
+    let states = host_states(&done);
+    let states: Vec<(&str, &str)> = states.iter().map(|(n, s)| (n.as_str(), s.as_str())).collect();
+    assert_eq!(
+        states,
+        [("vm-01", "succeeded"), ("vm-02", "unreachable"), ("vm-03", "succeeded"), ("vm-04", "succeeded")]
+    );
+    assert!(done["hosts"][1]["load_balancer"].is_null(), "{:#}", done["hosts"][1]);
+    assert_eq!(load.failed, 0, "requests failed: {:?}", load.examples);
+    assert_eq!(fleet.served_version("vm-02").await.unwrap(), "none", "the unreachable VM was not changed");
+    assert_all_back_at_full_weight(&lb, &fleet).await;
+    app.shut_down().await;
+}
+
+async fn every_load_balancer_receives_every_change(executor: &str) {
     let fleet = Fleet::up(3).unwrap();
     let (lb1, lb2) = (Haproxy::start(&fleet).unwrap(), Haproxy::start(&fleet).unwrap());
     let app = TestApp::start(Some(&fleet), balanced(vec![lb1.over_tcp("lb-1"), lb2.over_unix("lb-2")])).await.unwrap();
@@ -186,7 +243,7 @@ async fn every_load_balancer_receives_every_change() {
     let (load1, load2) = (Load::start(&lb1.frontend, 2), Load::start(&lb2.frontend, 2));
     let (sampler1, sampler2) = (Sampler::start(&lb1, names(&fleet)), Sampler::start(&lb2, names(&fleet)));
     settle().await;
-    let id = app.deploy(&rolling("13.0.0")).await.unwrap();
+    let id = app.deploy(&rolling("13.0.0", executor)).await.unwrap();
     let done = app.wait_final(&id, FINISH).await.unwrap();
     settle().await;
     let (load1, load2) = (load1.stop().await, load2.stop().await);
@@ -205,8 +262,7 @@ async fn every_load_balancer_receives_every_change() {
     app.shut_down().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_wrong_backend_fails_the_step_with_haproxys_own_answer() {
+async fn a_wrong_backend_fails_the_step_with_haproxys_own_answer(executor: &str) {
     let fleet = Fleet::up(2).unwrap();
     let lb = Haproxy::start(&fleet).unwrap();
     // Reached through SSH to vm-01, as production load balancers exposing only
@@ -215,7 +271,7 @@ async fn a_wrong_backend_fails_the_step_with_haproxys_own_answer() {
         Setup { backend: Some("payments".to_owned()), ..balanced(vec![lb.over_ssh("lb-1", fleet.address("vm-01"))]) };
     let app = TestApp::start(Some(&fleet), setup).await.unwrap();
 
-    let mut request = rolling("14.0.0");
+    let mut request = rolling("14.0.0", executor);
     request["concurrency"] = json!(1);
     let id = app.deploy(&request).await.unwrap();
     let done = app.wait_final(&id, FINISH).await.unwrap();
@@ -232,15 +288,14 @@ async fn a_wrong_backend_fails_the_step_with_haproxys_own_answer() {
     app.shut_down().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_host_whose_connection_dies_after_the_drain_goes_back_only_when_healthy() {
+async fn a_host_whose_connection_dies_after_the_drain_goes_back_only_when_healthy(executor: &str) {
     let fleet = Fleet::up(3).unwrap();
     let lb = Haproxy::start(&fleet).unwrap();
     let app = TestApp::start(Some(&fleet), balanced(vec![lb.over_tcp("lb-1")])).await.unwrap();
 
     let load = Load::start(&lb.frontend, CLIENTS);
     settle().await;
-    let mut request = rolling("15.0.0");
+    let mut request = rolling("15.0.0", executor);
     request["service"] = json!("lossy");
     request["concurrency"] = json!(1);
     request["max_failures"] = json!(1);

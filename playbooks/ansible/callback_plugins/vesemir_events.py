@@ -36,7 +36,20 @@ class CallbackModule(CallbackBase):
             rc=outcome.get("rc"),
             stdout=outcome.get("stdout", ""),
             stderr=outcome.get("stderr", ""),
-            msg=str(outcome.get("msg", "")),
+            msg=_message(outcome),
+        )
+
+    def _item(self, result, failed):
+        # Ansible strips `failed` from an item's result: the caller says which it was.
+        outcome = result._result
+        lines = list(outcome.get("report") or [])
+        if failed:
+            lines.append(str(outcome.get("msg", "")))
+        self._emit(
+            type="item",
+            host=result._host.get_name(),
+            task=result._task.get_name(),
+            lines=[str(line) for line in lines if line],
         )
 
     def v2_playbook_on_task_start(self, task, is_conditional):
@@ -49,13 +62,19 @@ class CallbackModule(CallbackBase):
         self._result("changed" if result._result.get("changed") else "ok", result)
 
     def v2_runner_on_failed(self, result, ignore_errors=False):
-        self._result("failed", result)
+        self._result("ignored" if ignore_errors else "failed", result)
 
     def v2_runner_on_unreachable(self, result):
         self._result("unreachable", result)
 
     def v2_runner_on_skipped(self, result):
         self._result("skipped", result)
+
+    def v2_runner_item_on_ok(self, result):
+        self._item(result, failed=False)
+
+    def v2_runner_item_on_failed(self, result):
+        self._item(result, failed=True)
 
     def v2_runner_retry(self, result):
         outcome = result._result
@@ -71,3 +90,15 @@ class CallbackModule(CallbackBase):
     def v2_playbook_on_stats(self, stats):
         for host in sorted(stats.processed):
             self._emit(type="stats", host=host, **stats.summarize(host))
+
+
+def _message(outcome):
+    """The result's message; for a loop, the messages of the items that failed."""
+    items = outcome.get("results")
+    if isinstance(items, list):
+        failed = [str(item.get("msg", "")) for item in items if isinstance(item, dict) and item.get("failed")]
+        if failed:
+            return "; ".join(failed)
+    if outcome.get("skipped"):
+        return str(outcome.get("skip_reason") or outcome.get("skipped_reason") or "")
+    return str(outcome.get("msg", ""))

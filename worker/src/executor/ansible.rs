@@ -1,5 +1,6 @@
 //! The ansible executor: each wave is one run of `ansible-playbook` on the shipped
-//! `playbooks/ansible/rolling.yml`, with a temporary inventory of the wave's hosts.
+//! `playbooks/ansible/rolling.yml`, with a temporary inventory of the wave's hosts
+//! (and of the load balancers reached over SSH, to which their tasks are delegated).
 //!
 //! Safety: the inventory holds only validated host names and addresses; every
 //! command and URL is rendered by Vesemir per host (values shell-quoted) and handed
@@ -11,6 +12,7 @@
 
 use super::native::{OutputTail, variables};
 use super::{Executor, HostJob, HostReport, Journal};
+use crate::lb::AdminState;
 use crate::template::{Context, shell_quote};
 use futures_util::future::BoxFuture;
 use serde_json::Value;
@@ -20,10 +22,24 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
-use vesemir_core::deployment::{HostState, LogStream, StepState, is_address, is_host_name};
+use vesemir_core::config::{LoadBalancerConfig, RuntimeApi};
+use vesemir_core::deployment::{LogStream, StepState, is_address, is_host_name};
 
-/// The tasks of the playbook, in order: their positions are the steps' positions.
-const TASKS: [&str; 3] = ["install", "restart", "health"];
+/// The playbook's steps, in order: their task names are the step names recorded, as
+/// with the native executor's `rolling.toml`. Other tasks (the connection check, the
+/// rescue) are logged but are not steps.
+const STEPS: [&str; 9] =
+    ["drain", "wait_drained", "maint", "install", "restart", "health", "ready", "pause", "full_weight"];
+
+/// The rescue's last task: it fails the host with where the host was left.
+const VERDICT_TASK: &str = "rotation";
+/// The rescue's task that puts a healthy host back.
+const PUT_BACK_TASK: &str = "put back a healthy host";
+
+/// The inventory name of a load balancer reached over SSH.
+fn lb_inventory_name(lb: &LoadBalancerConfig) -> String {
+    format!("vesemir-lb-{}", lb.name)
+}
 
 #[derive(Debug)]
 pub struct AnsibleExecutor {
@@ -62,7 +78,8 @@ fn unsafe_string(text: &str) -> String {
     format!("!unsafe {}", serde_json::to_string(text).unwrap_or_default())
 }
 
-/// Per host: its rendered commands and URL.
+/// Per host: its rendered commands, health URL and load-balancer server name; for the
+/// run: the load balancers, the health check and the request's rollout options.
 fn extra_vars(jobs: &[(HostJob<'_>, Journal)]) -> Result<String, String> {
     let mut yaml = String::from("vesemir_hosts:\n");
     for (job, _) in jobs {
@@ -80,26 +97,67 @@ fn extra_vars(jobs: &[(HostJob<'_>, Journal)]) -> Result<String, String> {
                 .and_then(|t| render(t, Context::Shell))
                 .map(|c| format!("timeout --kill-after=5 {secs} sh -c {}", shell_quote(&c)))
         };
+        let server = match &job.service.load_balancer {
+            Some(settings) => render(&settings.server, Context::Url)?,
+            None => String::new(),
+        };
         yaml.push_str(&format!(
-            "  {}:\n    install: {}\n    restart: {}\n    health_url: {}\n",
+            "  {}:\n    install: {}\n    restart: {}\n    health_url: {}\n    server: {}\n",
             serde_json::to_string(&job.host.name).unwrap_or_default(),
             unsafe_string(&command("install_command")?),
             unsafe_string(&command("restart_command")?),
             unsafe_string(&render(&job.service.health.url, Context::Url)?),
+            unsafe_string(&server),
         ));
     }
-    if let Some((job, _)) = jobs.first() {
-        let health = &job.service.health;
-        yaml.push_str(&format!(
-            "vesemir_step_timeout: {}\nvesemir_health:\n  expected_status: {}\n  retries: {}\n  interval_seconds: {}\n  timeout_seconds: {}\n",
-            job.service.step_timeout_seconds + 15,
-            health.expected_status,
-            health.retries.saturating_sub(1),
-            health.interval_ms.div_ceil(1000),
-            health.timeout_ms.div_ceil(1000).max(1),
-        ));
-    }
+    let Some((job, _)) = jobs.first() else { return Ok(yaml) };
+    let health = &job.service.health;
+    yaml.push_str(&format!(
+        "vesemir_step_timeout: {}\nvesemir_health:\n  expected_status: {}\n  retries: {}\n  interval_seconds: {}\n  timeout_seconds: {}\n",
+        job.service.step_timeout_seconds + 15,
+        health.expected_status,
+        health.retries.saturating_sub(1),
+        health.interval_ms.div_ceil(1000),
+        health.timeout_ms.div_ceil(1000).max(1),
+    ));
+    yaml.push_str(&format!(
+        "vesemir_weight: {}\nvesemir_sleep_seconds: {}\n",
+        job.request.weight.map_or("null".to_owned(), |w| w.min(100).to_string()),
+        job.request.sleep_seconds.unwrap_or(0),
+    ));
+    yaml.push_str(&load_balancer_vars(job));
     Ok(yaml)
+}
+
+/// The load balancers the play drives, and where each one's tasks run: none when the
+/// cluster has no load balancer or the service no `load_balancer` section.
+fn load_balancer_vars(job: &HostJob<'_>) -> String {
+    let Some(settings) = job.service.load_balancer.as_ref().filter(|_| !job.cluster.load_balancers.is_empty()) else {
+        return "vesemir_load_balancers: []\nvesemir_balancing: {}\n".to_owned();
+    };
+    let mut yaml = format!(
+        "vesemir_balancing:\n  backend: {}\n  drain_timeout_seconds: {}\n  up_timeout_seconds: {}\n  poll_ms: {}\nvesemir_load_balancers:\n",
+        unsafe_string(&settings.backend),
+        settings.drain_timeout_seconds,
+        settings.up_timeout_seconds,
+        settings.poll_interval_ms,
+    );
+    for lb in &job.cluster.load_balancers {
+        let (delegate_to, endpoint) = match &lb.runtime_api {
+            RuntimeApi::Tcp { address } => ("localhost".to_owned(), format!("address: {}", unsafe_string(address))),
+            RuntimeApi::Unix { path } => {
+                ("localhost".to_owned(), format!("socket: {}", unsafe_string(&path.to_string_lossy())))
+            }
+            RuntimeApi::Ssh { socket, .. } => (lb_inventory_name(lb), format!("socket: {}", unsafe_string(socket))),
+        };
+        yaml.push_str(&format!(
+            "  - name: {}\n    delegate_to: {}\n    {endpoint}\n    timeout_ms: {}\n",
+            unsafe_string(&lb.name),
+            unsafe_string(&delegate_to),
+            lb.timeout_ms,
+        ));
+    }
+    yaml
 }
 
 fn inventory(jobs: &[(HostJob<'_>, Journal)]) -> Result<String, String> {
@@ -111,6 +169,18 @@ fn inventory(jobs: &[(HostJob<'_>, Journal)]) -> Result<String, String> {
         }
         text.push_str(&format!("{name} ansible_host={address}\n"));
     }
+    let Some((job, _)) = jobs.first() else { return Ok(text) };
+    if job.service.load_balancer.is_some() {
+        text.push_str("[load_balancers]\n");
+        for lb in &job.cluster.load_balancers {
+            if let RuntimeApi::Ssh { host, .. } = &lb.runtime_api {
+                if !is_host_name(host) && !is_address(host) {
+                    return Err(format!("load balancer host {host:?} cannot go into an inventory"));
+                }
+                text.push_str(&format!("{} ansible_host={host}\n", lb_inventory_name(lb)));
+            }
+        }
+    }
     Ok(text)
 }
 
@@ -120,7 +190,14 @@ struct Seen {
     running: Option<(usize, String)>,
     tail: OutputTail,
     outcome: Option<HostReport>,
-    last_error: Option<String>,
+    /// The first failure: the host's error.
+    error: Option<String>,
+    /// The connection was lost during a step (the play carries on to its rescue).
+    lost: bool,
+    /// Where the play left the host's server, as the native executor records it.
+    load_balancer: Option<AdminState>,
+    /// Where the rescue left the host, appended to its error.
+    verdict: Option<String>,
 }
 
 impl AnsibleExecutor {
@@ -196,7 +273,8 @@ impl AnsibleExecutor {
         let journals: HashMap<&str, &Journal> = jobs.iter().map(|(job, j)| (job.host.name.as_str(), j)).collect();
         let mut seen: HashMap<String, Seen> = HashMap::new();
         let mut stderr_lines = Vec::new();
-        let limit = Duration::from_secs((first.service.step_timeout_seconds + 20) * TASKS.len() as u64 + 30);
+        let limit = run_limit(first);
+        let balanced = first.service.load_balancer.is_some() && !first.cluster.load_balancers.is_empty();
 
         let stdout = child.stdout.take();
         let stderr = child.stderr.take();
@@ -206,7 +284,7 @@ impl AnsibleExecutor {
                 let mut lines = BufReader::new(stdout).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
                     match serde_json::from_str::<Value>(&line) {
-                        Ok(event) => on_event(&event, &journals, &mut seen).await,
+                        Ok(event) => on_event(&event, balanced, &journals, &mut seen).await,
                         Err(_) => stderr_lines.push(line),
                     }
                 }
@@ -281,71 +359,124 @@ async fn close_masters(control_dir: &Path) {
     }
 }
 
+/// The longest a wave's run may take: every step and wait at its limit, the rescue's
+/// own health check and put-back, and a margin for Ansible itself.
+fn run_limit(job: &HostJob<'_>) -> Duration {
+    let service = job.service;
+    let health = &service.health;
+    let check = u64::from(health.retries) * (health.interval_ms + health.timeout_ms).div_ceil(1000);
+    let balancing =
+        service.load_balancer.as_ref().map_or(0, |b| b.drain_timeout_seconds + 3 * b.up_timeout_seconds + 30);
+    let sleep = u64::from(job.request.sleep_seconds.unwrap_or(0));
+    Duration::from_secs(2 * (service.step_timeout_seconds + 20) + 2 * check + balancing + sleep + 60)
+}
+
 /// Records one callback event: steps as they start and end, output as it comes, and
 /// each host's outcome from the final stats.
-async fn on_event(event: &Value, journals: &HashMap<&str, &Journal>, seen: &mut HashMap<String, Seen>) {
+async fn on_event(event: &Value, balanced: bool, journals: &HashMap<&str, &Journal>, seen: &mut HashMap<String, Seen>) {
     let Some(host) = event["host"].as_str() else { return };
     let Some(journal) = journals.get(host) else { return };
     let state = seen.entry(host.to_owned()).or_default();
     let task = event["task"].as_str().unwrap_or_default();
-    let position = TASKS.iter().position(|t| *t == task).unwrap_or(TASKS.len());
+    let step = STEPS.iter().position(|t| *t == task);
+    let msg = event["msg"].as_str().unwrap_or_default();
     match event["type"].as_str() {
         Some("start") => {
-            journal.step_started(position, task).await;
-            state.running = Some((position, task.to_owned()));
-            state.tail = OutputTail::default();
+            if balanced {
+                // Recorded before the change, as the native executor does: a change that
+                // half-applied still counts as the host being out.
+                state.load_balancer = match task {
+                    "drain" => Some(AdminState::Drain),
+                    "maint" => Some(AdminState::Maint),
+                    "ready" => Some(AdminState::Ready),
+                    _ => state.load_balancer,
+                };
+            }
+            if let Some(position) = step {
+                journal.step_started(position, task).await;
+                state.running = Some((position, task.to_owned()));
+                state.tail = OutputTail::default();
+            }
+        }
+        Some("item") => {
+            for line in event["lines"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+                state.tail.push(line);
+                journal.log(LogStream::System, line).await;
+            }
         }
         Some("retry") => {
-            let line = format!(
-                "{task}: attempt {} failed, retrying ({})",
-                event["attempt"],
-                event["msg"].as_str().unwrap_or("")
-            );
+            let line = format!("{task}: attempt {} failed, retrying ({msg})", event["attempt"]);
             state.tail.push(&line);
             journal.log(LogStream::System, line).await;
         }
-        Some("result") => {
-            for (stream, key) in [(LogStream::Stdout, "stdout"), (LogStream::Stderr, "stderr")] {
-                for line in event[key].as_str().unwrap_or_default().lines() {
-                    state.tail.push(line);
-                    journal.log(stream, line).await;
-                }
-            }
-            let status = event["status"].as_str().unwrap_or_default();
-            let msg = event["msg"].as_str().unwrap_or_default();
-            if !msg.is_empty() && status != "ok" && status != "changed" {
-                state.tail.push(msg);
-                journal.log(LogStream::System, format!("{task}: {msg}")).await;
-            }
-            let rc = event["rc"].as_i64().map(|c| c as i32);
-            let step_state =
-                if matches!(status, "ok" | "changed" | "skipped") { StepState::Succeeded } else { StepState::Failed };
-            journal.step_finished(position, task, step_state, rc, state.tail.text()).await;
-            state.running = None;
-            if step_state == StepState::Failed {
-                let detail = match rc {
-                    Some(124 | 137) => "timed out and was stopped on the host".to_owned(),
-                    _ if msg.is_empty() => format!("exit code {}", rc.unwrap_or(-1)),
-                    _ => msg.to_owned(),
-                };
-                state.last_error = Some(format!("step {task}: {detail}"));
-                if status == "unreachable" {
-                    state.outcome = Some(HostReport::unreachable(format!("step {task}: {detail}")));
-                }
-            }
-        }
+        Some("result") => on_result(event, task, step, journal, state).await,
         Some("stats") => {
             let failures = event["failures"].as_i64().unwrap_or(0);
             let unreachable = event["unreachable"].as_i64().unwrap_or(0);
-            let error = state.last_error.clone().unwrap_or_else(|| "ansible reported a failure".to_owned());
-            state.outcome = Some(match (unreachable, failures) {
-                (u, _) if u > 0 => HostReport { state: HostState::Unreachable, ..HostReport::unreachable(error) },
-                (_, f) if f > 0 => HostReport::failed(error),
-                _ => HostReport::succeeded(),
-            });
+            let mut error = state.error.clone().unwrap_or_else(|| "ansible reported a failure".to_owned());
+            if let Some(verdict) = &state.verdict {
+                error.push_str(&format!("; {verdict}"));
+            }
+            let report = if unreachable > 0 || state.lost {
+                HostReport::unreachable(error)
+            } else if failures > 0 {
+                HostReport::failed(error)
+            } else {
+                HostReport::succeeded()
+            };
+            state.outcome = Some(HostReport { load_balancer: state.load_balancer, ..report });
         }
         _ => {}
     }
+}
+
+/// A task's result on one host: its output into the log, and for a step, the step's end.
+async fn on_result(event: &Value, task: &str, step: Option<usize>, journal: &Journal, state: &mut Seen) {
+    let status = event["status"].as_str().unwrap_or_default();
+    let msg = event["msg"].as_str().unwrap_or_default();
+    for (stream, key) in [(LogStream::Stdout, "stdout"), (LogStream::Stderr, "stderr")] {
+        for line in event[key].as_str().unwrap_or_default().lines() {
+            state.tail.push(line);
+            journal.log(stream, line).await;
+        }
+    }
+    let failed = matches!(status, "failed" | "unreachable");
+    if task == PUT_BACK_TASK && matches!(status, "ok" | "changed") {
+        // Only once it worked: a conditional task starts even when it is then skipped.
+        state.load_balancer = Some(AdminState::Ready);
+    }
+    if task == VERDICT_TASK {
+        // The rescue's verdict: where the failed host was left.
+        if failed && !msg.trim().is_empty() {
+            journal.log(LogStream::System, msg.trim()).await;
+            state.verdict = Some(msg.trim().to_owned());
+        }
+        return;
+    }
+    if !msg.is_empty() && status != "ok" && status != "changed" {
+        let line =
+            if status == "skipped" { format!("{task}: nothing to do ({msg})") } else { format!("{task}: {msg}") };
+        state.tail.push(&line);
+        journal.log(LogStream::System, line).await;
+    }
+    let rc = event["rc"].as_i64().map(|c| c as i32);
+    if let Some(position) = step {
+        let step_state = if failed { StepState::Failed } else { StepState::Succeeded };
+        journal.step_finished(position, task, step_state, rc, state.tail.text()).await;
+        state.running = None;
+    }
+    if !failed {
+        return;
+    }
+    let detail = match rc {
+        Some(124 | 137) => "timed out and was stopped on the host".to_owned(),
+        _ if msg.is_empty() => format!("exit code {}", rc.unwrap_or(-1)),
+        _ => msg.to_owned(),
+    };
+    let what = if step.is_some() { format!("step {task}") } else { task.to_owned() };
+    // The first failure is the host's error; what follows (the rescue) is its consequence.
+    state.error.get_or_insert(format!("{what}: {detail}"));
+    state.lost |= status == "unreachable";
 }
 
 #[cfg(test)]
