@@ -431,6 +431,17 @@ impl Config {
                 if !is_identifier(&lb.name) || !balancers.insert(&lb.name) {
                     return invalid(format!("cluster {name}: load balancer name {:?} is invalid or repeated", lb.name));
                 }
+                let socket = match &lb.runtime_api {
+                    RuntimeApi::Unix { path } => Some(path.as_path()),
+                    RuntimeApi::Ssh { socket, .. } => Some(Path::new(socket.as_str())),
+                    RuntimeApi::Tcp { .. } => None,
+                };
+                if socket.is_some_and(|path| !path.is_absolute()) {
+                    return invalid(format!(
+                        "cluster {name}: load balancer {}: the socket path must be absolute",
+                        lb.name
+                    ));
+                }
             }
             let mut seen = BTreeSet::new();
             for host in &cluster.hosts {

@@ -108,15 +108,24 @@ async fn a_hostile_variable_reaches_neither_ansible_nor_a_shell() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_shipped_ansible_playbook_passes_the_syntax_check() {
-    let playbook = vesemir_tests::repo_root().join("playbooks/ansible/rolling.yml");
-    let output = tokio::process::Command::new("ansible-playbook")
-        .args(["--syntax-check", "-i", "localhost,"])
-        .arg(&playbook)
+async fn the_shipped_ansible_playbook_passes_the_syntax_check_and_ansible_lint() {
+    let dir = vesemir_tests::repo_root().join("playbooks/ansible");
+    let syntax = tokio::process::Command::new("ansible-playbook")
+        .args(["--syntax-check", "-i", "localhost,", "rolling.yml"])
+        .current_dir(&dir)
         .output()
         .await
         .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(syntax.status.success(), "{}", String::from_utf8_lossy(&syntax.stderr));
+    // With the playbook's own .ansible-lint (production profile, offline).
+    let lint = tokio::process::Command::new("ansible-lint")
+        .args(["--nocolor", "rolling.yml"])
+        .current_dir(&dir)
+        .output()
+        .await
+        .unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&lint.stdout), String::from_utf8_lossy(&lint.stderr));
+    assert!(lint.status.success() && said.contains("0 failure(s), 0 warning(s)"), "{said}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 # Vesemir's HAProxy module: takes a server out of rotation and puts it back through
-# HAProxy's Runtime API, over TCP or a local unix socket (delegate the task to the
-# load balancer host to reach a socket there).
+# HAProxy's Runtime API, over TCP or a unix socket of the host running the task
+# (delegate the task to the load balancer host to reach a socket there).
 #
 # Every change is read back: HAProxy forgets runtime changes when it reloads, so a
 # change that did not stick is made once more, and then fails. Answers are parsed
@@ -24,12 +24,12 @@ options:
     description: The load balancer's name, used in messages.
     type: str
     required: true
-  address:
-    description: The Runtime API's TCP address, C(host:port). Exclusive with I(socket).
+  runtime_api:
+    description:
+      - Where the Runtime API listens, as seen from the host running the task; a TCP
+        address C(host:port), or the absolute path of a unix socket.
     type: str
-  socket:
-    description: The Runtime API's unix socket path on the host running the task.
-    type: path
+    required: true
   backend:
     description: The HAProxy backend.
     type: str
@@ -84,18 +84,17 @@ class Refused(Exception):
 
 
 class RuntimeApi:
-    def __init__(self, address, path, timeout):
-        self.address = address
-        self.path = path
+    def __init__(self, where, timeout):
+        self.where = where
         self.timeout = timeout
 
     def _connect(self):
-        if self.path:
+        if self.where.startswith("/"):
             conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             conn.settimeout(self.timeout)
-            conn.connect(self.path)
+            conn.connect(self.where)
             return conn
-        host, _, port = self.address.rpartition(":")
+        host, _, port = self.where.rpartition(":")
         return socket.create_connection((host.strip("[]"), int(port)), timeout=self.timeout)
 
     def command(self, line):
@@ -247,8 +246,7 @@ def main():
     module = AnsibleModule(
         argument_spec=dict(
             name=dict(type="str", required=True),
-            address=dict(type="str"),
-            socket=dict(type="path"),
+            runtime_api=dict(type="str", required=True),
             backend=dict(type="str", required=True),
             server=dict(type="str", required=True),
             action=dict(
@@ -259,8 +257,6 @@ def main():
             poll_ms=dict(type="int", default=200),
             timeout_ms=dict(type="int", default=3000),
         ),
-        mutually_exclusive=[("address", "socket")],
-        required_one_of=[("address", "socket")],
     )
     p = module.params
     # Names go into a one-line text protocol: anything but a plain name is refused.
@@ -269,7 +265,7 @@ def main():
             module.fail_json(msg="%s %r is not a valid HAProxy name" % (field, p[field]), report="")
     if p["percent"] is not None and not 1 <= p["percent"] <= 100:
         module.fail_json(msg="percent must be from 1 to 100", report="")
-    api = RuntimeApi(p["address"], p["socket"], p["timeout_ms"] / 1000.0)
+    api = RuntimeApi(p["runtime_api"], p["timeout_ms"] / 1000.0)
     try:
         report = run(Server(api, p), p)
     except Refused as e:

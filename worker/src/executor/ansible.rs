@@ -13,7 +13,7 @@
 use super::native::{OutputTail, variables};
 use super::{Executor, HostJob, HostReport, Journal};
 use crate::lb::AdminState;
-use crate::template::{Context, shell_quote};
+use crate::template::Context;
 use futures_util::future::BoxFuture;
 use serde_json::Value;
 use std::collections::HashMap;
@@ -89,13 +89,17 @@ fn extra_vars(jobs: &[(HostJob<'_>, Journal)]) -> Result<String, String> {
         // As with native, the host enforces the step timeout on the command's whole
         // process group, so nothing outlives a timed-out step.
         let secs = job.service.step_timeout_seconds.max(1);
+        // An argument vector: Ansible runs it without a shell of its own.
         let command = |name: &str| {
             job.service
                 .vars
                 .get(name)
                 .ok_or_else(|| format!("the service has no {name} in its vars"))
                 .and_then(|t| render(t, Context::Shell))
-                .map(|c| format!("timeout --kill-after=5 {secs} sh -c {}", shell_quote(&c)))
+                .map(|c| {
+                    let argv = ["timeout", "--kill-after=5", &secs.to_string(), "sh", "-c", &c].map(unsafe_string);
+                    format!("[{}]", argv.join(", "))
+                })
         };
         let server = match &job.service.load_balancer {
             Some(settings) => render(&settings.server, Context::Url)?,
@@ -104,8 +108,8 @@ fn extra_vars(jobs: &[(HostJob<'_>, Journal)]) -> Result<String, String> {
         yaml.push_str(&format!(
             "  {}:\n    install: {}\n    restart: {}\n    health_url: {}\n    server: {}\n",
             serde_json::to_string(&job.host.name).unwrap_or_default(),
-            unsafe_string(&command("install_command")?),
-            unsafe_string(&command("restart_command")?),
+            command("install_command")?,
+            command("restart_command")?,
             unsafe_string(&render(&job.service.health.url, Context::Url)?),
             unsafe_string(&server),
         ));
@@ -143,17 +147,16 @@ fn load_balancer_vars(job: &HostJob<'_>) -> String {
         settings.poll_interval_ms,
     );
     for lb in &job.cluster.load_balancers {
-        let (delegate_to, endpoint) = match &lb.runtime_api {
-            RuntimeApi::Tcp { address } => ("localhost".to_owned(), format!("address: {}", unsafe_string(address))),
-            RuntimeApi::Unix { path } => {
-                ("localhost".to_owned(), format!("socket: {}", unsafe_string(&path.to_string_lossy())))
-            }
-            RuntimeApi::Ssh { socket, .. } => (lb_inventory_name(lb), format!("socket: {}", unsafe_string(socket))),
+        let (delegate_to, runtime_api) = match &lb.runtime_api {
+            RuntimeApi::Tcp { address } => ("localhost".to_owned(), address.clone()),
+            RuntimeApi::Unix { path } => ("localhost".to_owned(), path.to_string_lossy().into_owned()),
+            RuntimeApi::Ssh { socket, .. } => (lb_inventory_name(lb), socket.clone()),
         };
         yaml.push_str(&format!(
-            "  - name: {}\n    delegate_to: {}\n    {endpoint}\n    timeout_ms: {}\n",
+            "  - name: {}\n    delegate_to: {}\n    runtime_api: {}\n    timeout_ms: {}\n",
             unsafe_string(&lb.name),
             unsafe_string(&delegate_to),
+            unsafe_string(&runtime_api),
             lb.timeout_ms,
         ));
     }
