@@ -1,6 +1,7 @@
 //! The same rollout with both executors, side by side in one run: 20 sandbox VMs at
-//! concurrency 5, each host installing, restarting and health-checking the release
-//! (the steps both executors' playbooks share). Prints wall time and CPU time of each
+//! concurrency 5 behind a real HAProxy, each host running the shipped rolling playbook
+//! (`rolling.toml` for native, `ansible/rolling.yml` for ansible: drain, wait, maint,
+//! install, restart, health, ready at 10%, full weight). Prints wall time and CPU time of each
 //! and their ratio: CPU of this process (it runs the worker) and its waited-for
 //! children (ansible-playbook; ssh masters detach and are not counted there), and of
 //! the whole machine (both ends). Asserts nothing.
@@ -11,6 +12,7 @@
 
 use serde_json::json;
 use std::time::{Duration, Instant};
+use vesemir_tests::balancing::{BACKEND, Haproxy};
 use vesemir_tests::{Fleet, Setup, TestApp};
 
 const HOSTS: usize = 20;
@@ -24,19 +26,6 @@ fn cpu_seconds() -> f64 {
     fields[11..15].iter().map(|f| f.parse::<f64>().unwrap()).sum::<f64>() / 100.0
 }
 
-/// A playbook of the native executor with the Ansible playbook's steps.
-fn same_steps() -> vesemir_tests::ScratchDir {
-    let dir = vesemir_tests::ScratchDir::new("vp").unwrap();
-    std::fs::write(
-        dir.path().join("plain.toml"),
-        "[[steps]]\nname = \"install\"\naction = \"run\"\ncommand = \"{{install_command}}\"\n\n\
-         [[steps]]\nname = \"restart\"\naction = \"run\"\ncommand = \"{{restart_command}}\"\n\n\
-         [[steps]]\nname = \"health\"\naction = \"health_check\"\n",
-    )
-    .unwrap();
-    dir
-}
-
 /// Busy CPU seconds of the whole machine (both ends: worker, ssh, sshd, the apps).
 fn machine_cpu_seconds() -> f64 {
     let stat = std::fs::read_to_string("/proc/stat").unwrap();
@@ -48,26 +37,16 @@ fn machine_cpu_seconds() -> f64 {
 #[tokio::main]
 async fn main() {
     let fleet = Fleet::up(HOSTS).unwrap();
-    let playbooks = same_steps();
+    let lb = Haproxy::start(&fleet).unwrap();
     let setup =
-        Setup { playbook: "plain".to_owned(), playbooks_dir: Some(playbooks.path().to_path_buf()), ..Setup::default() };
+        Setup { load_balancers: vec![lb.over_tcp("lb-1")], backend: Some(BACKEND.to_owned()), ..Setup::default() };
     let app = TestApp::start(Some(&fleet), setup).await.unwrap();
-    // The Ansible playbook lives with the shipped ones.
-    std::fs::create_dir_all(playbooks.path().join("ansible")).unwrap();
-    let shipped = vesemir_tests::repo_root().join("playbooks/ansible");
-    std::fs::copy(shipped.join("rolling.yml"), playbooks.path().join("ansible/rolling.yml")).unwrap();
-    std::fs::create_dir_all(playbooks.path().join("ansible/callback_plugins")).unwrap();
-    std::fs::copy(
-        shipped.join("callback_plugins/vesemir_events.py"),
-        playbooks.path().join("ansible/callback_plugins/vesemir_events.py"),
-    )
-    .unwrap();
 
     let mut rows = Vec::new();
     for (round, executor) in ["native", "ansible"].into_iter().enumerate() {
         let request = json!({
             "service": "demo", "cluster": "sandbox", "version": format!("{}.0.0", round + 1),
-            "concurrency": CONCURRENCY, "executor": executor,
+            "concurrency": CONCURRENCY, "executor": executor, "weight": 10,
         });
         let (cpu0, machine0, t0) = (cpu_seconds(), machine_cpu_seconds(), Instant::now());
         let id = app.deploy(&request).await.unwrap();
@@ -77,7 +56,7 @@ async fn main() {
     }
 
     println!(
-        "Executors side by side: {HOSTS} VMs, concurrency {CONCURRENCY}, install + restart + health (debug={})",
+        "Executors side by side: {HOSTS} VMs, concurrency {CONCURRENCY}, the rolling playbook behind HAProxy (debug={})",
         cfg!(debug_assertions)
     );
     for (executor, wall, cpu, machine) in &rows {
