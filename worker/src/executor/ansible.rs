@@ -206,13 +206,57 @@ struct Seen {
 impl AnsibleExecutor {
     async fn wave(&self, jobs: &[(HostJob<'_>, Journal)]) -> Vec<HostReport> {
         let fail_all = |message: String| jobs.iter().map(|_| HostReport::failed(message.clone())).collect();
-        let Some((first, _)) = jobs.first() else { return Vec::new() };
-        let (inventory, vars) = match inventory(jobs).and_then(|i| extra_vars(jobs).map(|v| (i, v))) {
-            Ok(files) => files,
+        let Some((first, first_journal)) = jobs.first() else { return Vec::new() };
+        let run_dir = match self.prepare(jobs) {
+            Ok(run_dir) => run_dir,
             Err(e) => return fail_all(e),
         };
+        let dir = run_dir.0.as_path();
+        let mut child = match self.command(first, dir, jobs.len()).spawn() {
+            Ok(child) => child,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return fail_all("ansible-playbook is not installed on this worker (Debian: ansible-core)".to_owned());
+            }
+            Err(e) => return fail_all(format!("cannot start ansible-playbook: {e}")),
+        };
+        let journals: HashMap<&str, &Journal> = jobs.iter().map(|(job, j)| (job.host.name.as_str(), j)).collect();
+        let balanced = first.service.load_balancer.is_some() && !first.cluster.load_balancers.is_empty();
+        let mut seen: HashMap<String, Seen> = HashMap::new();
+        let limit = run_limit(first);
+        let finished = tokio::time::timeout(limit, follow(&mut child, balanced, &journals, &mut seen)).await;
+        let Ok((stderr_lines, exit)) = finished else {
+            stop(&mut child, dir).await;
+            let error = format!("ansible-playbook did not finish within {}s and was stopped", limit.as_secs());
+            for (host, state) in &mut seen {
+                if let (Some(journal), Some((position, task))) = (journals.get(host.as_str()), state.running.take()) {
+                    journal.step_finished(position, &task, StepState::Failed, None, state.tail.text()).await;
+                }
+            }
+            return fail_all(error);
+        };
+        close_masters(&dir.join("cp")).await;
+        for line in stderr_lines.iter().filter(|l| !l.trim().is_empty()) {
+            first_journal.log(LogStream::Stderr, format!("ansible-playbook: {line}")).await;
+        }
+        let why = stderr_lines.iter().rev().find(|l| !l.trim().is_empty()).cloned().unwrap_or_default();
+        jobs.iter()
+            .map(|(job, _)| {
+                seen.remove(&job.host.name).and_then(|s| s.outcome).unwrap_or_else(|| {
+                    HostReport::failed(format!(
+                        "ansible-playbook ended (exit code {}) without a result for this host: {why}",
+                        exit.map_or("none".to_owned(), |c| c.to_string())
+                    ))
+                })
+            })
+            .collect()
+    }
+
+    /// The run's private directory with its inventory, extra vars and configuration.
+    fn prepare(&self, jobs: &[(HostJob<'_>, Journal)]) -> Result<RunDir, String> {
+        let inventory = inventory(jobs)?;
+        let vars = extra_vars(jobs)?;
         let dir = self.work_dir.join(format!("ansible-{}", uuid::Uuid::now_v7().simple()));
-        let prepared = std::fs::create_dir_all(&dir)
+        std::fs::create_dir_all(&dir)
             .and_then(|()| std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)))
             .map(|()| RunDir(dir.clone()))
             .and_then(|run_dir| {
@@ -223,13 +267,14 @@ impl AnsibleExecutor {
                 write_private(&dir.join("ansible.cfg"), "[defaults]\n")?;
                 std::fs::create_dir_all(dir.join("tmp"))?;
                 Ok(run_dir)
-            });
-        let _run_dir = match prepared {
-            Ok(run_dir) => run_dir,
-            Err(e) => return fail_all(format!("cannot prepare the ansible run in {}: {e}", dir.display())),
-        };
+            })
+            .map_err(|e| format!("cannot prepare the ansible run in {}: {e}", dir.display()))
+    }
 
-        let ssh = &first.cluster.ssh;
+    /// `ansible-playbook` for one wave, pointed at the cluster's SSH settings with
+    /// strict host-key checking, in its own process group.
+    fn command(&self, job: &HostJob<'_>, dir: &Path, forks: usize) -> tokio::process::Command {
+        let ssh = &job.cluster.ssh;
         let ssh_args = format!(
             "-o UserKnownHostsFile={} -o StrictHostKeyChecking=yes -o GlobalKnownHostsFile=/dev/null \
              -o UpdateHostKeys=no -o KexAlgorithms=curve25519-sha256,curve25519-sha256@libssh.org \
@@ -244,7 +289,7 @@ impl AnsibleExecutor {
             .arg("-e")
             .arg(format!("@{}", dir.join("vars.yml").display()))
             .arg("--forks")
-            .arg(jobs.len().to_string())
+            .arg(forks.to_string())
             .arg(self.playbooks_dir.join("ansible/rolling.yml"))
             .env("ANSIBLE_STDOUT_CALLBACK", "vesemir_events")
             .env("ANSIBLE_CALLBACK_PLUGINS", self.playbooks_dir.join("ansible/callback_plugins"))
@@ -257,6 +302,9 @@ impl AnsibleExecutor {
             .env("ANSIBLE_SSH_CONTROL_PATH_DIR", dir.join("cp"))
             .env("ANSIBLE_LOCAL_TEMP", dir.join("tmp"))
             .env("ANSIBLE_RETRY_FILES_ENABLED", "False")
+            // Modules go down the SSH connection already open instead of being copied
+            // to a temporary file first: fewer round trips per task (no become is used).
+            .env("ANSIBLE_PIPELINING", "True")
             .env("ANSIBLE_NOCOLOR", "1")
             .env("ANSIBLE_PYTHON_INTERPRETER", "auto_silent")
             .env("ANSIBLE_CONFIG", dir.join("ansible.cfg"))
@@ -266,83 +314,52 @@ impl AnsibleExecutor {
             // Its own process group, so a timeout ends ansible and every ssh it started.
             .process_group(0)
             .kill_on_drop(true);
-        let mut child = match command.spawn() {
-            Ok(child) => child,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return fail_all("ansible-playbook is not installed on this worker (Debian: ansible-core)".to_owned());
-            }
-            Err(e) => return fail_all(format!("cannot start ansible-playbook: {e}")),
-        };
-        let journals: HashMap<&str, &Journal> = jobs.iter().map(|(job, j)| (job.host.name.as_str(), j)).collect();
-        let mut seen: HashMap<String, Seen> = HashMap::new();
-        let mut stderr_lines = Vec::new();
-        let limit = run_limit(first);
-        let balanced = first.service.load_balancer.is_some() && !first.cluster.load_balancers.is_empty();
+        command
+    }
+}
 
-        let stdout = child.stdout.take();
-        let stderr = child.stderr.take();
-        let run = async {
-            let read_out = async {
-                let Some(stdout) = stdout else { return };
-                let mut lines = BufReader::new(stdout).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    match serde_json::from_str::<Value>(&line) {
-                        Ok(event) => on_event(&event, balanced, &journals, &mut seen).await,
-                        Err(_) => stderr_lines.push(line),
-                    }
-                }
-            };
-            let read_err = async {
-                let Some(stderr) = stderr else { return Vec::new() };
-                let mut lines = BufReader::new(stderr).lines();
-                let mut out = Vec::new();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    out.push(line);
-                }
-                out
-            };
-            let ((), err) = tokio::join!(read_out, read_err);
-            (err, child.wait().await)
-        };
-        let (err_lines, status) = match tokio::time::timeout(limit, run).await {
-            Ok(done) => done,
-            Err(_) => {
-                close_masters(&dir.join("cp")).await;
-                if let Some(pid) = child.id() {
-                    // `--`: a negative pid names the process group, not a signal.
-                    let _ = tokio::process::Command::new("kill")
-                        .args(["-s", "KILL", "--"])
-                        .arg(format!("-{pid}"))
-                        .status()
-                        .await;
-                }
-                let _ = child.wait().await;
-                return fail_all(format!(
-                    "ansible-playbook did not finish within {}s and was stopped",
-                    limit.as_secs()
-                ));
-            }
-        };
-        stderr_lines.extend(err_lines);
-        close_masters(&dir.join("cp")).await;
-        for line in stderr_lines.iter().filter(|l| !l.trim().is_empty()) {
-            if let Some((_, journal)) = jobs.first() {
-                journal.log(LogStream::Stderr, format!("ansible-playbook: {line}")).await;
+/// Reads the run's events as they come until it ends: its stderr lines (and any
+/// stdout line that is not an event) and its exit code.
+async fn follow(
+    child: &mut tokio::process::Child,
+    balanced: bool,
+    journals: &HashMap<&str, &Journal>,
+    seen: &mut HashMap<String, Seen>,
+) -> (Vec<String>, Option<i32>) {
+    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+    let mut other = Vec::new();
+    let read_out = async {
+        let Some(stdout) = stdout else { return };
+        let mut lines = BufReader::new(stdout).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            match serde_json::from_str::<Value>(&line) {
+                Ok(event) => on_event(&event, balanced, journals, seen).await,
+                Err(_) => other.push(line),
             }
         }
-        let exit = status.ok().and_then(|s| s.code());
-        jobs.iter()
-            .map(|(job, _)| {
-                seen.remove(&job.host.name).and_then(|s| s.outcome).unwrap_or_else(|| {
-                    let why = stderr_lines.iter().rev().find(|l| !l.trim().is_empty()).cloned().unwrap_or_default();
-                    HostReport::failed(format!(
-                        "ansible-playbook ended (exit code {}) without a result for this host: {why}",
-                        exit.map_or("none".to_owned(), |c| c.to_string())
-                    ))
-                })
-            })
-            .collect()
+    };
+    let read_err = async {
+        let Some(stderr) = stderr else { return Vec::new() };
+        let mut lines = BufReader::new(stderr).lines();
+        let mut out = Vec::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            out.push(line);
+        }
+        out
+    };
+    let ((), err) = tokio::join!(read_out, read_err);
+    other.extend(err);
+    (other, child.wait().await.ok().and_then(|s| s.code()))
+}
+
+/// Ends a run past its deadline: its SSH masters, then its whole process group.
+async fn stop(child: &mut tokio::process::Child, dir: &Path) {
+    close_masters(&dir.join("cp")).await;
+    if let Some(pid) = child.id() {
+        // `--`: a negative pid names the process group, not a signal.
+        let _ = tokio::process::Command::new("kill").args(["-s", "KILL", "--"]).arg(format!("-{pid}")).status().await;
     }
+    let _ = child.wait().await;
 }
 
 /// Ends the SSH master connections Ansible left to persist: no ssh process outlives
