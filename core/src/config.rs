@@ -115,6 +115,9 @@ pub struct WorkerConfig {
     pub max_deployments: u16,
     pub lease_seconds: u64,
     pub playbooks_dir: PathBuf,
+    /// The `ansible-playbook` the ansible executor runs: a bare name is looked up in
+    /// `PATH`; a path points at another installation (a virtualenv's, say).
+    pub ansible_playbook: String,
     /// Where the SSH control sockets live. Unix socket paths are limited to about
     /// 100 bytes, so keep this short.
     pub ssh_control_dir: PathBuf,
@@ -129,6 +132,7 @@ impl Default for WorkerConfig {
             max_deployments: 4,
             lease_seconds: 30,
             playbooks_dir: PathBuf::from("playbooks"),
+            ansible_playbook: "ansible-playbook".to_owned(),
             ssh_control_dir: PathBuf::from("/tmp/vesemir-ssh"),
             log_batch_lines: 500,
             log_batch_ms: 200,
@@ -530,6 +534,20 @@ mod tests {
         );
         let config = Config::parse(&text, Path::new(".")).expect("parses");
         assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn a_load_balancer_socket_on_another_host_must_be_an_absolute_path() {
+        let balanced = |socket: &str| {
+            let lb = format!(
+                r#"load_balancers = [{{ name = "lb-1", runtime_api = {{ kind = "ssh", host = "10.0.0.2", socket = "{socket}" }} }}]"#
+            );
+            let text = MINIMAL.replace("[services.demo]", &format!("{lb}\n[services.demo]"));
+            Config::parse(&text, Path::new(".")).expect("parses").validate()
+        };
+        assert!(balanced("/run/haproxy/admin.sock").is_ok());
+        let err = balanced("admin.sock").unwrap_err();
+        assert!(err.to_string().contains("must be absolute"), "{err}");
     }
 
     #[test]

@@ -203,6 +203,8 @@ pub struct Setup {
     pub playbooks_dir: Option<PathBuf>,
     /// More configuration, appended as written (more clusters, say).
     pub extra_config: String,
+    /// The worker's `ansible-playbook` (default: the one in `PATH`).
+    pub ansible_playbook: Option<String>,
 }
 
 impl Default for Setup {
@@ -217,6 +219,7 @@ impl Default for Setup {
             playbook: "rolling".to_owned(),
             playbooks_dir: None,
             extra_config: String::new(),
+            ansible_playbook: None,
         }
     }
 }
@@ -492,6 +495,7 @@ max_deployments = 4
 lease_seconds = {lease}
 playbooks_dir = {playbooks:?}
 ssh_control_dir = {control:?}
+ansible_playbook = {ansible_playbook:?}
 log_batch_ms = 50
 
 [services.demo]
@@ -532,6 +536,7 @@ url = "http://{{{{host.address}}}}:8080/health"
         playbooks = setup.playbooks_dir.clone().unwrap_or_else(|| repo_root().join("playbooks")),
         playbook = setup.playbook,
         control = control_dir.path(),
+        ansible_playbook = setup.ansible_playbook.as_deref().unwrap_or("ansible-playbook"),
     );
     if let Some(fleet) = fleet {
         let hosts: Vec<String> =

@@ -176,6 +176,21 @@ url = "http://{{host.address}}:8080/health"
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_without_ansible_playbook_fails_the_hosts_saying_so() {
+    let fleet = Fleet::up(1).unwrap();
+    let setup = Setup { ansible_playbook: Some("/nonexistent/bin/ansible-playbook".to_owned()), ..Setup::default() };
+    let app = TestApp::start(Some(&fleet), setup).await.unwrap();
+    let id = app.deploy(&ansible("66.0.0")).await.unwrap();
+    let done = app.wait_final(&id, FINISH).await.unwrap();
+    assert_eq!(done["state"], "failed");
+    let error = done["hosts"][0]["error"].as_str().unwrap();
+    assert!(error.contains("/nonexistent/bin/ansible-playbook is not installed on this worker"), "{error}");
+    assert_eq!(fleet.served_version("vm-01").await.unwrap(), "none", "nothing ran");
+    assert!(leftovers(&app).is_empty());
+    app.shut_down().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_under_ansible_lets_the_wave_finish_and_leaves_nothing() {
     let fleet = Fleet::up(3).unwrap();
     let app = TestApp::start(Some(&fleet), Setup::default()).await.unwrap();

@@ -56,8 +56,11 @@ impl Worker {
         let store = Store::connect(&config.database).await?;
         store.migrate().await?;
         let native = Arc::new(NativeExecutor::new(config.worker.ssh_control_dir.clone()));
-        let ansible =
-            Arc::new(AnsibleExecutor::new(config.worker.playbooks_dir.clone(), config.worker.ssh_control_dir.clone()));
+        let ansible = Arc::new(AnsibleExecutor::new(
+            config.worker.ansible_playbook.clone(),
+            config.worker.playbooks_dir.clone(),
+            config.worker.ssh_control_dir.clone(),
+        ));
         let (shutdown_tx, shutdown) = watch::channel(false);
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         let id = format!("{}:{}", host.trim(), std::process::id());

@@ -43,13 +43,15 @@ fn lb_inventory_name(lb: &LoadBalancerConfig) -> String {
 
 #[derive(Debug)]
 pub struct AnsibleExecutor {
+    /// The `ansible-playbook` program.
+    program: String,
     playbooks_dir: PathBuf,
     work_dir: PathBuf,
 }
 
 impl AnsibleExecutor {
-    pub fn new(playbooks_dir: PathBuf, work_dir: PathBuf) -> Self {
-        Self { playbooks_dir, work_dir }
+    pub fn new(program: String, playbooks_dir: PathBuf, work_dir: PathBuf) -> Self {
+        Self { program, playbooks_dir, work_dir }
     }
 }
 
@@ -215,7 +217,10 @@ impl AnsibleExecutor {
         let mut child = match self.command(first, dir, jobs.len()).spawn() {
             Ok(child) => child,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return fail_all("ansible-playbook is not installed on this worker (Debian: ansible-core)".to_owned());
+                return fail_all(format!(
+                    "{} is not installed on this worker (Debian: ansible-core; or set worker.ansible_playbook)",
+                    self.program
+                ));
             }
             Err(e) => return fail_all(format!("cannot start ansible-playbook: {e}")),
         };
@@ -282,7 +287,7 @@ impl AnsibleExecutor {
             ssh.known_hosts.display(),
             ssh.keepalive_seconds
         );
-        let mut command = tokio::process::Command::new("ansible-playbook");
+        let mut command = tokio::process::Command::new(&self.program);
         command
             .arg("-i")
             .arg(dir.join("inventory.ini"))
