@@ -91,6 +91,8 @@ async fn a_hostile_variable_reaches_neither_ansible_nor_a_shell() {
         format!("'; touch {marker}; echo '"),
         format!("{{{{ lookup('pipe', 'touch {marker}') }}}}"),
         format!("$(touch {marker})"),
+        // Characters a YAML parser refuses raw (DEL, a C1 control, U+FFFE).
+        format!("del\u{7f} nel\u{85} nonchar\u{fffe} {marker}"),
     ] {
         let request = json!({"service": "noted", "cluster": "sandbox", "version": "62.0.0", "executor": "ansible", "vars": {"note": payload}});
         let id = app.deploy(&request).await.unwrap();

@@ -50,6 +50,7 @@ class CallbackModule(CallbackBase):
             host=result._host.get_name(),
             task=result._task.get_name(),
             lines=[str(line) for line in lines if line],
+            still_out=bool(outcome.get("still_out")),
         )
 
     def v2_playbook_on_task_start(self, task, is_conditional):
@@ -99,6 +100,8 @@ def _message(outcome):
         failed = [str(item.get("msg", "")) for item in items if isinstance(item, dict) and item.get("failed")]
         if failed:
             return "; ".join(failed)
-    if outcome.get("skipped"):
-        return str(outcome.get("skip_reason") or outcome.get("skipped_reason") or "")
+    # Ansible strips `skipped` before callbacks see the result; the reason stays.
+    reason = outcome.get("skip_reason") or outcome.get("skipped_reason")
+    if reason:
+        return str(reason)
     return str(outcome.get("msg", ""))

@@ -1,7 +1,9 @@
 #!/usr/bin/python3
 # Vesemir's HAProxy module: takes a server out of rotation and puts it back through
-# HAProxy's Runtime API, over TCP or a unix socket of the host running the task
-# (delegate the task to the load balancer host to reach a socket there).
+# HAProxy's Runtime API, over TCP, a local unix socket, or SSH to the load balancer
+# host and its unix socket (with socat there), as the native executor does. Reaching
+# the load balancer is the module's own business, so a load balancer that cannot be
+# reached fails the task like any refusal, and the play's rescue still runs.
 #
 # Every change is read back: HAProxy forgets runtime changes when it reloads, so a
 # change that did not stick is made once more, and then fails. Answers are parsed
@@ -9,7 +11,9 @@
 from __future__ import annotations
 
 import re
+import shlex
 import socket
+import subprocess
 import time
 
 from ansible.module_utils.basic import AnsibleModule
@@ -26,10 +30,21 @@ options:
     required: true
   runtime_api:
     description:
-      - Where the Runtime API listens, as seen from the host running the task; a TCP
-        address C(host:port), or the absolute path of a unix socket.
+      - Where the Runtime API listens; a TCP address C(host:port), or the absolute path
+        of a unix socket (on the host running the task, or on I(ssh.host)).
     type: str
     required: true
+  ssh:
+    description:
+      - Reach the unix socket on this host, over SSH with strict host-key checking.
+    type: dict
+    options:
+      host: {type: str, required: true}
+      user: {type: str, required: true}
+      port: {type: int, default: 22}
+      private_key: {type: path, required: true}
+      known_hosts: {type: path, required: true}
+      connect_timeout: {type: int, default: 10}
   backend:
     description: The HAProxy backend.
     type: str
@@ -64,6 +79,10 @@ options:
 """
 
 RETURN = r"""
+still_out:
+  description: For a failed C(ready), whether the server is still out of rotation.
+  type: bool
+  returned: failure
 report:
   description: One line per change or check, as the load balancer reported it.
   type: list
@@ -80,13 +99,37 @@ NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 
 
 class Refused(Exception):
-    pass
+    # Set when `ready` failed before the server was put back: it is still out.
+    still_out = False
 
 
 class RuntimeApi:
-    def __init__(self, where, timeout):
+    def __init__(self, where, timeout, ssh=None):
         self.where = where
         self.timeout = timeout
+        self.ssh = ssh
+
+    def _over_ssh(self, line):
+        ssh = self.ssh
+        argv = [
+            "ssh", "-T", "-o", "BatchMode=yes",
+            "-o", "StrictHostKeyChecking=yes", "-o", "UserKnownHostsFile=" + ssh["known_hosts"],
+            "-o", "GlobalKnownHostsFile=/dev/null", "-o", "UpdateHostKeys=no",
+            "-o", "KexAlgorithms=curve25519-sha256,curve25519-sha256@libssh.org",
+            "-o", "ConnectTimeout=%d" % ssh["connect_timeout"],
+            "-i", ssh["private_key"], "-p", str(ssh["port"]), "-l", ssh["user"],
+            "--", ssh["host"], "socat - UNIX-CONNECT:" + shlex.quote(self.where),
+        ]  # fmt: skip
+        try:
+            done = subprocess.run(
+                argv, input=line.encode(), capture_output=True, timeout=self.timeout + ssh["connect_timeout"]
+            )
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise Refused("load balancer unreachable: %s" % e)
+        if done.returncode != 0:
+            said = done.stderr.decode("utf-8", "replace").strip()
+            raise Refused("load balancer unreachable: ssh to %s: %s" % (ssh["host"], said))
+        return done.stdout[:MAX_ANSWER_BYTES].decode("utf-8", "replace")
 
     def _connect(self):
         if self.where.startswith("/"):
@@ -98,6 +141,8 @@ class RuntimeApi:
         return socket.create_connection((host.strip("[]"), int(port)), timeout=self.timeout)
 
     def command(self, line):
+        if self.ssh:
+            return self._over_ssh(line + "\n")
         try:
             with self._connect() as conn:
                 conn.sendall((line + "\n").encode())
@@ -129,27 +174,41 @@ def parse_servers_state(answer, server, command):
     lines = [line for line in answer.splitlines() if line.strip()]
     if len(lines) < 2 or lines[0].strip() != "1" or not lines[1].startswith("# "):
         raise Refused("`%s` was refused: %s" % (command, answer.strip()))
-    header = lines[1][2:].split()
-    at = {name: header.index(name) for name in ("srv_name", "srv_admin_state", "srv_uweight", "srv_iweight")}
+    at = columns(lines[1][2:].split(), ("srv_name", "srv_admin_state", "srv_uweight", "srv_iweight"), command)
     for row in lines[2:]:
         fields = row.split()
-        if len(fields) > max(at.values()) and fields[at["srv_name"]] == server:
+        if fields[at["srv_name"] : at["srv_name"] + 1] != [server]:
+            continue
+        try:
             flags = int(fields[at["srv_admin_state"]])
             admin = "maint" if flags & ADMF_MAINT else "drain" if flags & ADMF_DRAIN else "ready"
             return admin, int(fields[at["srv_uweight"]]), int(fields[at["srv_iweight"]])
+        except (IndexError, ValueError):
+            raise Refused("`%s`: unreadable row: %s" % (command, row))
     raise Refused("`%s` was refused: No such server." % command)
+
+
+def columns(header, names, command):
+    """The position of each named column, or Refused naming the one missing."""
+    for name in names:
+        if name not in header:
+            raise Refused("`%s`: no %s column in the answer" % (command, name))
+    return {name: header.index(name) for name in names}
 
 
 def parse_stat(answer, server, command):
     lines = [line for line in answer.splitlines() if line.strip()]
     if not lines or not lines[0].startswith("# "):
         raise Refused("`%s` was refused: %s" % (command, answer.strip()))
-    header = lines[0][2:].split(",")
-    at = {name: header.index(name) for name in ("svname", "status", "scur")}
+    at = columns(lines[0][2:].split(","), ("svname", "status", "scur"), command)
     for row in lines[1:]:
         fields = row.split(",")
-        if len(fields) > max(at.values()) and fields[at["svname"]] == server:
+        if fields[at["svname"] : at["svname"] + 1] != [server]:
+            continue
+        try:
             return fields[at["status"]], int(fields[at["scur"]])
+        except (IndexError, ValueError):
+            raise Refused("`%s`: unreadable row: %s" % (command, row))
     raise Refused("`%s` was refused: No such server." % command)
 
 
@@ -237,8 +296,13 @@ def run(server, p):
     if action == "ready":
         # The reduced weight is set while the server is still out, so it comes back at
         # that weight and never takes a full share early.
-        report = [server.set_weight(p["percent"])] if p["percent"] is not None else []
-        return report + [server.set_state("ready"), server.wait_up()]
+        try:
+            report = [server.set_weight(p["percent"])] if p["percent"] is not None else []
+            report.append(server.set_state("ready"))
+        except Refused as e:
+            e.still_out = True
+            raise
+        return report + [server.wait_up()]
     return [server.set_weight(100), server.wait_up()]
 
 
@@ -247,6 +311,17 @@ def main():
         argument_spec=dict(
             name=dict(type="str", required=True),
             runtime_api=dict(type="str", required=True),
+            ssh=dict(
+                type="dict",
+                options=dict(
+                    host=dict(type="str", required=True),
+                    user=dict(type="str", required=True),
+                    port=dict(type="int", default=22),
+                    private_key=dict(type="path", required=True),
+                    known_hosts=dict(type="path", required=True),
+                    connect_timeout=dict(type="int", default=10),
+                ),
+            ),
             backend=dict(type="str", required=True),
             server=dict(type="str", required=True),
             action=dict(
@@ -265,11 +340,11 @@ def main():
             module.fail_json(msg="%s %r is not a valid HAProxy name" % (field, p[field]), report="")
     if p["percent"] is not None and not 1 <= p["percent"] <= 100:
         module.fail_json(msg="percent must be from 1 to 100", report="")
-    api = RuntimeApi(p["runtime_api"], p["timeout_ms"] / 1000.0)
+    api = RuntimeApi(p["runtime_api"], p["timeout_ms"] / 1000.0, p["ssh"])
     try:
         report = run(Server(api, p), p)
     except Refused as e:
-        module.fail_json(msg="%s: %s" % (p["name"], e), report=[])
+        module.fail_json(msg="%s: %s" % (p["name"], e), report=[], still_out=e.still_out)
     module.exit_json(changed=p["action"] not in ("wait_drained",), report=report, msg="\n".join(report))
 
 

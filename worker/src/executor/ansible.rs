@@ -1,6 +1,5 @@
 //! The ansible executor: each wave is one run of `ansible-playbook` on the shipped
-//! `playbooks/ansible/rolling.yml`, with a temporary inventory of the wave's hosts
-//! (and of the load balancers reached over SSH, to which their tasks are delegated).
+//! `playbooks/ansible/rolling.yml`, with a temporary inventory of the wave's hosts.
 //!
 //! Safety: the inventory holds only validated host names and addresses; every
 //! command and URL is rendered by Vesemir per host (values shell-quoted) and handed
@@ -22,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
-use vesemir_core::config::{LoadBalancerConfig, RuntimeApi};
+use vesemir_core::config::{ClusterConfig, RuntimeApi};
 use vesemir_core::deployment::{LogStream, StepState, is_address, is_host_name};
 
 /// The playbook's steps, in order: their task names are the step names recorded, as
@@ -35,11 +34,6 @@ const STEPS: [&str; 9] =
 const VERDICT_TASK: &str = "rotation";
 /// The rescue's task that puts a healthy host back.
 const PUT_BACK_TASK: &str = "put back a healthy host";
-
-/// The inventory name of a load balancer reached over SSH.
-fn lb_inventory_name(lb: &LoadBalancerConfig) -> String {
-    format!("vesemir-lb-{}", lb.name)
-}
 
 #[derive(Debug)]
 pub struct AnsibleExecutor {
@@ -75,9 +69,24 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
 }
 
-/// A YAML scalar Ansible will not template: JSON string syntax is valid YAML.
+/// A YAML scalar Ansible will not template, double-quoted with everything but
+/// printable ASCII escaped: YAML parsers refuse some characters (DEL, C1 controls,
+/// U+FFFE) even inside quotes, and an escape carries any of them intact.
 fn unsafe_string(text: &str) -> String {
-    format!("!unsafe {}", serde_json::to_string(text).unwrap_or_default())
+    let mut quoted = String::with_capacity(text.len() + 10);
+    quoted.push_str("!unsafe \"");
+    for c in text.chars() {
+        match c {
+            '"' => quoted.push_str("\\\""),
+            '\\' => quoted.push_str("\\\\"),
+            ' '..='~' => quoted.push(c),
+            '\n' => quoted.push_str("\\n"),
+            c if u32::from(c) <= 0xFFFF => quoted.push_str(&format!("\\u{:04X}", u32::from(c))),
+            c => quoted.push_str(&format!("\\U{:08X}", u32::from(c))),
+        }
+    }
+    quoted.push('"');
+    quoted
 }
 
 /// Per host: its rendered commands, health URL and load-balancer server name; for the
@@ -149,20 +158,37 @@ fn load_balancer_vars(job: &HostJob<'_>) -> String {
         settings.poll_interval_ms,
     );
     for lb in &job.cluster.load_balancers {
-        let (delegate_to, runtime_api) = match &lb.runtime_api {
-            RuntimeApi::Tcp { address } => ("localhost".to_owned(), address.clone()),
-            RuntimeApi::Unix { path } => ("localhost".to_owned(), path.to_string_lossy().into_owned()),
-            RuntimeApi::Ssh { socket, .. } => (lb_inventory_name(lb), socket.clone()),
+        let (runtime_api, over_ssh) = match &lb.runtime_api {
+            RuntimeApi::Tcp { address } => (address.clone(), None),
+            RuntimeApi::Unix { path } => (path.to_string_lossy().into_owned(), None),
+            RuntimeApi::Ssh { host, socket } => (socket.clone(), Some(host.as_str())),
         };
         yaml.push_str(&format!(
-            "  - name: {}\n    delegate_to: {}\n    runtime_api: {}\n    timeout_ms: {}\n",
+            "  - name: {}\n    runtime_api: {}\n    timeout_ms: {}\n",
             unsafe_string(&lb.name),
-            unsafe_string(&delegate_to),
             unsafe_string(&runtime_api),
             lb.timeout_ms,
         ));
+        if let Some(host) = over_ssh {
+            yaml.push_str(&ssh_vars(job.cluster, host));
+        }
     }
     yaml
+}
+
+/// How the module reaches a load balancer's socket over SSH: the cluster's SSH
+/// settings, as the native executor uses them.
+fn ssh_vars(cluster: &ClusterConfig, host: &str) -> String {
+    let ssh = &cluster.ssh;
+    format!(
+        "    ssh:\n      host: {}\n      user: {}\n      port: {}\n      private_key: {}\n      known_hosts: {}\n      connect_timeout: {}\n",
+        unsafe_string(host),
+        unsafe_string(&ssh.user),
+        ssh.port,
+        unsafe_string(&ssh.private_key.to_string_lossy()),
+        unsafe_string(&ssh.known_hosts.to_string_lossy()),
+        ssh.connect_timeout_seconds,
+    )
 }
 
 fn inventory(jobs: &[(HostJob<'_>, Journal)]) -> Result<String, String> {
@@ -172,19 +198,12 @@ fn inventory(jobs: &[(HostJob<'_>, Journal)]) -> Result<String, String> {
         if !is_host_name(name) || !is_address(address) {
             return Err(format!("host {name:?} at {address:?} cannot go into an inventory"));
         }
-        text.push_str(&format!("{name} ansible_host={address}\n"));
-    }
-    let Some((job, _)) = jobs.first() else { return Ok(text) };
-    if job.service.load_balancer.is_some() {
-        text.push_str("[load_balancers]\n");
-        for lb in &job.cluster.load_balancers {
-            if let RuntimeApi::Ssh { host, .. } = &lb.runtime_api {
-                if !is_host_name(host) && !is_address(host) {
-                    return Err(format!("load balancer host {host:?} cannot go into an inventory"));
-                }
-                text.push_str(&format!("{} ansible_host={host}\n", lb_inventory_name(lb)));
-            }
+        // The play delegates its local tasks to `localhost`: a target of that name
+        // would take them over.
+        if name == "localhost" {
+            return Err("a host named localhost cannot be deployed with the ansible executor".to_owned());
         }
+        text.push_str(&format!("{name} ansible_host={address}\n"));
     }
     Ok(text)
 }
@@ -203,6 +222,8 @@ struct Seen {
     load_balancer: Option<AdminState>,
     /// Where the rescue left the host, appended to its error.
     verdict: Option<String>,
+    /// `ready` failed before it put the server back on some load balancer.
+    still_out: bool,
 }
 
 impl AnsibleExecutor {
@@ -237,7 +258,14 @@ impl AnsibleExecutor {
                     journal.step_finished(position, &task, StepState::Failed, None, state.tail.text()).await;
                 }
             }
-            return fail_all(error);
+            // Where each host was left is known even though the play never finished.
+            return jobs
+                .iter()
+                .map(|(job, _)| HostReport {
+                    load_balancer: seen.get(&job.host.name).and_then(|s| s.load_balancer),
+                    ..HostReport::failed(error.clone())
+                })
+                .collect();
         };
         close_masters(&dir.join("cp")).await;
         for line in stderr_lines.iter().filter(|l| !l.trim().is_empty()) {
@@ -390,8 +418,10 @@ fn run_limit(job: &HostJob<'_>) -> Duration {
     let service = job.service;
     let health = &service.health;
     let check = u64::from(health.retries) * (health.interval_ms + health.timeout_ms).div_ceil(1000);
+    // The module waits on one load balancer after the other.
+    let lbs = job.cluster.load_balancers.len() as u64;
     let balancing =
-        service.load_balancer.as_ref().map_or(0, |b| b.drain_timeout_seconds + 3 * b.up_timeout_seconds + 30);
+        service.load_balancer.as_ref().map_or(0, |b| lbs * (b.drain_timeout_seconds + 3 * b.up_timeout_seconds + 30));
     let sleep = u64::from(job.request.sleep_seconds.unwrap_or(0));
     Duration::from_secs(2 * (service.step_timeout_seconds + 20) + 2 * check + balancing + sleep + 60)
 }
@@ -413,7 +443,6 @@ async fn on_event(event: &Value, balanced: bool, journals: &HashMap<&str, &Journ
                 state.load_balancer = match task {
                     "drain" => Some(AdminState::Drain),
                     "maint" => Some(AdminState::Maint),
-                    "ready" => Some(AdminState::Ready),
                     _ => state.load_balancer,
                 };
             }
@@ -424,6 +453,7 @@ async fn on_event(event: &Value, balanced: bool, journals: &HashMap<&str, &Journ
             }
         }
         Some("item") => {
+            state.still_out |= event["still_out"].as_bool().unwrap_or(false);
             for line in event["lines"].as_array().into_iter().flatten().filter_map(Value::as_str) {
                 state.tail.push(line);
                 journal.log(LogStream::System, line).await;
@@ -466,8 +496,15 @@ async fn on_result(event: &Value, task: &str, step: Option<usize>, journal: &Jou
         }
     }
     let failed = matches!(status, "failed" | "unreachable");
-    if task == PUT_BACK_TASK && matches!(status, "ok" | "changed") {
+    let back = match task {
         // Only once it worked: a conditional task starts even when it is then skipped.
+        PUT_BACK_TASK => matches!(status, "ok" | "changed"),
+        // As native: back once the state change went through, even if the server is
+        // then not seen UP in time.
+        "ready" => status != "skipped" && !state.still_out,
+        _ => false,
+    };
+    if back && state.load_balancer.is_some() {
         state.load_balancer = Some(AdminState::Ready);
     }
     if task == VERDICT_TASK {
@@ -515,5 +552,11 @@ mod tests {
             r#"!unsafe "echo '{{ lookup(\"pipe\", \"id\") }}'""#
         );
         assert_eq!(unsafe_string("a\nb"), r#"!unsafe "a\nb""#);
+    }
+
+    #[test]
+    fn characters_yaml_refuses_raw_are_escaped() {
+        assert_eq!(unsafe_string("\u{7f}\u{85}\u{fffe}é\t"), r#"!unsafe "\u007F\u0085\uFFFE\u00E9\u0009""#);
+        assert_eq!(unsafe_string("🦀 \\"), r#"!unsafe "\U0001F980 \\""#);
     }
 }
