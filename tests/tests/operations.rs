@@ -39,10 +39,18 @@ async fn a_cancel_mid_rollout_finishes_hosts_in_flight_and_skips_the_rest() {
     let mut request = demo_request("40.0.0");
     request["weight"] = json!(10);
     request["sleep_seconds"] = json!(2);
-    let id = app.deploy(&request).await.unwrap();
+    let deployer = client_with(&app.token("ci-payments", Role::Deployer).await.unwrap());
+    let submitted = deployer.post(app.url("/v1/deployments")).json(&request).send().await.unwrap();
+    assert_eq!(submitted.status().as_u16(), 202);
+    let id = submitted.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
     wait_for(&app, &id, |d| d["summary"]["running"] == 1).await;
 
-    let deployer = client_with(&app.token("ci-payments", Role::Deployer).await.unwrap());
+    // A deployer cancels only what it requested.
+    let other = client_with(&app.token("ci-billing", Role::Deployer).await.unwrap());
+    let (refused, body) = post(&app, &other, &format!("/v1/deployments/{id}/cancel")).await;
+    assert_eq!(refused, 403, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("requested by ci-payments"), "{body}");
+
     let (status, cancelling) = post(&app, &deployer, &format!("/v1/deployments/{id}/cancel")).await;
     assert_eq!(status, 202, "{cancelling}");
     assert_eq!(cancelling["state"], "cancelling");

@@ -182,8 +182,13 @@ pub async fn cancel(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    match state.store.cancel(id, &caller.name).await? {
+    match state.store.cancel(id, &caller).await? {
         Cancel::NotFound => return Err(ApiError::NotFound(format!("deployment {id} does not exist"))),
+        Cancel::NotYours { requested_by } => {
+            return Err(ApiError::Forbidden(format!(
+                "deployment {id} was requested by {requested_by}: a deployer cancels only its own (an admin may cancel any)"
+            )));
+        }
         Cancel::Final(done) => {
             return Err(ApiError::Conflict(format!("deployment {id} is already {done}: there is nothing to cancel")));
         }

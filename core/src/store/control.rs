@@ -1,6 +1,7 @@
 //! Acting on a deployment from outside: cancel and retry.
 
 use super::{Store, StoreError, access, parse};
+use crate::access::{Caller, Role};
 use crate::deployment::{DeploymentRequest, DeploymentState, HostState};
 use uuid::Uuid;
 
@@ -12,6 +13,10 @@ pub enum Cancel {
     Cancelling,
     /// Already over.
     Final(DeploymentState),
+    /// A deployer may cancel only what it requested; this one is someone else's.
+    NotYours {
+        requested_by: String,
+    },
     NotFound,
 }
 
@@ -33,15 +38,19 @@ impl Store {
     /// Cancels a deployment on behalf of `actor`. A queued one ends at once (and the
     /// next deployment waiting for its target is woken); a running one is marked
     /// `cancelling`, which its worker sees before starting each wave.
-    pub async fn cancel(&self, id: Uuid, actor: &str) -> Result<Cancel, StoreError> {
+    pub async fn cancel(&self, id: Uuid, caller: &Caller) -> Result<Cancel, StoreError> {
+        let actor = caller.name.as_str();
         let mut tx = self.pool.begin().await?;
         // The row lock orders this against a worker's claim of the same deployment.
-        let row: Option<(String, String, String)> =
-            sqlx::query_as("SELECT state, service, cluster FROM deployments WHERE id = $1 FOR UPDATE")
+        let row: Option<(String, String, String, String)> =
+            sqlx::query_as("SELECT state, service, cluster, requested_by FROM deployments WHERE id = $1 FOR UPDATE")
                 .bind(id)
                 .fetch_optional(&mut *tx)
                 .await?;
-        let Some((state, service, cluster)) = row else { return Ok(Cancel::NotFound) };
+        let Some((state, service, cluster, requested_by)) = row else { return Ok(Cancel::NotFound) };
+        if caller.role < Role::Admin && requested_by != actor {
+            return Ok(Cancel::NotYours { requested_by });
+        }
         let outcome = match parse::<DeploymentState>(&state)? {
             DeploymentState::Queued => {
                 sqlx::query(
