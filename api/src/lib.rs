@@ -114,7 +114,7 @@ impl App {
 }
 
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
-    use routes::{admin, deployments, health};
+    use routes::{admin, deployments, health, openapi};
     Router::new()
         .route("/v1/deployments", get(deployments::list).post(deployments::submit))
         .route("/v1/deployments/{id}", get(deployments::get))
@@ -128,6 +128,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
+        .route("/openapi.json", get(openapi::openapi))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))

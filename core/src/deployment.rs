@@ -167,7 +167,7 @@ pub struct DeploymentRequest {
 }
 
 impl DeploymentRequest {
-    const FIELDS: &'static [&'static str] = &[
+    pub const FIELDS: &'static [&'static str] = &[
         "service",
         "cluster",
         "version",
@@ -182,7 +182,7 @@ impl DeploymentRequest {
         "dry_run",
         "canary",
     ];
-    const SELECTOR_FIELDS: &'static [&'static str] = &["roles", "tags", "environment", "query"];
+    pub const SELECTOR_FIELDS: &'static [&'static str] = &["roles", "tags", "environment", "query"];
 
     /// The first field of a submit body that this version does not know, if any.
     pub fn unknown_field(body: &serde_json::Value) -> Option<String> {

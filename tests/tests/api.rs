@@ -4,6 +4,8 @@
 #![allow(clippy::unwrap_used)] // A test that unwraps fails loudly, which is what a test should do.
 
 use serde_json::{Value, json};
+use std::collections::BTreeSet;
+use vesemir_core::deployment::DeploymentRequest;
 use vesemir_tests::{Setup, TestApp, demo_request};
 
 async fn app() -> TestApp {
@@ -357,5 +359,56 @@ async fn tokens_authenticate_roles_authorize_and_the_audit_trail_remembers() {
             ("test-admin", "token.revoke")
         ]
     );
+    app.shut_down().await;
+}
+
+/// The `.route("PATH", …)` paths of the API's router, read from its source.
+fn routed_paths() -> BTreeSet<String> {
+    let source = std::fs::read_to_string(vesemir_tests::repo_root().join("api/src/lib.rs")).unwrap();
+    source.split(".route(\"").skip(1).map(|rest| rest.split('"').next().unwrap().to_owned()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_describes_every_route_and_the_submit_body() {
+    let app = app().await;
+    let response = reqwest::get(app.url("/openapi.json")).await.unwrap();
+    assert_eq!(response.status().as_u16(), 200, "readable without a token");
+    let document: Value = response.json().await.unwrap();
+    assert_eq!(document["openapi"], "3.0.3");
+
+    let paths = document["paths"].as_object().unwrap();
+    let documented: BTreeSet<String> = paths.keys().cloned().collect();
+    assert_eq!(documented, routed_paths(), "documented paths against routed ones");
+
+    // Every documented operation is routed: none falls through to 404 "no such
+    // endpoint" or 405, whatever it answers about the resource itself.
+    let (_, submitted) = app.submit(&demo_request("70.0.0")).await.unwrap();
+    let id = submitted["id"].as_str().unwrap();
+    for (path, item) in paths {
+        let concrete = path.replace("{id}", id).replace("{name}", "nobody");
+        for method in item.as_object().unwrap().keys().filter(|m| ["get", "post", "delete"].contains(&m.as_str())) {
+            let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let mut request = app.client.request(method.clone(), app.url(&concrete));
+            if method == reqwest::Method::POST {
+                request = request.json(&json!({}));
+            }
+            // An event stream would stay open: its status line is all this needs.
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            let body =
+                if path.ends_with("/events") { Value::Null } else { response.json().await.unwrap_or(Value::Null) };
+            assert!(
+                status != 405 && body["error"]["message"] != "no such endpoint",
+                "{method} {path} is documented but not routed: {status} {body}"
+            );
+        }
+    }
+
+    // The submit body lists exactly the fields a submit accepts.
+    let schema = &document["components"]["schemas"]["DeploymentRequest"];
+    let properties: BTreeSet<&str> = schema["properties"].as_object().unwrap().keys().map(String::as_str).collect();
+    let accepted: BTreeSet<&str> = DeploymentRequest::FIELDS.iter().copied().collect();
+    assert_eq!(properties, accepted);
+    assert_eq!(schema["additionalProperties"], false);
     app.shut_down().await;
 }
