@@ -60,16 +60,6 @@ usage() {
     die "usage: goiardi.sh start DIR | stop DIR | client DIR NAME | node DIR NAME JSON | wait-searchable DIR QUERY N | request DIR METHOD PATH [BODY]"
 }
 
-# Waits up to N tenths of a second for a process to disappear.
-wait_gone() {
-    local pid=$1 n=$2 _
-    for _ in $(seq 1 "$n"); do
-        pid_alive "$pid" || return 0
-        sleep 0.1
-    done
-    ! pid_alive "$pid"
-}
-
 # Prints the PID from DIR/goiardi.pid if that process runs and is the
 # goiardi started on DIR, so that a recycled PID is never signalled.
 our_pid() {

@@ -40,6 +40,16 @@ pid_alive() {
     [[ $state != Z* ]]
 }
 
+# Waits up to N tenths of a second for a process to disappear.
+wait_gone() {
+    local pid=$1 n=$2 _
+    for _ in $(seq 1 "$n"); do
+        pid_alive "$pid" || return 0
+        sleep 0.1
+    done
+    ! pid_alive "$pid"
+}
+
 read_file() {
     if [ -f "$1" ]; then cat "$1"; fi
 }

@@ -118,16 +118,6 @@ stop_epmd() {
     rm -f "$dir/epmd.pid"
 }
 
-# Waits up to N tenths of a second for a process to disappear.
-wait_gone() {
-    local pid=$1 n=$2 _
-    for _ in $(seq 1 "$n"); do
-        pid_alive "$pid" || return 0
-        sleep 0.1
-    done
-    ! pid_alive "$pid"
-}
-
 # Prints PID and all its descendants. The node's helpers (erl_child_setup,
 # which starts its own session, inet_gethost, the disk monitor shell) are
 # only reachable this way.

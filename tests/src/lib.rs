@@ -595,6 +595,23 @@ pub fn demo_request(version: &str) -> Value {
 }
 
 /// Per-host states of a deployment, by name.
+/// The steps of the shipped rolling playbook, the same under either executor.
+pub const ROLLING_STEPS: [&str; 9] =
+    ["drain", "wait_drained", "maint", "install", "restart", "health", "ready", "pause", "full_weight"];
+
+/// A host's steps as (name, state), in order.
+pub fn step_states(host: &Value) -> Vec<(String, String)> {
+    host["steps"]
+        .as_array()
+        .map(|steps| {
+            steps
+                .iter()
+                .map(|s| (s["name"].as_str().unwrap_or("").to_owned(), s["state"].as_str().unwrap_or("").to_owned()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 pub fn host_states(deployment: &Value) -> Vec<(String, String)> {
     deployment["hosts"]
         .as_array()

@@ -5,7 +5,7 @@
 
 use serde_json::json;
 use std::time::Duration;
-use vesemir_tests::{Fleet, Setup, TestApp, demo_request, host_states};
+use vesemir_tests::{Fleet, ROLLING_STEPS, Setup, TestApp, demo_request, host_states, step_states};
 
 const FINISH: Duration = Duration::from_secs(180);
 
@@ -47,15 +47,10 @@ async fn ansible_rolls_out_waves_and_tells_unreachable_from_failed() {
         assert_eq!(fleet.served_version(name).await.unwrap(), "60.0.0", "{name}");
     }
     let vm1 = &done["hosts"][0];
-    let steps: Vec<(&str, &str)> = vm1["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| (s["name"].as_str().unwrap(), s["state"].as_str().unwrap()))
-        .collect();
     // The same steps as the native executor's, the load-balancer ones with nothing to do.
-    let names = ["drain", "wait_drained", "maint", "install", "restart", "health", "ready", "pause", "full_weight"];
-    assert_eq!(steps, names.map(|n| (n, "succeeded")));
+    let expected: Vec<(String, String)> =
+        ROLLING_STEPS.iter().map(|n| (n.to_string(), "succeeded".to_owned())).collect();
+    assert_eq!(step_states(vm1), expected);
     assert_eq!(vm1["steps"][3]["exit_code"], 0);
     let logs = app.logs(&id).await.unwrap();
     assert!(

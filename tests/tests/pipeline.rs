@@ -5,7 +5,10 @@
 
 use serde_json::json;
 use std::time::Duration;
-use vesemir_tests::{Fleet, ScratchDir, Setup, TestApp, demo_request, host_states, run_script, swapped_known_hosts};
+use vesemir_tests::{
+    Fleet, ROLLING_STEPS, ScratchDir, Setup, TestApp, demo_request, host_states, run_script, step_states,
+    swapped_known_hosts,
+};
 
 const FINISH: Duration = Duration::from_secs(120);
 
@@ -28,18 +31,10 @@ async fn five_vms_at_concurrency_two_all_serve_the_new_version() {
     let waves: Vec<i64> = done["hosts"].as_array().unwrap().iter().map(|h| h["wave"].as_i64().unwrap()).collect();
     assert_eq!(waves, [0, 0, 1, 1, 2]);
     for host in done["hosts"].as_array().unwrap() {
-        let steps: Vec<(&str, &str)> = host["steps"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| (s["name"].as_str().unwrap(), s["state"].as_str().unwrap()))
-            .collect();
-        let names: Vec<&str> = steps.iter().map(|(n, _)| *n).collect();
-        assert_eq!(
-            names,
-            ["drain", "wait_drained", "maint", "install", "restart", "health", "ready", "pause", "full_weight"]
-        );
-        assert!(steps.iter().all(|(_, state)| *state == "succeeded"), "{steps:?}");
+        let steps = step_states(host);
+        let names: Vec<&str> = steps.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ROLLING_STEPS);
+        assert!(steps.iter().all(|(_, state)| state == "succeeded"), "{steps:?}");
         assert_eq!(host["steps"][3]["exit_code"], 0, "install exited 0");
         assert!(host["steps"][3]["finished_at"].is_string());
         assert!(host["load_balancer"].is_null(), "no load balancer was touched");
