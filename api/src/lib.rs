@@ -75,6 +75,7 @@ impl App {
             publisher: publisher.clone(),
             nudges,
             interval: Duration::from_millis(config.api.outbox_interval_ms),
+            reap_after: Duration::from_secs(config.api.reap_after_seconds),
         };
         let max_body = config.api.max_body_bytes;
         let hub = events::Hub::new(store.clone());

@@ -67,11 +67,19 @@ pub struct ApiConfig {
     pub max_body_bytes: usize,
     /// How often the outbox relay looks for deployments whose publish was not confirmed.
     pub outbox_interval_ms: u64,
+    /// How long a deployment may go without a live holder, or wait for a message once
+    /// its turn has come, before the reaper queues it again (see `Store::reap`).
+    pub reap_after_seconds: u64,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        Self { listen: SocketAddr::from(([127, 0, 0, 1], 8080)), max_body_bytes: 64 * 1024, outbox_interval_ms: 1000 }
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_body_bytes: 64 * 1024,
+            outbox_interval_ms: 1000,
+            reap_after_seconds: 60,
+        }
     }
 }
 
@@ -481,6 +489,9 @@ impl Config {
         }
         if self.worker.max_deployments == 0 {
             return invalid("worker.max_deployments must be at least 1".to_owned());
+        }
+        if self.api.reap_after_seconds == 0 {
+            return invalid("api.reap_after_seconds must be at least 1".to_owned());
         }
         if self.worker.lease_seconds < 3 {
             return invalid("worker.lease_seconds must be at least 3".to_owned());

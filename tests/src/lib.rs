@@ -192,6 +192,7 @@ pub struct Setup {
     pub workers: usize,
     pub amqp_url: String,
     pub lease_seconds: u64,
+    pub reap_after_seconds: u64,
     /// A known_hosts file other than the fleet's.
     pub known_hosts: Option<PathBuf>,
     /// The sandbox cluster's load balancers, as TOML inline tables.
@@ -213,6 +214,7 @@ impl Default for Setup {
             workers: 1,
             amqp_url: std::env::var("AMQP_URL").unwrap_or_else(|_| DEFAULT_AMQP_URL.to_owned()),
             lease_seconds: 6,
+            reap_after_seconds: 2,
             known_hosts: None,
             load_balancers: Vec::new(),
             backend: None,
@@ -481,6 +483,7 @@ fn config_for(
 [api]
 listen = "127.0.0.1:0"
 outbox_interval_ms = 300
+reap_after_seconds = {reap_after}
 
 [database]
 url = {database_url:?}
@@ -533,6 +536,7 @@ url = "http://{{{{host.address}}}}:8080/health"
 "#,
         amqp = setup.amqp_url,
         lease = setup.lease_seconds,
+        reap_after = setup.reap_after_seconds,
         playbooks = setup.playbooks_dir.clone().unwrap_or_else(|| repo_root().join("playbooks")),
         playbook = setup.playbook,
         control = control_dir.path(),
@@ -622,4 +626,64 @@ pub fn host_states(deployment: &Value) -> Vec<(String, String)> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// A second API replica: the real `vesemir-api` binary on the same database and queue
+/// as a [`TestApp`], its clock shifted by `faketime` (`FAKETIME` syntax: `-60s` runs
+/// a minute behind). Killed on drop.
+#[derive(Debug)]
+pub struct SkewedApi {
+    pub base: String,
+    child: std::process::Child,
+    _dir: ScratchDir,
+}
+
+/// Debian's `faketime` library (package faketime).
+const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+impl SkewedApi {
+    pub async fn start(app: &TestApp, skew: &str) -> anyhow::Result<Self> {
+        anyhow::ensure!(Path::new(LIBFAKETIME).exists(), "{LIBFAKETIME} is missing: install Debian's faketime");
+        let dir = ScratchDir::new("va")?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let config = app.config_text.replacen("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{port}\""), 1);
+        let path = dir.path().join("vesemir.toml");
+        std::fs::write(&path, config)?;
+        let binary = cli_binary().with_file_name("vesemir-api");
+        let child = Command::new(binary)
+            .arg("--config")
+            .arg(&path)
+            .arg("serve")
+            .env("LD_PRELOAD", LIBFAKETIME)
+            .env("FAKETIME", skew)
+            // Timers run on the real monotonic clock; only the wall clock is shifted.
+            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .context("starting vesemir-api")?;
+        let api = Self { base: format!("http://127.0.0.1:{port}"), child, _dir: dir };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while reqwest::get(format!("{}/healthz", api.base)).await.is_err() {
+            anyhow::ensure!(tokio::time::Instant::now() < deadline, "vesemir-api did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(api)
+    }
+}
+
+impl Drop for SkewedApi {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Empties the app's queue: every message in it is lost, as a dead channel or a dead
+/// letter would lose it.
+pub async fn purge_queue(app: &TestApp) -> anyhow::Result<u32> {
+    let (connection, channel) = vesemir_core::queue::open(&app.config.queue).await?;
+    let purged = channel.queue_purge(app.config.queue.queue.as_str().into(), Default::default()).await?;
+    connection.close(200, "done".into()).await?;
+    Ok(purged)
 }

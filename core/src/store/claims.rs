@@ -6,7 +6,7 @@
 //! act on a deployment another worker has taken over.
 
 use super::NewLogLine;
-use super::{Store, StoreError, parse};
+use super::{Store, StoreError, is_unique_violation, parse};
 use crate::deployment::{DeploymentRequest, DeploymentState, HostState, LogStream, StepState};
 use chrono::{DateTime, Utc};
 use std::time::Duration;
@@ -42,19 +42,6 @@ pub enum Claim {
     Missing,
 }
 
-/// A deployment that holds or waits for its target (service and cluster): any state
-/// but final, except dry runs, which touch no host.
-macro_rules! blocks_target {
-    ($alias:literal) => {
-        concat!(
-            $alias,
-            ".state IN ('queued', 'running', 'cancelling') AND (",
-            $alias,
-            ".request->>'dry_run')::boolean IS NOT TRUE"
-        )
-    };
-}
-
 /// A discovered host with its place in the rollout.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlannedHost {
@@ -73,33 +60,42 @@ pub struct RunHost {
 }
 
 impl Store {
-    /// Takes the deployment if nobody holds a live lease on it.
+    /// Takes the deployment if nobody holds a live lease on it and, for a queued
+    /// deployment, if its target is free and no deployment of that target was
+    /// submitted before it and still waits.
     pub async fn claim(&self, id: Uuid, token: &str, lease_seconds: u64) -> Result<Claim, StoreError> {
-        // One deployment per target: a queued one starts only when no older one of the
-        // same service and cluster is unfinished. Under concurrent claims, the younger
-        // always sees the older as unfinished until its final state is committed.
-        let claimed: Option<(sqlx::types::Json<DeploymentRequest>,)> = sqlx::query_as(concat!(
+        let claimed = sqlx::query_as::<_, (sqlx::types::Json<DeploymentRequest>,)>(concat!(
             "UPDATE deployments SET worker_id = $2, \
                  lease_expires_at = now() + make_interval(secs => $3), \
                  state = CASE WHEN state = 'queued' THEN 'running' ELSE state END, \
-                 started_at = COALESCE(started_at, now()) \
+                 started_at = COALESCE(started_at, now()), reaps = 0 \
              WHERE id = $1 AND state IN ('queued', 'running', 'cancelling') \
                AND (worker_id IS NULL OR lease_expires_at < now()) \
                AND NOT (state = 'queued' AND (request->>'dry_run')::boolean IS NOT TRUE AND EXISTS ( \
                    SELECT 1 FROM deployments other \
                    WHERE other.service = deployments.service AND other.cluster = deployments.cluster \
-                     AND other.id < deployments.id AND ",
+                     AND other.id <> deployments.id AND ",
             blocks_target!("other"),
-            ")) \
+            " AND (other.state <> 'queued' OR other.queue_seq < deployments.queue_seq))) \
              RETURNING request",
         ))
         .bind(id)
         .bind(token)
         .bind(lease_seconds as f64)
         .fetch_optional(&self.pool)
-        .await?;
-        if let Some((request,)) = claimed {
-            return Ok(Claim::Claimed(Box::new(ClaimedDeployment { id, request: request.0, token: token.to_owned() })));
+        .await;
+        match claimed {
+            Ok(Some((request,))) => {
+                return Ok(Claim::Claimed(Box::new(ClaimedDeployment {
+                    id,
+                    request: request.0,
+                    token: token.to_owned(),
+                })));
+            }
+            Ok(None) => {}
+            // Two claims of one target raced past the check: the index let one through.
+            Err(e) if is_unique_violation(&e, "deployments_one_rollout_per_target") => {}
+            Err(e) => return Err(e.into()),
         }
 
         // The remaining lease is computed by the database, whose clock set it.
@@ -108,9 +104,10 @@ impl Store {
             "SELECT state, worker_id, lease_expires_at, \
                     GREATEST(EXTRACT(EPOCH FROM lease_expires_at - now()), 0)::float8, \
                     (SELECT other.id FROM deployments other \
-                     WHERE other.service = d.service AND other.cluster = d.cluster AND other.id < d.id AND ",
+                     WHERE other.service = d.service AND other.cluster = d.cluster AND other.id <> d.id AND ",
             blocks_target!("other"),
-            " ORDER BY other.id LIMIT 1) \
+            " AND (other.state <> 'queued' OR other.queue_seq < d.queue_seq) \
+                     ORDER BY other.state = 'queued', other.queue_seq LIMIT 1) \
              FROM deployments d WHERE id = $1"
         ))
         .bind(id)
@@ -153,13 +150,13 @@ impl Store {
     /// message cannot be requeued (a dead channel, a delivery limit). Returns false
     /// when the claim was already gone.
     pub async fn release(&self, id: Uuid, token: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query(
+        let done = sqlx::query(concat!(
             "WITH released AS ( \
-                 UPDATE deployments SET worker_id = NULL, lease_expires_at = NULL \
+                 UPDATE deployments SET worker_id = NULL, lease_expires_at = now() \
                  WHERE id = $1 AND worker_id = $2 RETURNING id) \
-             INSERT INTO outbox (deployment_id) SELECT id FROM released \
-             ON CONFLICT (deployment_id) DO NOTHING",
-        )
+             INSERT INTO outbox (deployment_id) SELECT id FROM released ",
+            supersede!(),
+        ))
         .bind(id)
         .bind(token)
         .execute(&self.pool)
@@ -168,8 +165,12 @@ impl Store {
     }
 
     /// Records the outcome and drops the claim; false when the claim was lost. In the
-    /// same transaction, the next deployment waiting for the same target (the oldest
+    /// same transaction, the next deployment waiting for the same target (the first
     /// queued one) is queued again through the outbox: a wake-up that cannot be lost.
+    ///
+    /// A deployment whose cancel was accepted ends `cancelled`, whatever its rollout
+    /// concluded: a cancel that lands after the rollout's last look still wins, so
+    /// the final state always agrees with `cancelled_by`.
     pub async fn finish(
         &self,
         id: Uuid,
@@ -178,11 +179,15 @@ impl Store {
         error: Option<&str>,
     ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let target: Option<(String, String)> = sqlx::query_as(
-            "UPDATE deployments SET state = $3, error = $4, finished_at = now(), \
-                 worker_id = NULL, lease_expires_at = NULL \
+        let ended: Option<(String, String, String, Option<String>)> = sqlx::query_as(
+            "UPDATE deployments SET \
+                 state = CASE WHEN state = 'cancelling' AND $3 <> 'planned' THEN 'cancelled' ELSE $3 END, \
+                 error = CASE WHEN state = 'cancelling' AND $3 NOT IN ('cancelled', 'planned') \
+                     THEN 'cancelled by ' || cancelled_by || COALESCE('; ' || $4, ' after every host had finished') \
+                     ELSE $4 END, \
+                 finished_at = now(), worker_id = NULL, lease_expires_at = NULL \
              WHERE id = $1 AND worker_id = $2 \
-             RETURNING service, cluster",
+             RETURNING service, cluster, state, error",
         )
         .bind(id)
         .bind(token)
@@ -190,11 +195,12 @@ impl Store {
         .bind(error)
         .fetch_optional(&mut *tx)
         .await?;
-        let Some((service, cluster)) = target else {
+        let Some((service, cluster, state, error)) = ended else {
             return Ok(false);
         };
+        let state: DeploymentState = parse(&state)?;
         // The last event of the stream, committed with the state it announces.
-        let line = match error {
+        let line = match &error {
             Some(error) => format!("deployment {state}: {error}"),
             None => format!("deployment {state}"),
         };
@@ -372,8 +378,8 @@ pub(super) async fn wake_next(conn: &mut sqlx::PgConnection, service: &str, clus
         "INSERT INTO outbox (deployment_id) \
          SELECT id FROM deployments d WHERE service = $1 AND cluster = $2 AND ",
         blocks_target!("d"),
-        " AND state = 'queued' ORDER BY id LIMIT 1 \
-         ON CONFLICT (deployment_id) DO NOTHING"
+        " AND state = 'queued' ORDER BY queue_seq LIMIT 1 ",
+        supersede!(),
     ))
     .bind(service)
     .bind(cluster)

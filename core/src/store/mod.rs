@@ -3,6 +3,29 @@
 //! Queries are checked at run time (`query_as` with `FromRow`), so building never needs
 //! a database; every statement is exercised by the end-to-end tests against a real one.
 
+/// SQL shared by several modules, as macros so that `concat!` can splice it.
+///
+/// An enqueue of an id that already waits in the outbox: the row's generation moves
+/// on, so the relay, which deletes only the generation it published, publishes again.
+macro_rules! supersede {
+    () => {
+        "ON CONFLICT (deployment_id) DO UPDATE SET generation = outbox.generation + 1"
+    };
+}
+
+/// A deployment that holds or waits for its target (service and cluster): any state
+/// but final, except dry runs, which touch no host.
+macro_rules! blocks_target {
+    ($alias:literal) => {
+        concat!(
+            $alias,
+            ".state IN ('queued', 'running', 'cancelling') AND (",
+            $alias,
+            ".request->>'dry_run')::boolean IS NOT TRUE"
+        )
+    };
+}
+
 mod access;
 mod claims;
 mod control;
@@ -15,7 +38,7 @@ pub use claims::{Claim, ClaimedDeployment, PlannedHost, RunHost};
 pub use control::{Cancel, RetryPlan};
 pub use deployments::{Gauges, ListFilter, NewDeployment, Submitted};
 pub use logs::{EVENTS_CHANNEL, NewLogLine};
-pub use outbox::OutboxBatch;
+pub use outbox::{OutboxBatch, Pending};
 
 use crate::config::DatabaseConfig;
 use sqlx::PgPool;
@@ -38,6 +61,11 @@ pub enum StoreError {
     /// A stored value that this version does not understand (a newer writer, or damage).
     #[error("stored data is not valid: {0}")]
     Corrupt(String),
+}
+
+/// Whether `error` is a unique violation of `constraint`.
+fn is_unique_violation(error: &sqlx::Error, constraint: &str) -> bool {
+    error.as_database_error().is_some_and(|e| e.is_unique_violation() && e.constraint() == Some(constraint))
 }
 
 /// A handle on the database; cheap to clone.
