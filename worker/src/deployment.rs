@@ -134,10 +134,10 @@ impl Runner {
             }
         };
         let balancers = match &service.load_balancer {
-            None => Balancers::new(Vec::new(), Duration::ZERO),
+            None => Balancers::new(Vec::new(), Duration::ZERO, lease.fence()),
             Some(settings) => {
                 let poll = Duration::from_millis(settings.poll_interval_ms);
-                match lb::for_cluster(cluster, poll, &self.config.worker.ssh_control_dir).await {
+                match lb::for_cluster(cluster, poll, &self.config.worker.ssh_control_dir, lease.fence()).await {
                     Ok(balancers) => balancers,
                     Err(e) => {
                         let message = format!("cannot reach the cluster's load balancers: {e}");
@@ -157,7 +157,7 @@ impl Runner {
             playbook: &playbook,
             balancers: &balancers,
             logs,
-            stop: Stop { shutdown: self.shutdown.clone(), lease_lost: lease.lost() },
+            stop: Stop { shutdown: self.shutdown.clone(), fence: lease.fence() },
         };
         let executor = match request.executor.unwrap_or(service.executor) {
             ExecutorKind::Native => self.native.as_ref(),

@@ -7,6 +7,7 @@
 use crate::discovery::DiscoveredHost;
 use crate::executor::{Executor, HostJob, HostReport, Journal};
 use crate::lb::Balancers;
+use crate::lease::Fence;
 use crate::log_pump::LogSink;
 use crate::playbook::Playbook;
 use tokio::sync::watch;
@@ -77,16 +78,17 @@ pub fn outcome(hosts: &[RunHost], threshold_exceeded: bool) -> Outcome {
     Outcome::Failed(message)
 }
 
-/// What stops a rollout between waves: a shutdown, or the loss of the claim.
+/// What stops a rollout between waves: a shutdown, or the loss of the claim (which
+/// also stops every host's next remote action, through the fence).
 #[derive(Debug, Clone)]
 pub struct Stop {
     pub shutdown: watch::Receiver<bool>,
-    pub lease_lost: watch::Receiver<bool>,
+    pub fence: Fence,
 }
 
 impl Stop {
     fn requested(&self) -> bool {
-        *self.shutdown.borrow() || *self.lease_lost.borrow()
+        *self.shutdown.borrow() || !self.fence.held()
     }
 }
 
@@ -112,21 +114,25 @@ impl Rollout<'_> {
         let last_wave = hosts.iter().map(|h| h.wave).max().unwrap_or(0);
 
         for wave in 0..=last_wave {
-            let todo: Vec<&RunHost> = hosts
+            let mut todo: Vec<&RunHost> = hosts
                 .iter()
                 .filter(|h| h.wave == wave && matches!(h.state, HostState::Pending | HostState::Running))
                 .collect();
             if todo.is_empty() {
                 continue;
             }
-            if threshold.exceeded(failures) {
-                break;
-            }
             if self.stop.requested() {
                 return Ok(Outcome::Interrupted);
             }
-            if self.store.cancel_requested(self.deployment_id).await?.is_some() {
-                break;
+            let stopping =
+                threshold.exceeded(failures) || self.store.cancel_requested(self.deployment_id).await?.is_some();
+            if stopping {
+                // No new host starts; but a host an earlier holder left mid-way is in
+                // flight, maybe out of rotation: it finishes its playbook like any other.
+                todo.retain(|h| h.state == HostState::Running);
+                if todo.is_empty() {
+                    continue;
+                }
             }
             let names: Vec<&str> = todo.iter().map(|h| h.name.as_str()).collect();
             self.logs.system(None, format!("wave {}: {}", wave + 1, names.join(", "))).await;
@@ -178,6 +184,7 @@ impl Rollout<'_> {
                 self.token.to_owned(),
                 host.name.clone(),
                 self.logs.clone(),
+                self.stop.fence.clone(),
             );
             let job = HostJob {
                 deployment_id: self.deployment_id,
@@ -193,6 +200,10 @@ impl Rollout<'_> {
         let reports = executor.run_wave(&jobs).await;
         let mut claim_held = true;
         for ((job, journal), report) in jobs.iter().zip(&reports) {
+            if report.is_left() {
+                claim_held = false;
+                continue;
+            }
             journal.host_event(report).await;
             claim_held &= self
                 .store
@@ -254,7 +265,7 @@ mod tests {
     }
 
     fn run_host(name: &str, state: HostState) -> RunHost {
-        RunHost { name: name.into(), address: "a".into(), wave: 0, state }
+        RunHost { name: name.into(), address: "a".into(), wave: 0, state, load_balancer: None }
     }
 
     #[test]

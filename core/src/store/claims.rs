@@ -57,6 +57,10 @@ pub struct RunHost {
     pub address: String,
     pub wave: i32,
     pub state: HostState,
+    /// Where Vesemir last meant the host's server to be in the load balancers
+    /// (`drain`, `maint`, `ready`), recorded before each change; None if untouched.
+    /// A host found `running` by a new holder may be out of rotation by this much.
+    pub load_balancer: Option<String>,
 }
 
 impl Store {
@@ -240,13 +244,16 @@ impl Store {
 
     /// The stored hosts of a deployment, in rollout order.
     pub async fn run_hosts(&self, id: Uuid) -> Result<Vec<RunHost>, StoreError> {
-        let rows: Vec<(String, String, i32, String)> =
-            sqlx::query_as("SELECT name, address, wave, state FROM hosts WHERE deployment_id = $1 ORDER BY position")
-                .bind(id)
-                .fetch_all(&self.pool)
-                .await?;
+        let rows: Vec<(String, String, i32, String, Option<String>)> = sqlx::query_as(
+            "SELECT name, address, wave, state, load_balancer FROM hosts WHERE deployment_id = $1 ORDER BY position",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
         rows.into_iter()
-            .map(|(name, address, wave, state)| Ok(RunHost { name, address, wave, state: parse(&state)? }))
+            .map(|(name, address, wave, state, load_balancer)| {
+                Ok(RunHost { name, address, wave, state: parse(&state)?, load_balancer })
+            })
             .collect()
     }
 
@@ -254,12 +261,11 @@ impl Store {
     /// first step); false when the claim was lost.
     pub async fn start_host(&self, id: Uuid, token: &str, host: &str) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let started = sqlx::query(
+        let started = sqlx::query(concat!(
             "UPDATE hosts SET state = 'running', started_at = now(), finished_at = NULL, error = NULL \
-             WHERE deployment_id = $1 AND name = $3 \
-               AND EXISTS (SELECT 1 FROM deployments \
-                           WHERE id = $1 AND worker_id = $2 AND lease_expires_at > now())",
-        )
+             WHERE deployment_id = $1 AND name = $3 AND ",
+            live_claim!()
+        ))
         .bind(id)
         .bind(token)
         .bind(host)
@@ -289,7 +295,8 @@ impl Store {
         load_balancer: Option<&str>,
     ) -> Result<bool, StoreError> {
         let done = sqlx::query(
-            "UPDATE hosts SET state = $4, error = $5, load_balancer = $6, finished_at = now() \
+            "UPDATE hosts SET state = $4, error = $5, finished_at = now(), \
+                 load_balancer = COALESCE($6, load_balancer) \
              WHERE deployment_id = $1 AND name = $3 \
                AND EXISTS (SELECT 1 FROM deployments WHERE id = $1 AND worker_id = $2)",
         )
@@ -299,6 +306,28 @@ impl Store {
         .bind(state.as_str())
         .bind(error)
         .bind(load_balancer)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Records where the host's server is meant to be in the load balancers, while the
+    /// claim's lease is live; false when it is not (the change must then not be made).
+    pub async fn record_load_balancer(
+        &self,
+        id: Uuid,
+        token: &str,
+        host: &str,
+        state: &str,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(concat!(
+            "UPDATE hosts SET load_balancer = $4 WHERE deployment_id = $1 AND name = $3 AND ",
+            live_claim!()
+        ))
+        .bind(id)
+        .bind(token)
+        .bind(host)
+        .bind(state)
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)

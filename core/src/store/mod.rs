@@ -26,6 +26,14 @@ macro_rules! blocks_target {
     };
 }
 
+/// The claim `$2` holds deployment `$1` with a live lease: the condition of every
+/// write that starts or prepares an action on a host.
+macro_rules! live_claim {
+    () => {
+        "EXISTS (SELECT 1 FROM deployments WHERE id = $1 AND worker_id = $2 AND lease_expires_at > now())"
+    };
+}
+
 mod access;
 mod claims;
 mod control;

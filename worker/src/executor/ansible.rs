@@ -93,7 +93,7 @@ fn unsafe_string(text: &str) -> String {
 /// run: the load balancers, the health check and the request's rollout options.
 fn extra_vars(jobs: &[(HostJob<'_>, Journal)]) -> Result<String, String> {
     let mut yaml = String::from("vesemir_hosts:\n");
-    for (job, _) in jobs {
+    for (job, journal) in jobs {
         let vars = variables(job);
         let render =
             |template: &str, context| vars.render(template, context).map_err(|e| format!("{}: {e}", job.host.name));
@@ -108,7 +108,24 @@ fn extra_vars(jobs: &[(HostJob<'_>, Journal)]) -> Result<String, String> {
                 .ok_or_else(|| format!("the service has no {name} in its vars"))
                 .and_then(|t| render(t, Context::Shell))
                 .map(|c| {
-                    let argv = ["timeout", "--kill-after=5", &secs.to_string(), "sh", "-c", &c].map(unsafe_string);
+                    // As with native, the command holds the deployment's lock on the host.
+                    let lock_wait = (secs + 15).to_string();
+                    let argv = [
+                        "flock",
+                        "-o",
+                        "-w",
+                        &lock_wait,
+                        "-E",
+                        "75",
+                        &journal.host_lock(),
+                        "timeout",
+                        "--kill-after=5",
+                        &secs.to_string(),
+                        "sh",
+                        "-c",
+                        &c,
+                    ]
+                    .map(unsafe_string);
                     format!("[{}]", argv.join(", "))
                 })
         };
@@ -235,6 +252,9 @@ impl AnsibleExecutor {
             Err(e) => return fail_all(e),
         };
         let dir = run_dir.0.as_path();
+        if first_journal.fence().check().is_err() {
+            return jobs.iter().map(|_| HostReport::left()).collect();
+        }
         let mut child = match self.command(first, dir, jobs.len()).spawn() {
             Ok(child) => child,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -249,7 +269,17 @@ impl AnsibleExecutor {
         let balanced = first.service.load_balancer.is_some() && !first.cluster.load_balancers.is_empty();
         let mut seen: HashMap<String, Seen> = HashMap::new();
         let limit = run_limit(first);
-        let finished = tokio::time::timeout(limit, follow(&mut child, balanced, &journals, &mut seen)).await;
+        let finished = tokio::select! {
+            finished = tokio::time::timeout(limit, follow(&mut child, balanced, &journals, &mut seen)) => Some(finished),
+            () = first_journal.fence().lost() => None,
+        };
+        let Some(finished) = finished else {
+            // Fenced: a worker that lost its claim stops the play where it is; whoever
+            // holds the deployment now runs these hosts again.
+            stop(&mut child, dir).await;
+            first_journal.log(LogStream::System, "ansible-playbook stopped: this worker lost its claim").await;
+            return jobs.iter().map(|_| HostReport::left()).collect();
+        };
         let Ok((stderr_lines, exit)) = finished else {
             stop(&mut child, dir).await;
             let error = format!("ansible-playbook did not finish within {}s and was stopped", limit.as_secs());
@@ -440,11 +470,16 @@ async fn on_event(event: &Value, balanced: bool, journals: &HashMap<&str, &Journ
             if balanced {
                 // Recorded before the change, as the native executor does: a change that
                 // half-applied still counts as the host being out.
-                state.load_balancer = match task {
+                let out = match task {
                     "drain" => Some(AdminState::Drain),
                     "maint" => Some(AdminState::Maint),
-                    _ => state.load_balancer,
+                    _ => None,
                 };
+                if let Some(out) = out {
+                    state.load_balancer = Some(out);
+                    // Refused once the claim is lost; the fence then stops the play.
+                    let _ = journal.record_load_balancer(out).await;
+                }
             }
             if let Some(position) = step {
                 journal.step_started(position, task).await;
@@ -506,6 +541,7 @@ async fn on_result(event: &Value, task: &str, step: Option<usize>, journal: &Jou
     };
     if back && state.load_balancer.is_some() {
         state.load_balancer = Some(AdminState::Ready);
+        let _ = journal.record_load_balancer(AdminState::Ready).await;
     }
     if task == VERDICT_TASK {
         // The rescue's verdict: where the failed host was left.

@@ -8,6 +8,7 @@ pub mod native;
 pub mod rotation;
 
 use crate::lb::{AdminState, Balancers};
+use crate::lease::{ClaimLost, Fence};
 use crate::log_pump::LogSink;
 use crate::playbook::Playbook;
 use futures_util::future::BoxFuture;
@@ -50,6 +51,16 @@ impl HostReport {
     pub fn unreachable(error: impl Into<String>) -> Self {
         Self { state: HostState::Unreachable, error: Some(error.into()), load_balancer: None }
     }
+
+    /// Left mid-way because this worker lost its claim: whoever holds the deployment
+    /// next runs the host again, so nothing about it is recorded.
+    pub fn left() -> Self {
+        Self { state: HostState::Running, error: Some(ClaimLost.to_string()), load_balancer: None }
+    }
+
+    pub fn is_left(&self) -> bool {
+        self.state == HostState::Running
+    }
 }
 
 /// Runs a wave of hosts: every host's playbook, at once. Returns one report per job,
@@ -68,15 +79,44 @@ pub struct Journal {
     token: String,
     host: String,
     logs: LogSink,
+    fence: Fence,
 }
 
 impl Journal {
-    pub fn new(store: Store, deployment_id: Uuid, token: String, host: String, logs: LogSink) -> Self {
-        Self { store, deployment_id, token, host, logs }
+    pub fn new(store: Store, deployment_id: Uuid, token: String, host: String, logs: LogSink, fence: Fence) -> Self {
+        Self { store, deployment_id, token, host, logs, fence }
     }
 
     pub fn host(&self) -> &str {
         &self.host
+    }
+
+    /// The claim every remote action on this host is fenced on.
+    pub fn fence(&self) -> &Fence {
+        &self.fence
+    }
+
+    /// The host-side lock every command of this deployment holds while it runs on the
+    /// host: a new holder's command waits there for one an old holder left running.
+    /// (Named after the host too, for hosts that share a /tmp.)
+    pub fn host_lock(&self) -> String {
+        format!("/tmp/vesemir-{}-{}.lock", self.deployment_id, self.host)
+    }
+
+    /// Records where the host's server is meant to be in the load balancers. Made
+    /// before taking a server out (and after putting it back), so that whoever holds
+    /// the deployment next knows the host may be out. Refused once the claim is lost.
+    pub async fn record_load_balancer(&self, state: AdminState) -> Result<(), ClaimLost> {
+        self.fence.check()?;
+        match self.store.record_load_balancer(self.deployment_id, &self.token, &self.host, state.as_str()).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(ClaimLost),
+            Err(e) => {
+                // Without the record, a successor could not know: the change is not made.
+                tracing::warn!(host = %self.host, error = %e, "recording the load-balancer state failed");
+                Err(ClaimLost)
+            }
+        }
     }
 
     /// A line about this host's outcome, with the outcome as structured data.

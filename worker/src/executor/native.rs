@@ -28,6 +28,8 @@ const KILL_AFTER_SECONDS: u64 = 5;
 /// Exit statuses of coreutils `timeout`: the command timed out; it had to be killed.
 const TIMEOUT_EXIT: i32 = 124;
 const TIMEOUT_KILLED_EXIT: i32 = 137;
+/// What `flock` exits with when the host's lock stayed held for the whole wait (EX_TEMPFAIL).
+const LOCKED_EXIT: i32 = 75;
 
 /// Longest line read from a remote command before it is split.
 const MAX_LINE_BYTES: usize = 16 * 1024;
@@ -120,29 +122,62 @@ impl NativeExecutor {
             Err((step, e)) => return HostReport::failed(format!("step {step}: {e}")),
         };
 
+        if journal.fence().check().is_err() {
+            return HostReport::left();
+        }
         let ssh = &job.cluster.ssh;
         journal.log(LogStream::System, format!("connecting to {}@{}:{}", ssh.user, job.host.address, ssh.port)).await;
-        let session = match ssh::connect(ssh, &job.host.address, &self.control_dir).await {
-            Ok(session) => session,
+        let (mut report, failed_health) = match ssh::connect(ssh, &job.host.address, &self.control_dir).await {
+            Ok(session) => {
+                let ran = self.run_steps(&job, &session, &steps, &health_url, &mut rotation, journal).await;
+                if let Err(e) = session.close().await {
+                    tracing::debug!(host = journal.host(), error = %e, "closing the ssh session");
+                }
+                ran
+            }
             Err(e) => {
                 journal.log(LogStream::System, format!("ssh: {e}")).await;
-                return match e {
+                let report = match e {
                     ssh::ConnectError::Unreachable { .. } => HostReport::unreachable(e.to_string()),
                     _ => HostReport::failed(e.to_string()),
                 };
+                (report, false)
             }
         };
+        if !journal.fence().held() {
+            // Whoever holds the deployment now runs this host again and puts it back.
+            return HostReport::left();
+        }
+        // Also for a host that could not be reached: an earlier holder may have left
+        // it out of rotation, and its health check needs no SSH.
+        if report.state != HostState::Succeeded && rotation.is_out() {
+            self.recover(&job, &health_url, &mut rotation, failed_health, journal, &mut report).await;
+        }
+        report.load_balancer = rotation.state();
+        report
+    }
 
-        let mut report = HostReport::succeeded();
-        let mut failed_health = false;
+    /// Runs the playbook's steps in order until one fails; returns the host's report
+    /// and whether the failing step was the health check.
+    async fn run_steps(
+        &self,
+        job: &HostJob<'_>,
+        session: &Session,
+        steps: &[(String, Prepared)],
+        health_url: &str,
+        rotation: &mut Rotation<'_>,
+        journal: &Journal,
+    ) -> (HostReport, bool) {
         for (position, (name, step)) in steps.iter().enumerate() {
+            // Fenced: a worker that lost its claim starts no further step.
+            if journal.fence().check().is_err() {
+                return (HostReport::left(), false);
+            }
             journal.step_started(position, name).await;
             let mut tail = OutputTail::default();
             let result = match step {
-                Prepared::Run { command, timeout } => {
-                    run_command(&session, command, *timeout, journal, &mut tail).await
-                }
-                Prepared::HealthCheck => self.check_health(&job, &health_url, journal, &mut tail).await,
+                Prepared::Run { command, timeout } => run_command(session, command, *timeout, journal, &mut tail).await,
+                Prepared::HealthCheck => self.check_health(job, health_url, journal, &mut tail).await,
                 Prepared::LoadBalancer(operation) => rotation
                     .run(*operation, journal, &mut tail)
                     .await
@@ -156,26 +191,16 @@ impl NativeExecutor {
                 }
                 Err(StepFailure::Failed { exit_code, message }) => {
                     journal.step_finished(position, name, StepState::Failed, exit_code, tail.text()).await;
-                    failed_health = matches!(step, Prepared::HealthCheck);
-                    report = HostReport::failed(format!("step {name}: {message}"));
-                    break;
+                    let failed_health = matches!(step, Prepared::HealthCheck);
+                    return (HostReport::failed(format!("step {name}: {message}")), failed_health);
                 }
                 Err(StepFailure::Lost(message)) => {
                     journal.step_finished(position, name, StepState::Failed, None, tail.text()).await;
-                    report = HostReport::unreachable(format!("step {name}: {message}"));
-                    break;
+                    return (HostReport::unreachable(format!("step {name}: {message}")), false);
                 }
             }
         }
-        if let Err(e) = session.close().await {
-            tracing::debug!(host = journal.host(), error = %e, "closing the ssh session");
-        }
-
-        if report.state != HostState::Succeeded && rotation.is_out() {
-            self.recover(&job, &health_url, &mut rotation, failed_health, journal, &mut report).await;
-        }
-        report.load_balancer = rotation.state();
-        report
+        (HostReport::succeeded(), false)
     }
 
     /// After a failure, a host Vesemir took out goes back only if it is healthy.
@@ -223,7 +248,13 @@ async fn pause(seconds: Option<u32>, journal: &Journal, tail: &mut OutputTail) -
     let line = match seconds {
         Some(s) if s > 0 => {
             journal.log(LogStream::System, format!("pausing {s}s")).await;
-            tokio::time::sleep(Duration::from_secs(u64::from(s))).await;
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(u64::from(s))) => {}
+                _ = journal.fence().lost() => return Err(StepFailure::Failed {
+                    exit_code: None,
+                    message: "the pause was cut short: this worker lost its claim".to_owned(),
+                }),
+            }
             format!("paused {s}s")
         }
         _ => "no sleep_seconds in the request: no pause".to_owned(),
@@ -240,9 +271,17 @@ async fn run_command(
     tail: &mut OutputTail,
 ) -> Result<Option<i32>, StepFailure> {
     // The host enforces the timeout itself (coreutils `timeout` signals the command's
-    // whole process group), so a timed-out step does not go on running remotely.
+    // whole process group), so a timed-out step does not go on running remotely. The
+    // command holds the deployment's lock on the host while it runs: a worker that
+    // takes the deployment over waits there for a command its predecessor left running.
+    // (`-o`: a daemon the command starts does not inherit the lock.)
     let secs = timeout.as_secs().max(1);
-    let wrapped = format!("timeout --kill-after={KILL_AFTER_SECONDS} {secs} sh -c {}", shell_quote(command));
+    let lock_wait = secs + KILL_AFTER_SECONDS + 10;
+    let wrapped = format!(
+        "flock -o -w {lock_wait} -E {LOCKED_EXIT} {} timeout --kill-after={KILL_AFTER_SECONDS} {secs} sh -c {}",
+        shell_quote(&journal.host_lock()),
+        shell_quote(command)
+    );
     let spawned =
         session.raw_command(&wrapped).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().await;
     let mut child = match spawned {
@@ -261,9 +300,18 @@ async fn run_command(
         );
         (out, err, child.wait().await)
     };
-    // A backstop, for a host whose `timeout` never answers.
-    let backstop = timeout + Duration::from_secs(KILL_AFTER_SECONDS + 10);
-    let Ok((out, err, status)) = tokio::time::timeout(backstop, run).await else {
+    // A backstop, for a host whose `timeout` never answers (the lock's wait included).
+    let backstop = timeout + Duration::from_secs(lock_wait + KILL_AFTER_SECONDS + 10);
+    let finished = tokio::select! {
+        finished = tokio::time::timeout(backstop, run) => finished,
+        // Stop waiting; the command ends on the host by its own `timeout`, and the
+        // next holder's commands wait for it at the lock.
+        _ = journal.fence().lost() => return Err(StepFailure::Failed {
+            exit_code: None,
+            message: "abandoned: this worker lost its claim".to_owned(),
+        }),
+    };
+    let Ok((out, err, status)) = finished else {
         return Err(StepFailure::Lost(format!(
             "no answer from the host {}s after the step's timeout",
             backstop.as_secs()
@@ -276,6 +324,10 @@ async fn run_command(
     match status {
         Ok(status) => match status.code() {
             Some(0) => Ok(Some(0)),
+            Some(LOCKED_EXIT) => Err(StepFailure::Failed {
+                exit_code: Some(LOCKED_EXIT),
+                message: format!("another claim's command still held the host's lock after {lock_wait}s"),
+            }),
             Some(code @ (TIMEOUT_EXIT | TIMEOUT_KILLED_EXIT)) => Err(StepFailure::Failed {
                 exit_code: Some(code),
                 message: format!("timed out after {secs}s and was stopped on the host"),

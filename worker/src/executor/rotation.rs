@@ -39,7 +39,9 @@ impl<'a> Rotation<'a> {
             }),
             _ => None,
         };
-        Ok(Self { balancers: job.balancers, target, weight: job.request.weight, state: None })
+        // A host an earlier holder left mid-way starts where that holder meant it to be.
+        let state = job.host.load_balancer.as_deref().and_then(AdminState::parse);
+        Ok(Self { balancers: job.balancers, target, weight: job.request.weight, state })
     }
 
     pub fn state(&self) -> Option<AdminState> {
@@ -67,11 +69,7 @@ impl<'a> Rotation<'a> {
         let server = server.as_str();
         let lbs = self.balancers;
         let report = match operation {
-            LbOperation::Drain => {
-                // Recorded before the change: if it half-applies, recovery still runs.
-                self.state = Some(AdminState::Drain);
-                lbs.set_state(backend, server, AdminState::Drain).await
-            }
+            LbOperation::Drain => self.take_out(AdminState::Drain, journal).await,
             LbOperation::WaitDrained => {
                 let timeout = Duration::from_secs(settings.drain_timeout_seconds);
                 lbs.wait_drained(backend, server, timeout).await.map(|left| {
@@ -85,11 +83,8 @@ impl<'a> Rotation<'a> {
                     }]
                 })
             }
-            LbOperation::Maint => {
-                self.state = Some(AdminState::Maint);
-                lbs.set_state(backend, server, AdminState::Maint).await
-            }
-            LbOperation::Ready => self.ready(lbs, backend, server, settings, self.weight).await,
+            LbOperation::Maint => self.take_out(AdminState::Maint, journal).await,
+            LbOperation::Ready => self.ready(lbs, backend, server, settings, self.weight, journal).await,
             LbOperation::FullWeight => match lbs.set_weight(backend, server, 100).await {
                 Ok(mut report) => {
                     let up = lbs.wait_up(backend, server, Duration::from_secs(settings.up_timeout_seconds)).await;
@@ -104,6 +99,18 @@ impl<'a> Rotation<'a> {
         finish(report, journal, tail).await
     }
 
+    /// Takes the server out. The intent is recorded first, here and in the database:
+    /// if the change half-applies, or this worker dies, the host still counts as out.
+    async fn take_out(&mut self, state: AdminState, journal: &Journal) -> Result<Vec<String>, LbError> {
+        let Some(target) = &self.target else { return Ok(Vec::new()) };
+        let (backend, server) = (target.backend, target.server.clone());
+        if self.state != Some(state) {
+            journal.record_load_balancer(state).await?;
+        }
+        self.state = Some(state);
+        self.balancers.set_state(backend, &server, state).await
+    }
+
     async fn ready(
         &mut self,
         lbs: &Balancers,
@@ -111,6 +118,7 @@ impl<'a> Rotation<'a> {
         server: &str,
         settings: &ServiceBalancing,
         weight: Option<u16>,
+        journal: &Journal,
     ) -> Result<Vec<String>, LbError> {
         let mut report = Vec::new();
         // The reduced weight is set while the server is still out, so it comes back
@@ -118,8 +126,10 @@ impl<'a> Rotation<'a> {
         if let Some(percent) = weight {
             report.extend(lbs.set_weight(backend, server, percent.min(100) as u8).await?);
         }
-        self.state = Some(AdminState::Ready);
         report.extend(lbs.set_state(backend, server, AdminState::Ready).await?);
+        // Back in rotation only once every load balancer applied it.
+        self.state = Some(AdminState::Ready);
+        journal.record_load_balancer(AdminState::Ready).await?;
         report.extend(lbs.wait_up(backend, server, Duration::from_secs(settings.up_timeout_seconds)).await?);
         Ok(report)
     }
@@ -131,7 +141,7 @@ impl<'a> Rotation<'a> {
         let (backend, server, settings) = (target.backend, target.server.clone(), target.settings);
         let lbs = self.balancers;
         let report = match lbs.set_weight(backend, &server, 100).await {
-            Ok(mut report) => self.ready(lbs, backend, &server, settings, None).await.map(|more| {
+            Ok(mut report) => self.ready(lbs, backend, &server, settings, None, journal).await.map(|more| {
                 report.extend(more);
                 report
             }),

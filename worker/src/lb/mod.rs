@@ -9,6 +9,7 @@
 
 pub mod haproxy;
 
+use crate::lease::{ClaimLost, Fence};
 use crate::ssh;
 use futures_util::future::{BoxFuture, join_all};
 use haproxy::{Haproxy, RuntimeClient, Transport};
@@ -29,6 +30,9 @@ pub enum LbError {
     NotApplied(String),
     #[error("{0}")]
     Timeout(String),
+    /// This worker lost its claim: no command was sent.
+    #[error(transparent)]
+    ClaimLost(#[from] ClaimLost),
 }
 
 /// A server's administrative state, as Vesemir sets it.
@@ -40,6 +44,16 @@ pub enum AdminState {
 }
 
 impl AdminState {
+    /// The state as stored (`hosts.load_balancer`).
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "ready" => Some(AdminState::Ready),
+            "drain" => Some(AdminState::Drain),
+            "maint" => Some(AdminState::Maint),
+            _ => None,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             AdminState::Ready => "ready",
@@ -93,19 +107,21 @@ pub fn weight_for(initial: u32, percent: u8) -> u32 {
     (initial * u32::from(percent) / 100).min(256)
 }
 
-/// A server in a backend, on every load balancer of a cluster.
+/// A server in a backend, on every load balancer of a cluster. Every command, change
+/// or read, is fenced on the deployment's claim: a worker that lost it sends nothing.
 #[derive(Debug, Clone)]
 pub struct Balancers {
     members: Vec<Arc<dyn LoadBalancer>>,
     poll: Duration,
+    fence: Fence,
 }
 
 /// One line per load balancer, for the step's log.
 pub type Report = Vec<String>;
 
 impl Balancers {
-    pub fn new(members: Vec<Arc<dyn LoadBalancer>>, poll: Duration) -> Self {
-        Self { members, poll }
+    pub fn new(members: Vec<Arc<dyn LoadBalancer>>, poll: Duration, fence: Fence) -> Self {
+        Self { members, poll, fence }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -117,6 +133,7 @@ impl Balancers {
     where
         F: Fn(&'a dyn LoadBalancer) -> BoxFuture<'a, Result<T, LbError>>,
     {
+        self.fence.check()?;
         let results = join_all(self.members.iter().map(|lb| f(lb.as_ref()))).await;
         let mut out = Vec::with_capacity(results.len());
         for (lb, result) in self.members.iter().zip(results) {
@@ -205,7 +222,12 @@ impl Balancers {
 
 /// The load balancers a cluster's configuration names, connected (those reached
 /// through SSH get a session for the deployment's duration).
-pub async fn for_cluster(cluster: &ClusterConfig, poll: Duration, control_dir: &Path) -> Result<Balancers, LbError> {
+pub async fn for_cluster(
+    cluster: &ClusterConfig,
+    poll: Duration,
+    control_dir: &Path,
+    fence: Fence,
+) -> Result<Balancers, LbError> {
     let mut members: Vec<Arc<dyn LoadBalancer>> = Vec::new();
     for lb in &cluster.load_balancers {
         let transport = match &lb.runtime_api {
@@ -221,7 +243,7 @@ pub async fn for_cluster(cluster: &ClusterConfig, poll: Duration, control_dir: &
         let client = RuntimeClient::new(transport, Duration::from_millis(lb.timeout_ms));
         members.push(Arc::new(Haproxy::new(&lb.name, client)));
     }
-    Ok(Balancers::new(members, poll))
+    Ok(Balancers::new(members, poll, fence))
 }
 
 fn named(lb: &str, error: LbError) -> LbError {
@@ -230,6 +252,7 @@ fn named(lb: &str, error: LbError) -> LbError {
         LbError::Refused { command, answer } => LbError::Refused { command: format!("{lb}: {command}"), answer },
         LbError::NotApplied(m) => LbError::NotApplied(format!("{lb}: {m}")),
         LbError::Timeout(m) => LbError::Timeout(format!("{lb}: {m}")),
+        LbError::ClaimLost(lost) => LbError::ClaimLost(lost),
     }
 }
 
@@ -321,7 +344,11 @@ mod tests {
     }
 
     fn balancers(members: &[Arc<Fake>]) -> Balancers {
-        Balancers::new(members.iter().map(|m| m.clone() as Arc<dyn LoadBalancer>).collect(), Duration::from_millis(1))
+        Balancers::new(
+            members.iter().map(|m| m.clone() as Arc<dyn LoadBalancer>).collect(),
+            Duration::from_millis(1),
+            Fence::unfenced(),
+        )
     }
 
     #[tokio::test]
