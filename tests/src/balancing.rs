@@ -55,6 +55,12 @@ impl Haproxy {
         )
     }
 
+    /// Sends one Runtime API command, as an operator would; returns HAProxy's answer.
+    pub async fn command(&self, command: &str) -> anyhow::Result<String> {
+        let client = RuntimeClient::new(Transport::Tcp(self.runtime.clone()), Duration::from_secs(3));
+        Ok(client.command(command).await?)
+    }
+
     /// Every named server of the backend, as this load balancer sees it.
     pub async fn servers(&self, names: &[String]) -> anyhow::Result<BTreeMap<String, Server>> {
         servers(&self.runtime, names).await

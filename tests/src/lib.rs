@@ -12,6 +12,7 @@
 
 pub mod balancing;
 pub mod chef;
+pub mod proxy;
 
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
@@ -305,7 +306,20 @@ impl TestApp {
     }
 
     pub async fn add_worker(&mut self) -> anyhow::Result<()> {
-        let worker = vesemir_worker::Worker::build(self.config.clone()).await?;
+        self.add_worker_with(self.config.clone()).await
+    }
+
+    /// A worker that reaches PostgreSQL at `database_url` (through a proxy, say).
+    pub async fn add_worker_through(&mut self, database_url: &str) -> anyhow::Result<()> {
+        let text =
+            self.config_text.replacen(&format!("url = {:?}", self.database.url), &format!("url = {database_url:?}"), 1);
+        anyhow::ensure!(text != self.config_text, "the configuration names no database URL to replace");
+        let config = Config::parse(&text, Path::new("/")).map_err(anyhow::Error::msg)?;
+        self.add_worker_with(config).await
+    }
+
+    async fn add_worker_with(&mut self, config: Config) -> anyhow::Result<()> {
+        let worker = vesemir_worker::Worker::build(config).await?;
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(worker.run(async move {
             let _ = stopped.await;

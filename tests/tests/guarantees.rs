@@ -9,8 +9,12 @@ use serde_json::{Value, json};
 use std::time::Duration;
 use uuid::Uuid;
 use vesemir_core::deployment::DeploymentState;
-use vesemir_core::store::{Claim, Pending, Store};
-use vesemir_tests::{Fleet, Setup, SkewedApi, TestApp, TestDatabase, client_with, demo_request, purge_queue};
+use vesemir_core::store::{Claim, Pending, PlannedHost, Store};
+use vesemir_tests::balancing::{BACKEND, Haproxy};
+use vesemir_tests::proxy::CutProxy;
+use vesemir_tests::{
+    Fleet, ScratchDir, Setup, SkewedApi, TestApp, TestDatabase, client_with, demo_request, purge_queue,
+};
 
 const FINISH: Duration = Duration::from_secs(120);
 
@@ -151,5 +155,181 @@ async fn a_cancel_that_lands_as_the_rollout_ends_ends_it_cancelled() {
     let logs = app.logs(&id).await.unwrap();
     let last = logs.last().unwrap();
     assert_eq!(last["event"]["state"], "cancelled", "the stream ends with the state stored: {last:#}");
+    app.shut_down().await;
+}
+
+/// A command wrapper the hosts run: it notes in a log shared with the test when each
+/// step starts and ends on a host, so that two claims' commands overlapping on one
+/// host would show as two starts in a row.
+fn step_journal(dir: &std::path::Path) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let script = dir.join("step.sh");
+    std::fs::write(
+        &script,
+        format!(
+            r#"#!/bin/sh
+log={dir}/$2.log
+echo "start $1" >>"$log"
+case $1 in
+    install) sleep 8; /opt/sandbox-app/bin/install "$3" ;;
+    restart) /opt/sandbox-app/bin/restart ;;
+esac
+status=$?
+echo "end $1" >>"$log"
+exit $status
+"#,
+            dir = dir.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    format!(
+        r#"
+[services.journaled]
+step_timeout_seconds = 60
+[services.journaled.vars]
+install_command = "{script} install {{{{host.name}}}} {{{{version}}}}"
+restart_command = "{script} restart {{{{host.name}}}}"
+[services.journaled.health]
+url = "http://{{{{host.address}}}}:8080/health"
+"#,
+        script = script.display()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_cut_off_from_the_database_stops_acting_and_its_successor_never_overlaps_it() {
+    let fleet = Fleet::up(2).unwrap();
+    let journal = ScratchDir::new("vj").unwrap();
+    let setup = Setup { workers: 0, extra_config: step_journal(journal.path()), ..Setup::default() };
+    let mut app = TestApp::start(Some(&fleet), setup).await.unwrap();
+    let database = app.database_url().to_owned();
+    let proxy = CutProxy::start(database.split_once('@').unwrap().1.split_once('/').unwrap().0).await.unwrap();
+    app.add_worker_through(&proxy.url_through(&database)).await.unwrap();
+
+    let mut request = demo_request("70.0.0");
+    request["service"] = json!("journaled");
+    request["concurrency"] = json!(1);
+    let id = app.deploy(&request).await.unwrap();
+    let first_log = journal.path().join("vm-01.log");
+    let deadline = tokio::time::Instant::now() + FINISH;
+    while !std::fs::read_to_string(&first_log).unwrap_or_default().contains("start install") {
+        assert!(tokio::time::Instant::now() < deadline, "the install never started");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Mid-install, the holder loses PostgreSQL but not its hosts; another worker runs.
+    proxy.cut();
+    app.add_worker().await.unwrap();
+
+    let done = app.wait_final(&id, FINISH).await.unwrap();
+    assert_eq!(done["state"], "succeeded", "{done:#}");
+    assert_eq!(fleet.served_version("vm-01").await.unwrap(), "70.0.0");
+    let seen = std::fs::read_to_string(&first_log).unwrap();
+    // The holder's install was in flight when it was cut off: it ran no further step,
+    // and its successor ran the host again from the start.
+    assert_eq!(seen.matches("start install").count(), 2, "{seen}");
+    assert_eq!(seen.matches("start restart").count(), 1, "{seen}");
+    for host in ["vm-01", "vm-02"] {
+        let seen = std::fs::read_to_string(journal.path().join(format!("{host}.log"))).unwrap();
+        let mut open = None;
+        for line in seen.lines() {
+            match line.split_once(' ') {
+                Some(("start", step)) => {
+                    assert_eq!(open, None, "on {host}, {step} started while {open:?} ran:\n{seen}");
+                    open = Some(step);
+                }
+                _ => open = None,
+            }
+        }
+    }
+    app.shut_down().await;
+}
+
+/// A deployment as a worker that died mid-way left it: hosts stored, `vm-01` running
+/// and taken out of rotation (in HAProxy and in the record), the lease about to end.
+async fn left_by_a_dead_worker(app: &TestApp, fleet: &Fleet, lb: &Haproxy, version: &str) -> String {
+    let store = app.store().await.unwrap();
+    let id = app.deploy(&demo_request(version)).await.unwrap();
+    let uuid: Uuid = id.parse().unwrap();
+    let dead = "dead-worker/1";
+    assert!(matches!(store.claim(uuid, dead, 3).await.unwrap(), Claim::Claimed(_)));
+    let planned: Vec<PlannedHost> = fleet
+        .hosts
+        .iter()
+        .enumerate()
+        .map(|(wave, (name, address))| PlannedHost { name: name.clone(), address: address.clone(), wave: wave as i32 })
+        .collect();
+    store.plan_hosts(uuid, &planned).await.unwrap();
+    assert!(store.start_host(uuid, dead, "vm-01").await.unwrap());
+    // Recorded as the dead worker recorded it before taking the server out.
+    sqlx::query("UPDATE hosts SET load_balancer = 'maint' WHERE deployment_id = $1 AND name = 'vm-01'")
+        .bind(uuid)
+        .execute(&sqlx::PgPool::connect(app.database_url()).await.unwrap())
+        .await
+        .unwrap();
+    lb.command(&format!("set server {BACKEND}/vm-01 state maint")).await.unwrap();
+    store.close().await;
+    id
+}
+
+/// The app, with no worker yet, for a fleet behind `lb`.
+async fn behind(fleet: &Fleet, lb: &Haproxy) -> TestApp {
+    let setup = Setup {
+        workers: 0,
+        load_balancers: vec![lb.over_tcp("lb-a")],
+        backend: Some(BACKEND.to_owned()),
+        ..Setup::default()
+    };
+    TestApp::start(Some(fleet), setup).await.unwrap()
+}
+
+async fn assert_all_in_rotation(lb: &Haproxy) {
+    let servers = lb.servers(&["vm-01".to_owned(), "vm-02".to_owned()]).await.unwrap();
+    assert!(servers.values().all(|s| s.in_rotation()), "{servers:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_left_out_by_a_dead_worker_and_unreachable_on_resume_is_put_back_when_healthy() {
+    let fleet = Fleet::up(2).unwrap();
+    let lb = Haproxy::start(&fleet).unwrap();
+    let mut app = behind(&fleet, &lb).await;
+    let id = left_by_a_dead_worker(&app, &fleet, &lb, "80.0.0").await;
+    fleet.stop_sshd("vm-01").unwrap();
+
+    app.add_worker().await.unwrap();
+    let done = app.wait_final(&id, FINISH).await.unwrap();
+    assert_eq!(done["state"], "failed", "{done:#}");
+    let vm01 = &done["hosts"][0];
+    assert_eq!(
+        (vm01["state"].as_str(), vm01["load_balancer"].as_str()),
+        (Some("unreachable"), Some("ready")),
+        "{vm01:#}"
+    );
+    assert_all_in_rotation(&lb).await;
+    app.shut_down().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_on_a_resumed_deployment_finishes_the_host_left_mid_way() {
+    let fleet = Fleet::up(2).unwrap();
+    let lb = Haproxy::start(&fleet).unwrap();
+    let mut app = behind(&fleet, &lb).await;
+    let id = left_by_a_dead_worker(&app, &fleet, &lb, "81.0.0").await;
+    let cancel = app.client.post(app.url(&format!("/v1/deployments/{id}/cancel"))).send().await.unwrap();
+    assert_eq!(cancel.status(), 202);
+
+    app.add_worker().await.unwrap();
+    let done = app.wait_final(&id, FINISH).await.unwrap();
+    assert_eq!(done["state"], "cancelled", "{done:#}");
+    let hosts: Vec<(&str, &str)> = done["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| (h["name"].as_str().unwrap(), h["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(hosts, [("vm-01", "succeeded"), ("vm-02", "skipped")], "{done:#}");
+    assert_eq!(done["hosts"][0]["load_balancer"], "ready");
+    assert_all_in_rotation(&lb).await;
     app.shut_down().await;
 }
