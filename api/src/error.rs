@@ -72,6 +72,10 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::IdempotencyMismatch(_) => Self::IdempotencyMismatch(e.to_string()),
             StoreError::Conflict(message) => Self::Conflict(message),
+            other if other.is_unavailable() => {
+                tracing::warn!(error = %other, "the database is unavailable");
+                Self::Unavailable("the database is unavailable; try again shortly".to_owned())
+            }
             other => Self::Internal(other),
         }
     }

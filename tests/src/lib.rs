@@ -64,6 +64,54 @@ pub fn run_script(script: &str, args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
 }
 
+/// A throwaway PostgreSQL or RabbitMQ of the test ground (`tests/ground/postgres.sh`,
+/// `rabbitmq.sh`) that a test may stop and start again on the same port; stopped on drop.
+#[derive(Debug)]
+pub struct Throwaway {
+    script: &'static str,
+    dir: ScratchDir,
+    /// What clients connect to (`postgres://…` or `amqp://…`).
+    pub url: String,
+}
+
+impl Throwaway {
+    pub fn postgres() -> anyhow::Result<Self> {
+        Self::start("postgres.sh", "vp")
+    }
+
+    pub fn rabbitmq() -> anyhow::Result<Self> {
+        Self::start("rabbitmq.sh", "vr")
+    }
+
+    fn start(script: &'static str, prefix: &str) -> anyhow::Result<Self> {
+        let dir = ScratchDir::new(prefix)?;
+        let url = run_script(script, &["start", &dir.path().to_string_lossy()])?;
+        Ok(Self { script, dir, url })
+    }
+
+    pub fn stop(&self) -> anyhow::Result<()> {
+        run_script(self.script, &["stop", &self.dir.path().to_string_lossy()]).map(drop)
+    }
+
+    /// Starts it again after `stop`, on the same port.
+    pub fn restart(&self) -> anyhow::Result<()> {
+        let port = self.url.rsplit(':').next().unwrap_or_default().split('/').next().unwrap_or_default();
+        let mut args = vec!["start", self.dir.path().to_str().unwrap_or_default()];
+        if self.script == "rabbitmq.sh" {
+            args.push(port);
+        }
+        let url = run_script(self.script, &args)?;
+        anyhow::ensure!(url == self.url, "{} came back at {url}, not {}", self.script, self.url);
+        Ok(())
+    }
+}
+
+impl Drop for Throwaway {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
 /// A directory removed on drop, with a short path (ssh control sockets live in such).
 #[derive(Debug)]
 pub struct ScratchDir(PathBuf);
@@ -96,8 +144,14 @@ pub struct TestDatabase {
 }
 
 impl TestDatabase {
+    /// On the test server (`DATABASE_URL`).
     pub async fn create() -> anyhow::Result<Self> {
-        let admin_url = std::env::var("DATABASE_URL").unwrap_or_else(|_| ADMIN_DATABASE_URL.to_owned());
+        Self::create_on(&std::env::var("DATABASE_URL").unwrap_or_else(|_| ADMIN_DATABASE_URL.to_owned())).await
+    }
+
+    /// On the server that `admin_url` reaches (a throwaway one a test stops and starts).
+    pub async fn create_on(admin_url: &str) -> anyhow::Result<Self> {
+        let admin_url = admin_url.to_owned();
         let name = format!("vesemir_test_{}", Uuid::now_v7().simple());
         let pool = sqlx::PgPool::connect(&admin_url).await.context("connecting to the test PostgreSQL")?;
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&pool).await?;
@@ -192,6 +246,8 @@ impl Drop for Fleet {
 pub struct Setup {
     pub workers: usize,
     pub amqp_url: String,
+    /// The PostgreSQL server the app's database is made on (default: `DATABASE_URL`'s).
+    pub database_admin_url: Option<String>,
     pub lease_seconds: u64,
     pub reap_after_seconds: u64,
     /// A known_hosts file other than the fleet's.
@@ -214,6 +270,7 @@ impl Default for Setup {
         Self {
             workers: 1,
             amqp_url: std::env::var("AMQP_URL").unwrap_or_else(|_| DEFAULT_AMQP_URL.to_owned()),
+            database_admin_url: None,
             lease_seconds: 6,
             reap_after_seconds: 2,
             known_hosts: None,
@@ -270,7 +327,10 @@ pub struct TestApp {
 impl TestApp {
     pub async fn start(fleet: Option<&Fleet>, setup: Setup) -> anyhow::Result<Self> {
         vesemir_core::telemetry::init("warn");
-        let database = TestDatabase::create().await?;
+        let database = match &setup.database_admin_url {
+            Some(url) => TestDatabase::create_on(url).await?,
+            None => TestDatabase::create().await?,
+        };
         let control_dir = ScratchDir::new("vs")?;
         let (config, config_text) = config_for(&database.url, &control_dir, fleet, &setup)?;
 

@@ -6,7 +6,7 @@
 use serde_json::json;
 use std::time::Duration;
 use vesemir_tests::{
-    Fleet, ROLLING_STEPS, ScratchDir, Setup, TestApp, demo_request, host_states, run_script, step_states,
+    Fleet, ROLLING_STEPS, ScratchDir, Setup, TestApp, Throwaway, demo_request, host_states, step_states,
     swapped_known_hosts,
 };
 
@@ -257,21 +257,10 @@ async fn a_worker_shut_down_mid_rollout_hands_the_rest_to_another() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_submit_while_the_broker_is_down_runs_once_it_is_back() {
-    let broker = ScratchDir::new("vr").unwrap();
-    let broker_dir = broker.path().to_string_lossy().into_owned();
-    let amqp_url = run_script("rabbitmq.sh", &["start", &broker_dir]).unwrap();
-    let port = amqp_url.rsplit(':').next().unwrap().split('/').next().unwrap().to_owned();
-    struct StopBroker(String);
-    impl Drop for StopBroker {
-        fn drop(&mut self) {
-            let _ = run_script("rabbitmq.sh", &["stop", &self.0]);
-        }
-    }
-    let _stop = StopBroker(broker_dir.clone());
-
+    let broker = Throwaway::rabbitmq().unwrap();
     let fleet = Fleet::up(2).unwrap();
-    let app = TestApp::start(Some(&fleet), Setup { amqp_url, ..Setup::default() }).await.unwrap();
-    run_script("rabbitmq.sh", &["stop", &broker_dir]).unwrap();
+    let app = TestApp::start(Some(&fleet), Setup { amqp_url: broker.url.clone(), ..Setup::default() }).await.unwrap();
+    broker.stop().unwrap();
 
     let id = app.deploy(&demo_request("7.0.0")).await.unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -279,7 +268,7 @@ async fn a_submit_while_the_broker_is_down_runs_once_it_is_back() {
     let (ready, _) = app.get_json("/readyz").await.unwrap();
     assert_eq!(ready, 503, "not ready while the broker is down");
 
-    run_script("rabbitmq.sh", &["start", &broker_dir, &port]).unwrap();
+    broker.restart().unwrap();
     let done = app.wait_final(&id, FINISH).await.unwrap();
     assert_eq!(done["state"], "succeeded", "{done:#}");
     assert_eq!(fleet.served_version("vm-02").await.unwrap(), "7.0.0");

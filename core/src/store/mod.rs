@@ -71,6 +71,23 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+impl StoreError {
+    /// The database cannot be reached or is not accepting work right now (down,
+    /// restarting, pool exhausted): a client may try again, nothing is wrong with it.
+    pub fn is_unavailable(&self) -> bool {
+        let Self::Database(error) = self else { return false };
+        match error {
+            sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => {
+                true
+            }
+            // Class 08: connection exception; class 57P: operator intervention
+            // (shutdown, crash recovery, "cannot connect now").
+            sqlx::Error::Database(e) => e.code().is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
+            _ => false,
+        }
+    }
+}
+
 /// Whether `error` is a unique violation of `constraint`.
 fn is_unique_violation(error: &sqlx::Error, constraint: &str) -> bool {
     error.as_database_error().is_some_and(|e| e.is_unique_violation() && e.constraint() == Some(constraint))
