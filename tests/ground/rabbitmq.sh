@@ -9,6 +9,8 @@
 #   rabbitmq.sh stop DIR          stop that node and wait for its processes to
 #                                 go; no-op if not running
 #
+# RABBIT_EXTRA_CONF: more rabbitmq.conf lines (`consumer_timeout = 5000`, say).
+#
 # The node has its own name, cookie, distribution port and its own epmd on a
 # private port, so neither the machine's node nor its epmd is involved.
 # Files in DIR: port, nodename, dist_port, epmd_port, rabbit.pid, epmd.pid,
@@ -101,6 +103,7 @@ listeners.tcp.1 = 127.0.0.1:$port
 loopback_users.guest = true
 log.console = false
 log.file.level = info
+${RABBIT_EXTRA_CONF:-}
 EOF
     # Kept empty on purpose: without it the machine-wide one would be read.
     : >"$dir/rabbitmq-env.conf"

@@ -47,9 +47,14 @@ fn ground_script(name: &str) -> PathBuf {
 
 /// Runs a ground script and returns its stdout.
 pub fn run_script(script: &str, args: &[&str]) -> anyhow::Result<String> {
+    run_script_with(script, args, &[])
+}
+
+fn run_script_with(script: &str, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<String> {
     let output = Command::new("bash")
         .arg(ground_script(script))
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .with_context(|| format!("running {script}"))?;
     if !output.status.success() {
@@ -76,17 +81,39 @@ pub struct Throwaway {
 
 impl Throwaway {
     pub fn postgres() -> anyhow::Result<Self> {
-        Self::start("postgres.sh", "vp")
+        Self::start("postgres.sh", "vp", &[])
     }
 
     pub fn rabbitmq() -> anyhow::Result<Self> {
-        Self::start("rabbitmq.sh", "vr")
+        Self::rabbitmq_with("")
     }
 
-    fn start(script: &'static str, prefix: &str) -> anyhow::Result<Self> {
+    /// A RabbitMQ node with more `rabbitmq.conf` lines.
+    pub fn rabbitmq_with(conf: &str) -> anyhow::Result<Self> {
+        Self::start("rabbitmq.sh", "vr", &[("RABBIT_EXTRA_CONF", conf)])
+    }
+
+    fn start(script: &'static str, prefix: &str, env: &[(&str, &str)]) -> anyhow::Result<Self> {
         let dir = ScratchDir::new(prefix)?;
-        let url = run_script(script, &["start", &dir.path().to_string_lossy()])?;
+        let url = run_script_with(script, &["start", &dir.path().to_string_lossy()], env)?;
         Ok(Self { script, dir, url })
+    }
+
+    /// The server's own log files, as one text.
+    pub fn logs(&self) -> String {
+        let mut text = String::new();
+        let mut dirs = vec![self.dir.path().to_path_buf()];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if path.extension().is_some_and(|e| e == "log") {
+                    text.push_str(&std::fs::read_to_string(&path).unwrap_or_default());
+                }
+            }
+        }
+        text
     }
 
     pub fn stop(&self) -> anyhow::Result<()> {
@@ -702,14 +729,59 @@ pub fn host_states(deployment: &Value) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
-/// A second API replica: the real `vesemir-api` binary on the same database and queue
-/// as a [`TestApp`], its clock shifted by `faketime` (`FAKETIME` syntax: `-60s` runs
-/// a minute behind). Killed on drop.
+/// One of the workspace's real binaries (`vesemir-api`, `vesemir-worker`) running on a
+/// [`TestApp`]'s configuration, with its own environment. Killed on drop.
+#[derive(Debug)]
+pub struct Process {
+    child: std::process::Child,
+    _dir: ScratchDir,
+}
+
+impl Process {
+    /// Runs `binary` with `--config` pointing at `config`, plus `args`.
+    pub fn start(binary: &str, config: &str, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let dir = ScratchDir::new("vp")?;
+        let path = dir.path().join("vesemir.toml");
+        std::fs::write(&path, config)?;
+        let child = Command::new(cli_binary().with_file_name(binary))
+            .arg("--config")
+            .arg(&path)
+            .args(args)
+            // The configuration file says where the test's database and queue are;
+            // the test command's own URLs would override it.
+            .env_remove("DATABASE_URL")
+            .env_remove("AMQP_URL")
+            .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {binary}"))?;
+        Ok(Self { child, _dir: dir })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// As a crash would end it: no shutdown, no cleanup.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A second API replica, the real `vesemir-api` binary, its clock shifted by `faketime`
+/// (`FAKETIME` syntax: `-60s` runs a minute behind).
 #[derive(Debug)]
 pub struct SkewedApi {
     pub base: String,
-    child: std::process::Child,
-    _dir: ScratchDir,
+    _process: Process,
 }
 
 /// Debian's `faketime` library (package faketime).
@@ -718,38 +790,18 @@ const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 impl SkewedApi {
     pub async fn start(app: &TestApp, skew: &str) -> anyhow::Result<Self> {
         anyhow::ensure!(Path::new(LIBFAKETIME).exists(), "{LIBFAKETIME} is missing: install Debian's faketime");
-        let dir = ScratchDir::new("va")?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let config = app.config_text.replacen("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{port}\""), 1);
-        let path = dir.path().join("vesemir.toml");
-        std::fs::write(&path, config)?;
-        let binary = cli_binary().with_file_name("vesemir-api");
-        let child = Command::new(binary)
-            .arg("--config")
-            .arg(&path)
-            .arg("serve")
-            .env("LD_PRELOAD", LIBFAKETIME)
-            .env("FAKETIME", skew)
-            // Timers run on the real monotonic clock; only the wall clock is shifted.
-            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .context("starting vesemir-api")?;
-        let api = Self { base: format!("http://127.0.0.1:{port}"), child, _dir: dir };
+        // Timers run on the real monotonic clock; only the wall clock is shifted.
+        let env = [("LD_PRELOAD", LIBFAKETIME), ("FAKETIME", skew), ("FAKETIME_DONT_FAKE_MONOTONIC", "1")];
+        let process = Process::start("vesemir-api", &config, &["serve"], &env)?;
+        let api = Self { base: format!("http://127.0.0.1:{port}"), _process: process };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         while reqwest::get(format!("{}/healthz", api.base)).await.is_err() {
             anyhow::ensure!(tokio::time::Instant::now() < deadline, "vesemir-api did not start");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         Ok(api)
-    }
-}
-
-impl Drop for SkewedApi {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -13,7 +13,8 @@ use vesemir_core::store::{Claim, Pending, PlannedHost, Store};
 use vesemir_tests::balancing::{BACKEND, Haproxy};
 use vesemir_tests::proxy::CutProxy;
 use vesemir_tests::{
-    Fleet, ScratchDir, Setup, SkewedApi, TestApp, TestDatabase, client_with, demo_request, purge_queue,
+    Fleet, Process, ScratchDir, Setup, SkewedApi, TestApp, TestDatabase, Throwaway, client_with, demo_request,
+    purge_queue,
 };
 
 const FINISH: Duration = Duration::from_secs(120);
@@ -331,5 +332,45 @@ async fn a_cancel_on_a_resumed_deployment_finishes_the_host_left_mid_way() {
     assert_eq!(hosts, [("vm-01", "succeeded"), ("vm-02", "skipped")], "{done:#}");
     assert_eq!(done["hosts"][0]["load_balancer"], "ready");
     assert_all_in_rotation(&lb).await;
+    app.shut_down().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_outlives_the_brokers_consumer_timeout_and_then_its_holders_death() {
+    // The broker takes back a delivery held for 5 s (it checks about once a minute).
+    let broker = Throwaway::rabbitmq_with("consumer_timeout = 5000").unwrap();
+    let fleet = Fleet::up(2).unwrap();
+    let setup = Setup { workers: 0, amqp_url: broker.url.clone(), ..Setup::default() };
+    let app = TestApp::start(Some(&fleet), setup).await.unwrap();
+    let mut workers: Vec<Process> =
+        (0..2).map(|_| Process::start("vesemir-worker", &app.config_text, &[], &[]).unwrap()).collect();
+    let mut request = demo_request("95.0.0");
+    request["concurrency"] = json!(1);
+    request["sleep_seconds"] = json!(40);
+    let id = app.deploy(&request).await.unwrap();
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(150);
+    while !broker.logs().to_lowercase().contains("delivery acknowledgement") {
+        assert!(tokio::time::Instant::now() < deadline, "the broker never timed the delivery out");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // The rollout went on without its delivery; now its holder dies.
+    let uuid: Uuid = id.parse().unwrap();
+    let pool = sqlx::PgPool::connect(app.database_url()).await.unwrap();
+    let (state, holder): (String, Option<String>) =
+        sqlx::query_as("SELECT state, worker_id FROM deployments WHERE id = $1")
+            .bind(uuid)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(state, "running");
+    let holder = holder.unwrap();
+    let pid: u32 = holder.split(['/', ':']).nth(1).unwrap().parse().unwrap();
+    let index = workers.iter().position(|w| w.pid() == pid).unwrap();
+    workers[index].kill();
+
+    let done = app.wait_final(&id, Duration::from_secs(240)).await.unwrap();
+    assert_eq!(done["state"], "succeeded", "{done:#}");
+    assert_eq!(fleet.served_version("vm-02").await.unwrap(), "95.0.0");
     app.shut_down().await;
 }
