@@ -13,6 +13,11 @@
 #                             runtime=127.0.0.1:PORT
 #                             socket=DIR/admin.sock
 #                           NAME is a label only (`node` in `show info`).
+#   haproxy.sh reload DIR   reload it as production does: save the servers'
+#                           runtime state (drain, maint, weights), start a new
+#                           process that takes the listening sockets over and
+#                           loads that state, and let the old one finish its
+#                           connections
 #   haproxy.sh stop DIR     stop it; no-op if not running
 #
 # Both Runtime API sockets are at admin level. There is deliberately no
@@ -36,7 +41,7 @@ die() {
 }
 
 usage() {
-    die "usage: haproxy.sh start DIR FLEET_DIR [NAME] | haproxy.sh stop DIR"
+    die "usage: haproxy.sh start DIR FLEET_DIR [NAME] | haproxy.sh reload DIR | haproxy.sh stop DIR"
 }
 
 port_accepts() {
@@ -140,11 +145,17 @@ global
     # bind fails and it retries on other ports.
     noreuseport
     stats socket ipv4@127.0.0.1:$runtime_port level admin
-    stats socket $dir/admin.sock mode 666 level admin
+    stats socket $dir/admin.sock mode 666 level admin expose-fd listeners
     stats timeout 30s
+    # Kept across a reload (haproxy.sh reload writes it just before).
+    server-state-file $dir/server-state
 
 defaults
     mode http
+    load-server-state-from-file global
+    # On a reload the old process closes an idle keep-alive connection only after
+    # answering one more request on it, so no client sends into a closing socket.
+    option idle-close-on-response
     option http-keep-alive
     timeout connect 2s
     timeout client 30s
@@ -269,6 +280,25 @@ cmd_start() {
     cat "$dir/endpoints"
 }
 
+cmd_reload() {
+    local dir=$1 old new _
+    dir=$(realpath "$dir")
+    old=$(our_pid "$dir")
+    [ -n "$old" ] || die "no HAProxy runs in $dir"
+    runtime "$dir/admin.sock" "show servers state" >"$dir/server-state"
+    "$HAPROXY" -D -p "$dir/haproxy.pid" -f "$dir/haproxy.cfg" -x "$dir/admin.sock" -sf "$old" \
+        </dev/null >>"$dir/haproxy.log" 2>&1 || die "the new HAProxy process failed to start"
+    for _ in $(seq 1 100); do
+        new=$(our_pid "$dir")
+        if [ -n "$new" ] && [ "$new" != "$old" ] &&
+            runtime "127.0.0.1:$(endpoint_port "$dir" runtime)" "show info" 2>/dev/null | grep -q "^Pid: $new\$"; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    die "the reloaded HAProxy does not answer"
+}
+
 cmd_stop() {
     local dir=$1 pid _
     [ -d "$dir" ] || return 0
@@ -297,6 +327,10 @@ case ${1:-} in
     start)
         if [ $# -lt 3 ] || [ $# -gt 4 ]; then usage; fi
         cmd_start "$2" "$3" "${4:-haproxy}"
+        ;;
+    reload)
+        [ $# -eq 2 ] || usage
+        cmd_reload "$2"
         ;;
     stop)
         [ $# -eq 2 ] || usage

@@ -12,6 +12,7 @@
 
 pub mod balancing;
 pub mod chef;
+pub mod journal;
 pub mod proxy;
 
 use anyhow::{Context, bail};
@@ -36,9 +37,12 @@ pub fn repo_root() -> PathBuf {
 /// the running test (`cargo build --workspace --bins` puts it there).
 pub fn cli_binary() -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();
-    let binary = exe.parent().and_then(Path::parent).unwrap_or(Path::new(".")).join("vesemir");
-    assert!(binary.exists(), "{} is missing: run `cargo build --workspace --bins` first", binary.display());
-    binary
+    // A test runs from `target/debug/deps/`, a binary of this crate from `target/debug/`.
+    let dir = exe.parent().unwrap_or(Path::new("."));
+    let candidates = [dir.join("vesemir"), dir.parent().unwrap_or(dir).join("vesemir")];
+    let found = candidates.iter().find(|c| c.exists());
+    assert!(found.is_some(), "{} is missing: run `cargo build --workspace --bins` first", candidates[1].display());
+    found.cloned().unwrap_or_default()
 }
 
 fn ground_script(name: &str) -> PathBuf {
@@ -734,7 +738,7 @@ pub fn host_states(deployment: &Value) -> Vec<(String, String)> {
 #[derive(Debug)]
 pub struct Process {
     child: std::process::Child,
-    _dir: ScratchDir,
+    dir: ScratchDir,
 }
 
 impl Process {
@@ -754,13 +758,19 @@ impl Process {
             .env("RUST_LOG", "warn")
             .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("stderr.log"))?)
             .spawn()
             .with_context(|| format!("starting {binary}"))?;
-        Ok(Self { child, _dir: dir })
+        Ok(Self { child, dir })
     }
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// What it wrote to its standard error (its log).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
     }
 
     /// As a crash would end it: no shutdown, no cleanup.

@@ -58,6 +58,11 @@ impl CutProxy {
     pub fn cut(&self) {
         let _ = self.cut.send(true);
     }
+
+    /// Lets new connections through again.
+    pub fn heal(&self) {
+        let _ = self.cut.send(false);
+    }
 }
 
 impl Drop for CutProxy {

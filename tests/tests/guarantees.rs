@@ -11,10 +11,10 @@ use uuid::Uuid;
 use vesemir_core::deployment::DeploymentState;
 use vesemir_core::store::{Claim, Pending, PlannedHost, Store};
 use vesemir_tests::balancing::{BACKEND, Haproxy};
+use vesemir_tests::journal::HostJournal;
 use vesemir_tests::proxy::CutProxy;
 use vesemir_tests::{
-    Fleet, Process, ScratchDir, Setup, SkewedApi, TestApp, TestDatabase, Throwaway, client_with, demo_request,
-    purge_queue,
+    Fleet, Process, Setup, SkewedApi, TestApp, TestDatabase, Throwaway, client_with, demo_request, purge_queue,
 };
 
 const FINISH: Duration = Duration::from_secs(120);
@@ -159,51 +159,11 @@ async fn a_cancel_that_lands_as_the_rollout_ends_ends_it_cancelled() {
     app.shut_down().await;
 }
 
-/// A command wrapper the hosts run: it notes in a log shared with the test when each
-/// step starts and ends on a host, so that two claims' commands overlapping on one
-/// host would show as two starts in a row.
-fn step_journal(dir: &std::path::Path) -> String {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let script = dir.join("step.sh");
-    std::fs::write(
-        &script,
-        format!(
-            r#"#!/bin/sh
-log={dir}/$2.log
-echo "start $1" >>"$log"
-case $1 in
-    install) sleep 8; /opt/sandbox-app/bin/install "$3" ;;
-    restart) /opt/sandbox-app/bin/restart ;;
-esac
-status=$?
-echo "end $1" >>"$log"
-exit $status
-"#,
-            dir = dir.display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    format!(
-        r#"
-[services.journaled]
-step_timeout_seconds = 60
-[services.journaled.vars]
-install_command = "{script} install {{{{host.name}}}} {{{{version}}}}"
-restart_command = "{script} restart {{{{host.name}}}}"
-[services.journaled.health]
-url = "http://{{{{host.address}}}}:8080/health"
-"#,
-        script = script.display()
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_cut_off_from_the_database_stops_acting_and_its_successor_never_overlaps_it() {
     let fleet = Fleet::up(2).unwrap();
-    let journal = ScratchDir::new("vj").unwrap();
-    let setup = Setup { workers: 0, extra_config: step_journal(journal.path()), ..Setup::default() };
+    let journal = HostJournal::new().unwrap();
+    let setup = Setup { workers: 0, extra_config: journal.service("journaled", 8), ..Setup::default() };
     let mut app = TestApp::start(Some(&fleet), setup).await.unwrap();
     let database = app.database_url().to_owned();
     let proxy = CutProxy::start(database.split_once('@').unwrap().1.split_once('/').unwrap().0).await.unwrap();
@@ -213,9 +173,8 @@ async fn a_worker_cut_off_from_the_database_stops_acting_and_its_successor_never
     request["service"] = json!("journaled");
     request["concurrency"] = json!(1);
     let id = app.deploy(&request).await.unwrap();
-    let first_log = journal.path().join("vm-01.log");
     let deadline = tokio::time::Instant::now() + FINISH;
-    while !std::fs::read_to_string(&first_log).unwrap_or_default().contains("start install") {
+    while journal.starts("vm-01", "install") == 0 {
         assert!(tokio::time::Instant::now() < deadline, "the install never started");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -226,23 +185,12 @@ async fn a_worker_cut_off_from_the_database_stops_acting_and_its_successor_never
     let done = app.wait_final(&id, FINISH).await.unwrap();
     assert_eq!(done["state"], "succeeded", "{done:#}");
     assert_eq!(fleet.served_version("vm-01").await.unwrap(), "70.0.0");
-    let seen = std::fs::read_to_string(&first_log).unwrap();
     // The holder's install was in flight when it was cut off: it ran no further step,
     // and its successor ran the host again from the start.
-    assert_eq!(seen.matches("start install").count(), 2, "{seen}");
-    assert_eq!(seen.matches("start restart").count(), 1, "{seen}");
+    let seen = journal.notes("vm-01");
+    assert_eq!((journal.starts("vm-01", "install"), journal.starts("vm-01", "restart")), (2, 1), "{seen}");
     for host in ["vm-01", "vm-02"] {
-        let seen = std::fs::read_to_string(journal.path().join(format!("{host}.log"))).unwrap();
-        let mut open = None;
-        for line in seen.lines() {
-            match line.split_once(' ') {
-                Some(("start", step)) => {
-                    assert_eq!(open, None, "on {host}, {step} started while {open:?} ran:\n{seen}");
-                    open = Some(step);
-                }
-                _ => open = None,
-            }
-        }
+        assert_eq!(journal.overlaps(host), 0, "two claims ran commands on {host} at once:\n{}", journal.notes(host));
     }
     app.shut_down().await;
 }
