@@ -44,8 +44,14 @@ exit $status
     }
 
     /// Configuration of a service `name` that deploys the sandbox app through the
-    /// journal, its install taking `install_seconds`.
-    pub fn service(&self, name: &str, install_seconds: u32) -> String {
+    /// journal, its install taking `install_seconds`, behind `backend` if given.
+    pub fn service(&self, name: &str, install_seconds: u32, backend: Option<&str>) -> String {
+        let balancing = backend.map_or(String::new(), |backend| {
+            format!(
+                "[services.{name}.load_balancer]\nbackend = {backend:?}\ndrain_timeout_seconds = 10\n\
+                 up_timeout_seconds = 20\npoll_interval_ms = 50\n"
+            )
+        });
         format!(
             r#"
 [services.{name}]
@@ -55,7 +61,7 @@ install_command = "INSTALL_SECONDS={install_seconds} {script} install {{{{host.n
 restart_command = "{script} restart {{{{host.name}}}}"
 [services.{name}.health]
 url = "http://{{{{host.address}}}}:8080/health"
-"#,
+{balancing}"#,
             script = self.script().display()
         )
     }

@@ -163,7 +163,7 @@ async fn a_cancel_that_lands_as_the_rollout_ends_ends_it_cancelled() {
 async fn a_worker_cut_off_from_the_database_stops_acting_and_its_successor_never_overlaps_it() {
     let fleet = Fleet::up(2).unwrap();
     let journal = HostJournal::new().unwrap();
-    let setup = Setup { workers: 0, extra_config: journal.service("journaled", 8), ..Setup::default() };
+    let setup = Setup { workers: 0, extra_config: journal.service("journaled", 8, None), ..Setup::default() };
     let mut app = TestApp::start(Some(&fleet), setup).await.unwrap();
     let database = app.database_url().to_owned();
     let proxy = CutProxy::start(database.split_once('@').unwrap().1.split_once('/').unwrap().0).await.unwrap();
@@ -320,5 +320,40 @@ async fn a_rollout_outlives_the_brokers_consumer_timeout_and_then_its_holders_de
     let done = app.wait_final(&id, Duration::from_secs(240)).await.unwrap();
     assert_eq!(done["state"], "succeeded", "{done:#}");
     assert_eq!(fleet.served_version("vm-02").await.unwrap(), "95.0.0");
+    app.shut_down().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_is_recorded_back_in_rotation_only_once_every_load_balancer_took_it_back() {
+    let fleet = Fleet::up(1).unwrap();
+    let (lb_a, lb_b) = (Haproxy::start(&fleet).unwrap(), Haproxy::start(&fleet).unwrap());
+    // The second load balancer is reached through a proxy that will fail it.
+    let proxy = CutProxy::start(&lb_b.runtime).await.unwrap();
+    let through_proxy = format!(r#"{{ name = "lb-b", runtime_api = {{ kind = "tcp", address = "{}" }} }}"#, proxy.addr);
+    let journal = HostJournal::new().unwrap();
+    let setup = Setup {
+        load_balancers: vec![lb_a.over_tcp("lb-a"), through_proxy],
+        extra_config: journal.service("journaled", 3, Some(BACKEND)),
+        ..Setup::default()
+    };
+    let app = TestApp::start(Some(&fleet), setup).await.unwrap();
+    let mut request = demo_request("96.0.0");
+    request["service"] = json!("journaled");
+    let id = app.deploy(&request).await.unwrap();
+    let deadline = tokio::time::Instant::now() + FINISH;
+    while journal.starts("vm-01", "install") == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the install never started");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Taken out of both; lb-b then becomes unreachable, so `ready` reaches only lb-a.
+    proxy.cut();
+
+    let done = app.wait_final(&id, FINISH).await.unwrap();
+    let vm01 = &done["hosts"][0];
+    assert_eq!(vm01["state"], "failed", "{done:#}");
+    assert_eq!(vm01["load_balancer"], "maint", "not recorded back while lb-b still has it out: {vm01:#}");
+    assert!(vm01["error"].as_str().unwrap().contains("lb-b"), "{vm01:#}");
+    let on_b = lb_b.servers(&["vm-01".to_owned()]).await.unwrap();
+    assert!(!on_b["vm-01"].in_rotation(), "{on_b:?}");
     app.shut_down().await;
 }

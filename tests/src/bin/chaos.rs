@@ -15,7 +15,7 @@
 //! hosts run by two claims at once (two commands at once on a host, from the host's
 //! own notes) and failed requests (at the load generator). Exits 1 if any is not zero.
 //!
-//! `chaos [TRIALS] [SEED]` (default 20 trials, a seed from the clock).
+//! `chaos [TRIALS] [SEED] [FAULT]` (default 20 trials, a seed from the clock, any fault).
 
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
@@ -88,7 +88,12 @@ async fn main() -> ExitCode {
     let seed: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
     }) | 1;
-    match run(trials, seed).await {
+    let only = args.next();
+    if only.as_deref().is_some_and(|f| !FAULTS.contains(&f)) {
+        eprintln!("chaos: FAULT is one of {}", FAULTS.join(", "));
+        return ExitCode::from(2);
+    }
+    match run(trials, seed, only.as_deref()).await {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(e) => {
@@ -98,7 +103,7 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(trials: usize, seed: u64) -> anyhow::Result<bool> {
+async fn run(trials: usize, seed: u64, only: Option<&str>) -> anyhow::Result<bool> {
     vesemir_core::telemetry::init("error");
     println!("chaos: {trials} trials, seed {seed}");
     let fleet = Fleet::up(VMS)?;
@@ -107,7 +112,8 @@ async fn run(trials: usize, seed: u64) -> anyhow::Result<bool> {
     let mut dice = Dice(seed);
     let mut total = Counts::default();
     for n in 1..=trials {
-        let fault = FAULTS[dice.below(FAULTS.len() as u64) as usize];
+        let drawn = FAULTS[dice.below(FAULTS.len() as u64) as usize];
+        let fault = only.unwrap_or(drawn);
         let at = Duration::from_millis(500 + dice.below(7_500));
         let started = Instant::now();
         let (counts, note) = match trial(&ground, n, fault, at).await {
@@ -131,11 +137,7 @@ async fn run(trials: usize, seed: u64) -> anyhow::Result<bool> {
 
 async fn trial(ground: &Ground, n: usize, fault: &str, at: Duration) -> anyhow::Result<(Counts, String)> {
     let journal = HostJournal::new()?;
-    let service = format!(
-        "{}\n[services.chaos.load_balancer]\nbackend = {BACKEND:?}\ndrain_timeout_seconds = 10\n\
-         up_timeout_seconds = 20\npoll_interval_ms = 50\n",
-        journal.service("chaos", 1)
-    );
+    let service = journal.service("chaos", 1, Some(BACKEND));
     let setup = Setup {
         workers: 0,
         amqp_url: ground.broker.url.clone(),
@@ -191,6 +193,12 @@ async fn trial(ground: &Ground, n: usize, fault: &str, at: Duration) -> anyhow::
     counts.left_out = servers.values().filter(|s| !s.in_rotation() || s.weight != s.initial_weight).count();
     counts.two_claims = names.iter().map(|host| journal.overlaps(host)).sum();
     let states: Vec<&str> = finals.iter().map(|d| d["state"].as_str().unwrap_or("?")).collect();
+    for done in finals.iter().filter(|d| d["state"] != "succeeded") {
+        eprintln!("--- trial {n}: {} ended {}: {}", done["id"], done["state"], done["error"]);
+        for host in done["hosts"].as_array().into_iter().flatten().filter(|h| !h["error"].is_null()) {
+            eprintln!("---   {}: {}", host["name"], host["error"]);
+        }
+    }
     let note = format!("{note}; ended {}", states.join(" and "));
     if !counts.all_zero() {
         for (i, worker) in workers.iter().enumerate() {

@@ -87,7 +87,8 @@ impl<'a> Rotation<'a> {
             LbOperation::Ready => self.ready(lbs, backend, server, settings, self.weight, journal).await,
             LbOperation::FullWeight => match lbs.set_weight(backend, server, 100).await {
                 Ok(mut report) => {
-                    let up = lbs.wait_up(backend, server, Duration::from_secs(settings.up_timeout_seconds)).await;
+                    let up =
+                        lbs.wait_up(backend, server, Some(100), Duration::from_secs(settings.up_timeout_seconds)).await;
                     up.map(|more| {
                         report.extend(more);
                         report
@@ -130,7 +131,8 @@ impl<'a> Rotation<'a> {
         // Back in rotation only once every load balancer applied it.
         self.state = Some(AdminState::Ready);
         journal.record_load_balancer(AdminState::Ready).await?;
-        report.extend(lbs.wait_up(backend, server, Duration::from_secs(settings.up_timeout_seconds)).await?);
+        let weight = weight.map(|percent| percent.min(100) as u8);
+        report.extend(lbs.wait_up(backend, server, weight, Duration::from_secs(settings.up_timeout_seconds)).await?);
         Ok(report)
     }
 
@@ -139,14 +141,7 @@ impl<'a> Rotation<'a> {
     pub async fn put_back(&mut self, journal: &Journal, tail: &mut OutputTail) -> Result<(), String> {
         let Some(target) = &self.target else { return Ok(()) };
         let (backend, server, settings) = (target.backend, target.server.clone(), target.settings);
-        let lbs = self.balancers;
-        let report = match lbs.set_weight(backend, &server, 100).await {
-            Ok(mut report) => self.ready(lbs, backend, &server, settings, None, journal).await.map(|more| {
-                report.extend(more);
-                report
-            }),
-            Err(e) => Err(e),
-        };
+        let report = self.ready(self.balancers, backend, &server, settings, Some(100), journal).await;
         finish(report, journal, tail).await
     }
 }

@@ -174,12 +174,47 @@ impl Balancers {
         .await
     }
 
+    /// Reads the server on every load balancer, and makes again, where a load balancer
+    /// forgot it, the change Vesemir last made (a reload whose saved state predates
+    /// the change, or one without a state file, puts the server back as it was).
+    async fn read_holding(
+        &self,
+        backend: &str,
+        server: &str,
+        admin: AdminState,
+        weight: Option<u8>,
+    ) -> Result<Vec<ServerStatus>, LbError> {
+        self.on_each(|lb| {
+            Box::pin(async move {
+                let status = lb.server(backend, server).await?;
+                let lost_weight = weight.is_some_and(|p| status.weight != weight_for(status.initial_weight, p));
+                if status.admin == admin && !lost_weight {
+                    return Ok(status);
+                }
+                tracing::warn!(
+                    lb = lb.name(),
+                    backend,
+                    server,
+                    "the load balancer forgot a change (a reload?): making it again"
+                );
+                if status.admin != admin {
+                    lb.set_state(backend, server, admin).await?;
+                }
+                if let (true, Some(percent)) = (lost_weight, weight) {
+                    lb.set_weight(backend, server, percent).await?;
+                }
+                lb.server(backend, server).await
+            })
+        })
+        .await
+    }
+
     /// Waits until no load balancer holds a session on the server, or `timeout`.
     /// Returns how many sessions were left (0 when drained in time).
     pub async fn wait_drained(&self, backend: &str, server: &str, timeout: Duration) -> Result<u64, LbError> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let statuses = self.on_each(|lb| lb.server(backend, server)).await?;
+            let statuses = self.read_holding(backend, server, AdminState::Drain, None).await?;
             let sessions: u64 = statuses.iter().map(|s| s.sessions).sum();
             if sessions == 0 || tokio::time::Instant::now() >= deadline {
                 return Ok(sessions);
@@ -189,11 +224,17 @@ impl Balancers {
     }
 
     /// Waits until every load balancer reports the server UP (its own health check
-    /// passes), or fails after `timeout`.
-    pub async fn wait_up(&self, backend: &str, server: &str, timeout: Duration) -> Result<Report, LbError> {
+    /// passes), ready and at `weight` percent if given, or fails after `timeout`.
+    pub async fn wait_up(
+        &self,
+        backend: &str,
+        server: &str,
+        weight: Option<u8>,
+        timeout: Duration,
+    ) -> Result<Report, LbError> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let statuses = self.on_each(|lb| lb.server(backend, server)).await?;
+            let statuses = self.read_holding(backend, server, AdminState::Ready, weight).await?;
             if statuses.iter().all(ServerStatus::is_up) {
                 return Ok(self
                     .members
@@ -382,8 +423,25 @@ mod tests {
     async fn waiting_for_up_times_out_with_what_each_load_balancer_says() {
         let a = Fake::new("lb-a");
         a.server.lock().unwrap().status = "DOWN".into();
-        let err = balancers(&[a]).wait_up("app", "vm-01", Duration::from_millis(20)).await.unwrap_err();
+        let err = balancers(&[a]).wait_up("app", "vm-01", None, Duration::from_millis(20)).await.unwrap_err();
         assert!(err.to_string().contains("lb-a says DOWN"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_change_a_load_balancer_forgot_while_waiting_is_made_again() {
+        let a = Fake::new("lb-a");
+        let lbs = balancers(std::slice::from_ref(&a));
+        lbs.set_state("app", "vm-01", AdminState::Ready).await.unwrap();
+        lbs.set_weight("app", "vm-01", 10).await.unwrap();
+        // A reload loads a state saved before the changes.
+        {
+            let mut server = a.server.lock().unwrap();
+            server.admin = AdminState::Maint;
+            server.weight = 100;
+        }
+        lbs.wait_up("app", "vm-01", Some(10), Duration::from_secs(1)).await.unwrap();
+        let server = a.server.lock().unwrap().clone();
+        assert_eq!((server.admin, server.weight), (AdminState::Ready, 10));
     }
 
     #[test]
