@@ -76,6 +76,16 @@ url = "http://{{{{host.address}}}}:8080/health"
         self.notes(host).matches(&format!("start {action}")).count()
     }
 
+    /// Waits until `action` started on `host`.
+    pub async fn wait_started(&self, host: &str, action: &str, timeout: std::time::Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.starts(host, action) == 0 {
+            anyhow::ensure!(tokio::time::Instant::now() < deadline, "{action} never started on {host}");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        Ok(())
+    }
+
     /// The moments a command started on `host` while another still ran there.
     pub fn overlaps(&self, host: &str) -> usize {
         let mut open = false;

@@ -173,11 +173,7 @@ async fn a_worker_cut_off_from_the_database_stops_acting_and_its_successor_never
     request["service"] = json!("journaled");
     request["concurrency"] = json!(1);
     let id = app.deploy(&request).await.unwrap();
-    let deadline = tokio::time::Instant::now() + FINISH;
-    while journal.starts("vm-01", "install") == 0 {
-        assert!(tokio::time::Instant::now() < deadline, "the install never started");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    journal.wait_started("vm-01", "install", FINISH).await.unwrap();
     // Mid-install, the holder loses PostgreSQL but not its hosts; another worker runs.
     proxy.cut();
     app.add_worker().await.unwrap();
@@ -340,11 +336,7 @@ async fn a_host_is_recorded_back_in_rotation_only_once_every_load_balancer_took_
     let mut request = demo_request("96.0.0");
     request["service"] = json!("journaled");
     let id = app.deploy(&request).await.unwrap();
-    let deadline = tokio::time::Instant::now() + FINISH;
-    while journal.starts("vm-01", "install") == 0 {
-        assert!(tokio::time::Instant::now() < deadline, "the install never started");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    journal.wait_started("vm-01", "install", FINISH).await.unwrap();
     // Taken out of both; lb-b then becomes unreachable, so `ready` reaches only lb-a.
     proxy.cut();
 
