@@ -193,9 +193,9 @@ async fn a_worker_cut_off_from_the_database_stops_acting_and_its_successor_never
 
 /// A deployment as a worker that died mid-way left it: hosts stored, `vm-01` running
 /// and taken out of rotation (in HAProxy and in the record), the lease about to end.
-async fn left_by_a_dead_worker(app: &TestApp, fleet: &Fleet, lb: &Haproxy, version: &str) -> String {
+async fn left_by_a_dead_worker(app: &TestApp, fleet: &Fleet, lb: &Haproxy, request: &Value) -> String {
     let store = app.store().await.unwrap();
-    let id = app.deploy(&demo_request(version)).await.unwrap();
+    let id = app.deploy(request).await.unwrap();
     let uuid: Uuid = id.parse().unwrap();
     let dead = "dead-worker/1";
     assert!(matches!(store.claim(uuid, dead, 3).await.unwrap(), Claim::Claimed(_)));
@@ -234,12 +234,25 @@ async fn assert_all_in_rotation(lb: &Haproxy) {
     assert!(servers.values().all(|s| s.in_rotation()), "{servers:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_host_left_out_by_a_dead_worker_and_unreachable_on_resume_is_put_back_when_healthy() {
+mod a_host_left_out_by_a_dead_worker_and_unreachable_on_resume_is_put_back_when_healthy {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn native() {
+        super::a_host_left_out_by_a_dead_worker_and_unreachable_on_resume_is_put_back_when_healthy("native").await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ansible() {
+        super::a_host_left_out_by_a_dead_worker_and_unreachable_on_resume_is_put_back_when_healthy("ansible").await;
+    }
+}
+
+async fn a_host_left_out_by_a_dead_worker_and_unreachable_on_resume_is_put_back_when_healthy(executor: &str) {
     let fleet = Fleet::up(2).unwrap();
     let lb = Haproxy::start(&fleet).unwrap();
     let mut app = behind(&fleet, &lb).await;
-    let id = left_by_a_dead_worker(&app, &fleet, &lb, "80.0.0").await;
+    let mut request = demo_request("80.0.0");
+    request["executor"] = json!(executor);
+    let id = left_by_a_dead_worker(&app, &fleet, &lb, &request).await;
     fleet.stop_sshd("vm-01").unwrap();
 
     app.add_worker().await.unwrap();
@@ -260,7 +273,7 @@ async fn a_cancel_on_a_resumed_deployment_finishes_the_host_left_mid_way() {
     let fleet = Fleet::up(2).unwrap();
     let lb = Haproxy::start(&fleet).unwrap();
     let mut app = behind(&fleet, &lb).await;
-    let id = left_by_a_dead_worker(&app, &fleet, &lb, "81.0.0").await;
+    let id = left_by_a_dead_worker(&app, &fleet, &lb, &demo_request("81.0.0")).await;
     let cancel = app.client.post(app.url(&format!("/v1/deployments/{id}/cancel"))).send().await.unwrap();
     assert_eq!(cancel.status(), 202);
 

@@ -10,7 +10,9 @@
 //! happen, and the final stats decide each host's outcome.
 
 use super::native::{OutputTail, variables};
+use super::rotation::Rotation;
 use super::{Executor, HostJob, HostReport, Journal};
+use crate::health::HealthCheck;
 use crate::lb::AdminState;
 use crate::template::Context;
 use futures_util::future::BoxFuture;
@@ -22,7 +24,7 @@ use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use vesemir_core::config::{ClusterConfig, RuntimeApi};
-use vesemir_core::deployment::{LogStream, StepState, is_address, is_host_name};
+use vesemir_core::deployment::{HostState, LogStream, StepState, is_address, is_host_name};
 
 /// The playbook's steps, in order: their task names are the step names recorded, as
 /// with the native executor's `rolling.toml`. Other tasks (the connection check, the
@@ -41,17 +43,43 @@ pub struct AnsibleExecutor {
     program: String,
     playbooks_dir: PathBuf,
     work_dir: PathBuf,
+    /// For hosts an earlier holder left out of rotation that this run never reached.
+    health: HealthCheck,
 }
 
 impl AnsibleExecutor {
     pub fn new(program: String, playbooks_dir: PathBuf, work_dir: PathBuf) -> Self {
-        Self { program, playbooks_dir, work_dir }
+        Self { program, playbooks_dir, work_dir, health: HealthCheck::new() }
+    }
+
+    /// A host the play failed before its own load-balancer steps (unreachable, say)
+    /// may still be out where an earlier holder left it: the play's rescue never ran
+    /// for it, so it is recovered here as the native executor does.
+    async fn recover_resumed(&self, jobs: &[(HostJob<'_>, Journal)], reports: &mut [HostReport]) {
+        for ((job, journal), report) in jobs.iter().zip(reports.iter_mut()) {
+            if report.state == HostState::Succeeded || report.is_left() || report.load_balancer.is_some() {
+                continue;
+            }
+            let vars = variables(job);
+            let (Ok(url), Ok(mut rotation)) =
+                (vars.render(&job.service.health.url, Context::Url), Rotation::new(job, &vars))
+            else {
+                continue;
+            };
+            if rotation.is_out() {
+                rotation.recover(&self.health, job, &url, false, journal, report).await;
+            }
+        }
     }
 }
 
 impl Executor for AnsibleExecutor {
     fn run_wave<'a>(&'a self, jobs: &'a [(HostJob<'a>, Journal)]) -> BoxFuture<'a, Vec<HostReport>> {
-        Box::pin(self.wave(jobs))
+        Box::pin(async move {
+            let mut reports = self.wave(jobs).await;
+            self.recover_resumed(jobs, &mut reports).await;
+            reports
+        })
     }
 }
 

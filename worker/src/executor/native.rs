@@ -151,7 +151,7 @@ impl NativeExecutor {
         // Also for a host that could not be reached: an earlier holder may have left
         // it out of rotation, and its health check needs no SSH.
         if report.state != HostState::Succeeded && rotation.is_out() {
-            self.recover(&job, &health_url, &mut rotation, failed_health, journal, &mut report).await;
+            rotation.recover(&self.health, &job, &health_url, failed_health, journal, &mut report).await;
         }
         report.load_balancer = rotation.state();
         report
@@ -201,33 +201,6 @@ impl NativeExecutor {
             }
         }
         (HostReport::succeeded(), false)
-    }
-
-    /// After a failure, a host Vesemir took out goes back only if it is healthy.
-    async fn recover(
-        &self,
-        job: &HostJob<'_>,
-        health_url: &str,
-        rotation: &mut Rotation<'_>,
-        failed_health: bool,
-        journal: &Journal,
-        report: &mut HostReport,
-    ) {
-        let mut tail = OutputTail::default();
-        let note = if failed_health {
-            "left out of rotation on purpose: its health check failed".to_owned()
-        } else if self.health.wait_healthy(health_url, &job.service.health, journal, &mut tail).await.is_err() {
-            "left out of rotation: it is not healthy".to_owned()
-        } else {
-            match rotation.put_back(journal, &mut tail).await {
-                Ok(()) => "healthy despite the failure: put back in rotation".to_owned(),
-                Err(e) => format!("healthy, but putting it back failed: {e}"),
-            }
-        };
-        journal.log(LogStream::System, note.clone()).await;
-        if let Some(error) = &mut report.error {
-            error.push_str(&format!("; {note}"));
-        }
     }
 
     async fn check_health(

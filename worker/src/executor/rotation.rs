@@ -3,7 +3,8 @@
 //! Vesemir did, so that no host is left out of rotation by accident.
 
 use super::native::OutputTail;
-use super::{HostJob, Journal};
+use super::{HostJob, HostReport, Journal};
+use crate::health::HealthCheck;
 use crate::lb::{AdminState, Balancers, LbError};
 use crate::playbook::LbOperation;
 use crate::template::{Context, TemplateError, Variables};
@@ -134,6 +135,37 @@ impl<'a> Rotation<'a> {
         let weight = weight.map(|percent| percent.min(100) as u8);
         report.extend(lbs.wait_up(backend, server, weight, Duration::from_secs(settings.up_timeout_seconds)).await?);
         Ok(report)
+    }
+
+    /// After a host failed, a server Vesemir took out (in this run or an earlier
+    /// holder's) goes back only if the host is healthy; the report says where it
+    /// was left. The health check needs no SSH: a host that cannot be reached is
+    /// recovered too.
+    pub async fn recover(
+        &mut self,
+        health: &HealthCheck,
+        job: &HostJob<'_>,
+        health_url: &str,
+        failed_health: bool,
+        journal: &Journal,
+        report: &mut HostReport,
+    ) {
+        let mut tail = OutputTail::default();
+        let note = if failed_health {
+            "left out of rotation on purpose: its health check failed".to_owned()
+        } else if health.wait_healthy(health_url, &job.service.health, journal, &mut tail).await.is_err() {
+            "left out of rotation: it is not healthy".to_owned()
+        } else {
+            match self.put_back(journal, &mut tail).await {
+                Ok(()) => "healthy despite the failure: put back in rotation".to_owned(),
+                Err(e) => format!("healthy, but putting it back failed: {e}"),
+            }
+        };
+        journal.log(LogStream::System, note.clone()).await;
+        if let Some(error) = &mut report.error {
+            error.push_str(&format!("; {note}"));
+        }
+        report.load_balancer = self.state;
     }
 
     /// Puts a server that Vesemir took out back at full weight (for a host found
