@@ -11,7 +11,7 @@
 
 use super::native::{OutputTail, variables};
 use super::rotation::Rotation;
-use super::{Executor, HostJob, HostReport, Journal};
+use super::{Executor, HostJob, HostReport, Journal, host_argv};
 use crate::health::HealthCheck;
 use crate::lb::AdminState;
 use crate::template::Context;
@@ -125,8 +125,7 @@ fn extra_vars(jobs: &[(HostJob<'_>, Journal)]) -> Result<String, String> {
         let vars = variables(job);
         let render =
             |template: &str, context| vars.render(template, context).map_err(|e| format!("{}: {e}", job.host.name));
-        // As with native, the host enforces the step timeout on the command's whole
-        // process group, so nothing outlives a timed-out step.
+        // As with native, the host enforces the step timeout and the deployment's lock.
         let secs = job.service.step_timeout_seconds.max(1);
         // An argument vector: Ansible runs it without a shell of its own.
         let command = |name: &str| {
@@ -136,24 +135,7 @@ fn extra_vars(jobs: &[(HostJob<'_>, Journal)]) -> Result<String, String> {
                 .ok_or_else(|| format!("the service has no {name} in its vars"))
                 .and_then(|t| render(t, Context::Shell))
                 .map(|c| {
-                    // As with native, the command holds the deployment's lock on the host.
-                    let lock_wait = (secs + 15).to_string();
-                    let argv = [
-                        "flock",
-                        "-o",
-                        "-w",
-                        &lock_wait,
-                        "-E",
-                        "75",
-                        &journal.host_lock(),
-                        "timeout",
-                        "--kill-after=5",
-                        &secs.to_string(),
-                        "sh",
-                        "-c",
-                        &c,
-                    ]
-                    .map(unsafe_string);
+                    let argv: Vec<String> = host_argv(journal, secs, &c).iter().map(|a| unsafe_string(a)).collect();
                     format!("[{}]", argv.join(", "))
                 })
         };

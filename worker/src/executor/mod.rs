@@ -17,6 +17,34 @@ use vesemir_core::config::{ClusterConfig, ServiceConfig};
 use vesemir_core::deployment::{DeploymentRequest, HostState, LogStream, StepState};
 use vesemir_core::store::{RunHost, Store};
 
+/// After a step's timeout, how long the host waits before KILLing what TERM did not stop.
+pub const KILL_AFTER_SECONDS: u64 = 5;
+/// What `flock` exits with when the host's lock stayed held for the whole wait (EX_TEMPFAIL).
+pub const LOCKED_EXIT: i32 = 75;
+
+/// How long a command waits on the host for the deployment's lock: as long as a
+/// predecessor's command with the same timeout could still run.
+pub fn lock_wait_seconds(timeout_seconds: u64) -> u64 {
+    timeout_seconds + KILL_AFTER_SECONDS + 10
+}
+
+/// How a step's command runs on a host, under either executor, as an argument vector.
+/// The host enforces the step's timeout itself (coreutils `timeout` signals the
+/// command's whole process group), so a timed-out step does not go on running. The
+/// command holds the deployment's lock on the host while it runs, so a worker that
+/// takes the deployment over waits there for a command its predecessor left running
+/// (`-o`: a daemon the command starts does not inherit the lock).
+pub fn host_argv(journal: &Journal, timeout_seconds: u64, command: &str) -> Vec<String> {
+    let secs = timeout_seconds.max(1);
+    let (lock_wait, locked, kill_after) =
+        (lock_wait_seconds(secs).to_string(), LOCKED_EXIT.to_string(), format!("--kill-after={KILL_AFTER_SECONDS}"));
+    let lock = journal.host_lock();
+    let secs = secs.to_string();
+    ["flock", "-o", "-w", &lock_wait, "-E", &locked, &lock, "timeout", &kill_after, &secs, "sh", "-c", command]
+        .map(str::to_owned)
+        .to_vec()
+}
+
 /// Everything an executor needs to know to run one host.
 #[derive(Debug, Clone, Copy)]
 pub struct HostJob<'a> {
@@ -99,7 +127,7 @@ impl Journal {
     /// The host-side lock every command of this deployment holds while it runs on the
     /// host: a new holder's command waits there for one an old holder left running.
     /// (Named after the host too, for hosts that share a /tmp.)
-    pub fn host_lock(&self) -> String {
+    fn host_lock(&self) -> String {
         format!("/tmp/vesemir-{}-{}.lock", self.deployment_id, self.host)
     }
 

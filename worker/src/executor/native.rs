@@ -11,7 +11,7 @@
 //! health-checked, and put back only if it is healthy.
 
 use super::rotation::Rotation;
-use super::{Executor, HostJob, HostReport, Journal};
+use super::{Executor, HostJob, HostReport, Journal, KILL_AFTER_SECONDS, LOCKED_EXIT, host_argv, lock_wait_seconds};
 use crate::health::{HealthCheck, HealthError};
 use crate::playbook::{Action, LbOperation};
 use crate::ssh;
@@ -23,13 +23,9 @@ use std::time::Duration;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, BufReader};
 use vesemir_core::deployment::{HostState, LogStream, StepState};
 
-/// After a step's timeout, how long the host waits before KILLing what TERM did not stop.
-const KILL_AFTER_SECONDS: u64 = 5;
 /// Exit statuses of coreutils `timeout`: the command timed out; it had to be killed.
 const TIMEOUT_EXIT: i32 = 124;
 const TIMEOUT_KILLED_EXIT: i32 = 137;
-/// What `flock` exits with when the host's lock stayed held for the whole wait (EX_TEMPFAIL).
-const LOCKED_EXIT: i32 = 75;
 
 /// Longest line read from a remote command before it is split.
 const MAX_LINE_BYTES: usize = 16 * 1024;
@@ -243,18 +239,10 @@ async fn run_command(
     journal: &Journal,
     tail: &mut OutputTail,
 ) -> Result<Option<i32>, StepFailure> {
-    // The host enforces the timeout itself (coreutils `timeout` signals the command's
-    // whole process group), so a timed-out step does not go on running remotely. The
-    // command holds the deployment's lock on the host while it runs: a worker that
-    // takes the deployment over waits there for a command its predecessor left running.
-    // (`-o`: a daemon the command starts does not inherit the lock.)
     let secs = timeout.as_secs().max(1);
-    let lock_wait = secs + KILL_AFTER_SECONDS + 10;
-    let wrapped = format!(
-        "flock -o -w {lock_wait} -E {LOCKED_EXIT} {} timeout --kill-after={KILL_AFTER_SECONDS} {secs} sh -c {}",
-        shell_quote(&journal.host_lock()),
-        shell_quote(command)
-    );
+    let lock_wait = lock_wait_seconds(secs);
+    let argv = host_argv(journal, secs, command);
+    let wrapped = argv.iter().map(|a| shell_quote(a)).collect::<Vec<_>>().join(" ");
     let spawned =
         session.raw_command(&wrapped).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().await;
     let mut child = match spawned {

@@ -123,16 +123,16 @@ impl<'a> Rotation<'a> {
         journal: &Journal,
     ) -> Result<Vec<String>, LbError> {
         let mut report = Vec::new();
+        let weight = weight.map(|percent| percent.min(100) as u8);
         // The reduced weight is set while the server is still out, so it comes back
         // at that weight and never takes a full share early.
         if let Some(percent) = weight {
-            report.extend(lbs.set_weight(backend, server, percent.min(100) as u8).await?);
+            report.extend(lbs.set_weight(backend, server, percent).await?);
         }
         report.extend(lbs.set_state(backend, server, AdminState::Ready).await?);
         // Back in rotation only once every load balancer applied it.
         self.state = Some(AdminState::Ready);
         journal.record_load_balancer(AdminState::Ready).await?;
-        let weight = weight.map(|percent| percent.min(100) as u8);
         report.extend(lbs.wait_up(backend, server, weight, Duration::from_secs(settings.up_timeout_seconds)).await?);
         Ok(report)
     }
