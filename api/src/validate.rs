@@ -5,7 +5,7 @@ use crate::error::ApiError;
 use std::collections::BTreeSet;
 use vesemir_core::config::{Config, DiscoveryKind};
 use vesemir_core::deployment::{Amount, DeploymentRequest, is_host_name, is_identifier, is_version};
-use vesemir_core::selector;
+use vesemir_core::{selector, template};
 
 const MAX_HOSTS: usize = 10_000;
 const MAX_VARS: usize = 64;
@@ -90,6 +90,16 @@ pub fn request(config: &Config, r: &DeploymentRequest) -> Result<(), ApiError> {
         }
         if value.contains('\0') {
             return Err(bad("invalid_vars", format!("var {name} contains a NUL byte")));
+        }
+    }
+    // Each var reaches commands as an environment variable; two must not share one.
+    let mut env = std::collections::BTreeMap::new();
+    for name in r.vars.keys() {
+        if let Some(other) = env.insert(template::env_name(&format!("vars.{name}")), name) {
+            return Err(bad(
+                "invalid_vars",
+                format!("vars {other} and {name} differ only in . - _ and would reach commands as one variable"),
+            ));
         }
     }
     Ok(())

@@ -5,6 +5,7 @@
 //! against the directory that holds the file, so a configuration can be moved as a unit.
 
 use crate::deployment::{ExecutorKind, is_address, is_host_name, is_identifier};
+use crate::template;
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -296,8 +297,12 @@ pub struct ServiceConfig {
     pub executor: ExecutorKind,
     #[serde(default = "default_step_timeout")]
     pub step_timeout_seconds: u64,
+    /// The shell each command runs in on the host.
+    #[serde(default)]
+    pub shell: Shell,
     /// Operator-written text (commands, paths) that playbooks reference as `{{name}}`.
-    /// It is inserted as written; values from requests and discovery are shell-quoted.
+    /// It is inserted as written; values from requests and discovery reach commands
+    /// as environment variables (see [`crate::template`]).
     #[serde(default)]
     pub vars: BTreeMap<String, String>,
     pub health: HealthConfig,
@@ -324,6 +329,25 @@ pub struct ServiceBalancing {
     pub poll_interval_ms: u64,
 }
 
+impl ServiceConfig {
+    /// Checks the templates the configuration itself names (the health check, the
+    /// server name, the commands the ansible executor runs); a playbook's steps are
+    /// checked by the worker, which loads the playbooks. The error names the template.
+    pub fn check_templates(&self) -> Result<(), String> {
+        template::UrlTemplate::parse(&self.health.url, &self.vars).map_err(|e| format!("health.url: {e}"))?;
+        if let Some(lb) = &self.load_balancer {
+            template::NameTemplate::parse(&lb.server, &self.vars).map_err(|e| format!("load_balancer.server: {e}"))?;
+        }
+        for name in ANSIBLE_COMMANDS {
+            if self.vars.contains_key(name) {
+                template::ShellTemplate::parse(&format!("{{{{{name}}}}}"), &self.vars)
+                    .map_err(|e| format!("{name}: {e}"))?;
+            }
+        }
+        Ok(())
+    }
+}
+
 fn default_server_template() -> String {
     "{{host.name}}".to_owned()
 }
@@ -336,6 +360,28 @@ fn default_up_timeout() -> u64 {
 fn default_poll_interval() -> u64 {
     250
 }
+
+/// The shell a host runs a step's command with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Shell {
+    /// POSIX `sh` (dash on Debian).
+    #[default]
+    Sh,
+    Bash,
+}
+
+impl Shell {
+    pub fn program(self) -> &'static str {
+        match self {
+            Shell::Sh => "sh",
+            Shell::Bash => "bash",
+        }
+    }
+}
+
+/// The operator variables the ansible executor runs as the install and restart steps.
+pub const ANSIBLE_COMMANDS: [&str; 2] = ["install_command", "restart_command"];
 
 fn default_playbook() -> String {
     "rolling".to_owned()
@@ -486,6 +532,7 @@ impl Config {
             if !is_identifier(&service.playbook) {
                 return invalid(format!("service {name}: playbook name {:?} is not valid", service.playbook));
             }
+            service.check_templates().map_err(|e| ConfigError::Invalid(format!("service {name}: {e}")))?;
         }
         if self.worker.max_deployments == 0 {
             return invalid("worker.max_deployments must be at least 1".to_owned());

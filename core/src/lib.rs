@@ -24,3 +24,4 @@ pub mod queue;
 pub mod selector;
 pub mod store;
 pub mod telemetry;
+pub mod template;

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::io::{AsyncBufReadExt, BufReader};
-use vesemir_tests::{Fleet, ScratchDir, Setup, TestApp, client_with, demo_request};
+use vesemir_tests::{Fleet, ScratchDir, Setup, TestApp, client_with, demo_request, playbooks_with};
 
 const TICKS: u32 = 200;
 
@@ -80,10 +80,9 @@ async fn followers_cost(app: &TestApp, api: &str, api_pid: u32, n: usize) -> (f6
 #[tokio::main]
 async fn main() {
     let fleet = Fleet::up(1).unwrap();
-    let playbooks = ScratchDir::new("vp").unwrap();
-    std::fs::write(
-        playbooks.path().join("ticker.toml"),
-        format!(
+    let playbooks = playbooks_with(
+        "ticker",
+        &format!(
             "[[steps]]\nname = \"ticks\"\naction = \"run\"\ncommand = \"for i in $(seq 1 {TICKS}); do echo tick $(date +%s%N); sleep 0.05; done\"\n"
         ),
     )

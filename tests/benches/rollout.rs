@@ -9,7 +9,7 @@
 use chrono::DateTime;
 use serde_json::json;
 use std::time::Duration;
-use vesemir_tests::{Fleet, ScratchDir, Setup, TestApp};
+use vesemir_tests::{Fleet, Setup, TestApp, playbooks_with};
 
 const HOSTS: usize = 20;
 const CONCURRENCY: usize = 5;
@@ -29,10 +29,9 @@ async fn main() {
     let fleet = Fleet::up(HOSTS).unwrap();
     // One step of a fixed length: what remains is Vesemir's own cost per host
     // (an SSH connection, step and host records, log lines).
-    let playbooks = ScratchDir::new("vp").unwrap();
-    std::fs::write(
-        playbooks.path().join("fixed.toml"),
-        format!("[[steps]]\nname = \"work\"\naction = \"run\"\ncommand = \"sleep {STEP_SECONDS}; echo done\"\n"),
+    let playbooks = playbooks_with(
+        "fixed",
+        &format!("[[steps]]\nname = \"work\"\naction = \"run\"\ncommand = \"sleep {STEP_SECONDS}; echo done\"\n"),
     )
     .unwrap();
     let setup =

@@ -203,6 +203,15 @@ impl Drop for TestDatabase {
     }
 }
 
+/// A playbooks directory with the shipped `rolling.toml` (every configured service
+/// needs its playbook for a worker to start) and one playbook of a test's own.
+pub fn playbooks_with(name: &str, text: &str) -> anyhow::Result<ScratchDir> {
+    let dir = ScratchDir::new("vp")?;
+    std::fs::copy(repo_root().join("playbooks/rolling.toml"), dir.path().join("rolling.toml"))?;
+    std::fs::write(dir.path().join(format!("{name}.toml")), text)?;
+    Ok(dir)
+}
+
 /// A sandbox fleet of VMs, torn down on drop.
 #[derive(Debug)]
 pub struct Fleet {

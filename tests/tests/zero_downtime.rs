@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use std::path::Path;
 use std::time::Duration;
 use vesemir_tests::balancing::{BACKEND, Haproxy, Load, Sampler};
-use vesemir_tests::{Fleet, ScratchDir, Setup, TestApp, demo_request, host_states};
+use vesemir_tests::{Fleet, ScratchDir, Setup, TestApp, demo_request, host_states, playbooks_with};
 
 const FINISH: Duration = Duration::from_secs(180);
 const CLIENTS: usize = 6;
@@ -113,7 +113,6 @@ async fn a_rollout_under_load_drops_no_request(executor: &str) {
 /// proves the load can see a careless restart (native only; it shows the load, not an
 /// executor).
 fn careless_playbooks() -> ScratchDir {
-    let dir = ScratchDir::new("vp").unwrap();
     let shipped = std::fs::read_to_string(vesemir_tests::repo_root().join("playbooks/rolling.toml")).unwrap();
     let careless: String = shipped
         .split("[[steps]]")
@@ -123,8 +122,7 @@ fn careless_playbooks() -> ScratchDir {
         .collect::<Vec<_>>()
         .join("[[steps]]");
     assert!(!careless.contains("wait_drained"));
-    std::fs::write(dir.path().join("careless.toml"), careless).unwrap();
-    dir
+    playbooks_with("careless", &careless).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

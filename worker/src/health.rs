@@ -8,7 +8,7 @@ use std::time::Duration;
 use vesemir_core::config::HealthConfig;
 use vesemir_core::deployment::LogStream;
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct HealthCheck {
     client: reqwest::Client,
 }
@@ -19,14 +19,12 @@ pub struct HealthError {
 }
 
 impl HealthCheck {
-    pub fn new() -> Self {
-        // Redirects would let a health endpoint send the worker elsewhere: not followed.
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .build()
-            .unwrap_or_default();
-        Self { client }
+    /// A client that never follows a redirect (a health endpoint could send the worker
+    /// elsewhere) and never goes through a proxy named in the environment. When it
+    /// cannot be built the worker does not start: no other client would keep to that.
+    pub fn new() -> Result<Self, reqwest::Error> {
+        let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).no_proxy().build()?;
+        Ok(Self { client })
     }
 
     /// Polls `url` until it answers the expected status or the retries run out.
@@ -60,11 +58,5 @@ impl HealthCheck {
             }
         }
         Err(HealthError { message: format!("health check {url} failed after {attempts} attempts: {last}") })
-    }
-}
-
-impl Default for HealthCheck {
-    fn default() -> Self {
-        Self::new()
     }
 }

@@ -6,7 +6,7 @@
 //! - [`deployment`]: one claimed deployment: discovery, waves, rollout, outcome.
 //! - [`rollout`]: waves and the failure threshold.
 //! - [`discovery`], [`executor`]: the small interfaces behind which hosts are found
-//!   and playbooks run; [`playbook`] and [`template`] describe the steps.
+//!   and playbooks run; [`playbook`] describes the steps.
 //! - [`lease`], [`log_pump`]: the background tasks of a running deployment.
 //!
 //! A SIGTERM stops consuming, lets in-flight hosts finish, releases unfinished
@@ -25,11 +25,11 @@ pub mod log_pump;
 pub mod playbook;
 pub mod rollout;
 pub mod ssh;
-pub mod template;
 
 use crate::deployment::Runner;
 use crate::executor::ansible::AnsibleExecutor;
 use crate::executor::native::NativeExecutor;
+use crate::health::HealthCheck;
 use futures_util::StreamExt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,6 +43,17 @@ use vesemir_core::store::{Store, StoreError};
 /// Wait between attempts to reach the broker.
 const RECONNECT_DELAY: Duration = Duration::from_secs(1);
 
+/// Why a worker would not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Playbook(#[from] playbook::PlaybookError),
+    #[error("cannot build the health-check client: {0}")]
+    HealthClient(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
 #[derive(Debug)]
 pub struct Worker {
     id: String,
@@ -51,15 +62,19 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Connects to the database and applies migrations; the broker is reached in `run`.
-    pub async fn build(config: Config) -> Result<Self, StoreError> {
+    /// Checks every service's playbook, connects to the database and applies
+    /// migrations; the broker is reached in `run`.
+    pub async fn build(config: Config) -> Result<Self, BuildError> {
+        playbook::check_services(&config)?;
+        let health = HealthCheck::new().map_err(|e| BuildError::HealthClient(error_chain(&e)))?;
         let store = Store::connect(&config.database).await?;
         store.migrate().await?;
-        let native = Arc::new(NativeExecutor::new(config.worker.ssh_control_dir.clone()));
+        let native = Arc::new(NativeExecutor::new(config.worker.ssh_control_dir.clone(), health.clone()));
         let ansible = Arc::new(AnsibleExecutor::new(
             config.worker.ansible_playbook.clone(),
             config.worker.playbooks_dir.clone(),
             config.worker.ssh_control_dir.clone(),
+            health,
         ));
         let (shutdown_tx, shutdown) = watch::channel(false);
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();

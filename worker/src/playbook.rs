@@ -16,6 +16,8 @@
 
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
+use vesemir_core::config::{Config, ServiceConfig};
+use vesemir_core::template::{ShellTemplate, TemplateError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlaybookError {
@@ -23,6 +25,22 @@ pub enum PlaybookError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("playbook {path} is not valid: {message}")]
     Invalid { path: PathBuf, message: String },
+    #[error("service {service}: {source}")]
+    Service { service: String, source: Box<PlaybookError> },
+    #[error("service {service}, step {step}: {source}")]
+    Template { service: String, step: String, source: Box<TemplateError> },
+}
+
+/// Loads every service's playbook and checks each step's command against the
+/// service's operator text, so that a worker refuses to start rather than meet a
+/// template that could interpret a value when a deployment runs.
+pub fn check_services(config: &Config) -> Result<(), PlaybookError> {
+    for (name, service) in &config.services {
+        let playbook = Playbook::load(&config.worker.playbooks_dir, &service.playbook)
+            .map_err(|e| PlaybookError::Service { service: name.clone(), source: Box::new(e) })?;
+        playbook.check(name, service)?;
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -80,6 +98,20 @@ impl Playbook {
         let text =
             std::fs::read_to_string(&path).map_err(|source| PlaybookError::Read { path: path.clone(), source })?;
         Self::parse(&text).map_err(|message| PlaybookError::Invalid { path, message })
+    }
+
+    /// Checks every command of the playbook as the service's templates expand it.
+    pub fn check(&self, service_name: &str, service: &ServiceConfig) -> Result<(), PlaybookError> {
+        for step in &self.steps {
+            if let Action::Run { command, .. } = &step.action {
+                ShellTemplate::parse(command, &service.vars).map_err(|source| PlaybookError::Template {
+                    service: service_name.to_owned(),
+                    step: step.name.clone(),
+                    source: Box::new(source),
+                })?;
+            }
+        }
+        Ok(())
     }
 
     pub fn parse(text: &str) -> Result<Self, String> {

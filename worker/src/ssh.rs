@@ -3,7 +3,7 @@
 
 use openssh::{ControlPersist, KnownHosts, Session, SessionBuilder};
 use std::num::NonZeroUsize;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 use vesemir_core::config::SshConfig;
 
@@ -25,40 +25,92 @@ pub enum ConnectError {
     Unreachable { address: String, detail: String },
     #[error("cannot create the ssh control directory {0}")]
     ControlDir(String),
+    #[error("the cluster's ssh settings: {0}")]
+    Options(String),
 }
 
-/// Options for every connection, in place of the user's and the system's ssh_config
-/// (a stray `~/.ssh/config` must not change how Vesemir connects):
+/// The one set of options for every SSH connection Vesemir makes (the native
+/// executor, load balancers reached over SSH, and Ansible with its HAProxy module), in
+/// a file passed with `-F`, which shuts out the user's `~/.ssh/config` and the
+/// system's `ssh_config`:
+/// - host keys only from the cluster's known_hosts file, never recorded or updated;
+/// - the cluster's key only, never a password, a keyboard-interactive prompt or an
+///   agent's keys;
 /// - curve25519 first: the default post-quantum hybrid costs several times more CPU
 ///   per connection, and a rollout opens one connection per host;
-/// - host keys only from the cluster's known_hosts file, never recorded or updated;
-/// - keys only, never a password prompt.
-const SSH_CONFIG: &str = "\
-KexAlgorithms curve25519-sha256,curve25519-sha256@libssh.org,sntrup761x25519-sha512@openssh.com
-GlobalKnownHostsFile /dev/null
-UpdateHostKeys no
-HashKnownHosts no
-ServerAliveCountMax 3
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-";
+/// - no forwarding, no proxy, no local command.
+pub fn options(ssh: &SshConfig) -> Result<String, ConnectError> {
+    Ok(format!(
+        "# Written by vesemir-worker: every SSH connection it makes uses these options.\n\
+         Host *\n\
+         \x20 User {user}\n\
+         \x20 Port {port}\n\
+         \x20 IdentityFile {key}\n\
+         \x20 IdentitiesOnly yes\n\
+         \x20 IdentityAgent none\n\
+         \x20 UserKnownHostsFile {known_hosts}\n\
+         \x20 GlobalKnownHostsFile /dev/null\n\
+         \x20 StrictHostKeyChecking yes\n\
+         \x20 UpdateHostKeys no\n\
+         \x20 HashKnownHosts no\n\
+         \x20 CheckHostIP no\n\
+         \x20 KexAlgorithms {KEX_ALGORITHMS}\n\
+         \x20 PreferredAuthentications publickey\n\
+         \x20 PasswordAuthentication no\n\
+         \x20 KbdInteractiveAuthentication no\n\
+         \x20 BatchMode yes\n\
+         \x20 ConnectTimeout {connect_timeout}\n\
+         \x20 ServerAliveInterval {keepalive}\n\
+         \x20 ServerAliveCountMax 3\n\
+         \x20 ForwardAgent no\n\
+         \x20 ForwardX11 no\n\
+         \x20 PermitLocalCommand no\n\
+         \x20 ProxyCommand none\n\
+         \x20 ProxyJump none\n",
+        user = config_word(&ssh.user)?,
+        port = ssh.port,
+        key = config_word(&ssh.private_key.to_string_lossy())?,
+        known_hosts = config_word(&ssh.known_hosts.to_string_lossy())?,
+        connect_timeout = ssh.connect_timeout_seconds,
+        keepalive = ssh.keepalive_seconds,
+    ))
+}
 
-fn write_config(control_dir: &Path) -> std::io::Result<std::path::PathBuf> {
-    std::fs::create_dir_all(control_dir)?;
-    let path = control_dir.join("ssh_config");
-    if std::fs::read_to_string(&path).ok().as_deref() != Some(SSH_CONFIG) {
-        // Written aside and renamed: concurrent connects never read half a file.
-        let partial = control_dir.join(format!("ssh_config.{}", std::process::id()));
-        std::fs::write(&partial, SSH_CONFIG)?;
-        std::fs::rename(&partial, &path)?;
+const KEX_ALGORITHMS: &str = "curve25519-sha256,curve25519-sha256@libssh.org,sntrup761x25519-sha512@openssh.com";
+
+/// A value for an ssh_config line: double-quoted, with `%` escaped (ssh expands
+/// `%` tokens in file names); a value with a quote or a line break cannot be written.
+fn config_word(value: &str) -> Result<String, ConnectError> {
+    if value.contains(['"', '\n', '\r']) {
+        return Err(ConnectError::Options(format!("{value:?} cannot be written in an ssh configuration")));
+    }
+    Ok(format!("\"{}\"", value.replace('%', "%%")))
+}
+
+/// Writes [`options`] for these settings into `control_dir` (once: the file is named
+/// after its content) and returns its path, for `ssh -F`.
+pub fn options_file(ssh: &SshConfig, control_dir: &Path) -> Result<PathBuf, ConnectError> {
+    let text = options(ssh)?;
+    let mut hasher = std::hash::DefaultHasher::new();
+    std::hash::Hash::hash(&text, &mut hasher);
+    let path = control_dir.join(format!("ssh_config-{:016x}", std::hash::Hasher::finish(&hasher)));
+    if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
+        let written = (|| {
+            std::fs::create_dir_all(control_dir)?;
+            // Written aside and renamed: concurrent connects never read half a file.
+            let partial = control_dir.join(format!("ssh_config.{}", std::process::id()));
+            std::fs::write(&partial, &text)?;
+            std::fs::rename(&partial, &path)
+        })();
+        written.map_err(|e| ConnectError::ControlDir(format!("{}: {e}", control_dir.display())))?;
     }
     Ok(path)
 }
 
 pub async fn connect(ssh: &SshConfig, address: &str, control_dir: &Path) -> Result<Session, ConnectError> {
-    let config =
-        write_config(control_dir).map_err(|e| ConnectError::ControlDir(format!("{}: {e}", control_dir.display())))?;
+    let config = options_file(ssh, control_dir)?;
     let mut builder = SessionBuilder::default();
+    // The crate passes some options on the command line too: the same values.
     builder
         .config_file(&config)
         .user(ssh.user.clone())
@@ -101,6 +153,34 @@ pub fn is_host_key_problem(ssh_error: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_options_shut_out_passwords_prompts_agents_and_unknown_host_keys() {
+        let ssh = SshConfig {
+            user: "deploy".to_owned(),
+            private_key: "/etc/vesemir/keys/100%.key".into(),
+            known_hosts: "/etc/vesemir/known hosts".into(),
+            port: 2222,
+            connect_timeout_seconds: 7,
+            keepalive_seconds: 5,
+        };
+        let text = options(&ssh).unwrap();
+        for line in [
+            "  Port 2222",
+            "  IdentityFile \"/etc/vesemir/keys/100%%.key\"",
+            "  UserKnownHostsFile \"/etc/vesemir/known hosts\"",
+            "  StrictHostKeyChecking yes",
+            "  PasswordAuthentication no",
+            "  KbdInteractiveAuthentication no",
+            "  IdentityAgent none",
+            "  BatchMode yes",
+            "  ConnectTimeout 7",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line:?} missing from\n{text}");
+        }
+        let hostile = SshConfig { user: "x\"\n  ProxyCommand sh".to_owned(), ..ssh };
+        assert!(options(&hostile).is_err());
+    }
 
     #[test]
     fn host_key_failures_are_recognised() {

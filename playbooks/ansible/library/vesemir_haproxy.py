@@ -36,14 +36,12 @@ options:
     required: true
   ssh:
     description:
-      - Reach the unix socket on this host, over SSH with strict host-key checking.
+      - Reach the unix socket on this host, over SSH with the options in I(options_file)
+        (the worker's one set: strict host-key checking, keys only, no prompts).
     type: dict
     options:
       host: {type: str, required: true}
-      user: {type: str, required: true}
-      port: {type: int, default: 22}
-      private_key: {type: path, required: true}
-      known_hosts: {type: path, required: true}
+      options_file: {type: path, required: true}
       connect_timeout: {type: int, default: 10}
   backend:
     description: The HAProxy backend.
@@ -111,13 +109,9 @@ class RuntimeApi:
 
     def _over_ssh(self, line):
         ssh = self.ssh
+        # The worker's one set of SSH options (-F): keys, known hosts, no prompts.
         argv = [
-            "ssh", "-T", "-o", "BatchMode=yes",
-            "-o", "StrictHostKeyChecking=yes", "-o", "UserKnownHostsFile=" + ssh["known_hosts"],
-            "-o", "GlobalKnownHostsFile=/dev/null", "-o", "UpdateHostKeys=no",
-            "-o", "KexAlgorithms=curve25519-sha256,curve25519-sha256@libssh.org",
-            "-o", "ConnectTimeout=%d" % ssh["connect_timeout"],
-            "-i", ssh["private_key"], "-p", str(ssh["port"]), "-l", ssh["user"],
+            "ssh", "-F", ssh["options_file"], "-T",
             "--", ssh["host"], "socat - UNIX-CONNECT:" + shlex.quote(self.where),
         ]  # fmt: skip
         try:
@@ -315,10 +309,7 @@ def main():
                 type="dict",
                 options=dict(
                     host=dict(type="str", required=True),
-                    user=dict(type="str", required=True),
-                    port=dict(type="int", default=22),
-                    private_key=dict(type="path", required=True),
-                    known_hosts=dict(type="path", required=True),
+                    options_file=dict(type="path", required=True),
                     connect_timeout=dict(type="int", default=10),
                 ),
             ),

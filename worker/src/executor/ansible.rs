@@ -2,19 +2,19 @@
 //! `playbooks/ansible/rolling.yml`, with a temporary inventory of the wave's hosts.
 //!
 //! Safety: the inventory holds only validated host names and addresses; every
-//! command and URL is rendered by Vesemir per host (values shell-quoted) and handed
+//! command and URL is rendered by Vesemir per host (values as environment variables,
+//! see `vesemir_core::template`) and handed
 //! over in an extra-vars file whose strings are all `!unsafe`, so Ansible never
 //! templates anything a request carries. Both files are mode 0600 and removed when
 //! the run ends, however it ends. Results come from the `vesemir_events` callback
 //! (one JSON line per event), read live: steps and log lines are recorded as they
 //! happen, and the final stats decide each host's outcome.
 
-use super::native::{OutputTail, variables};
+use super::native::OutputTail;
 use super::rotation::Rotation;
-use super::{Executor, HostJob, HostReport, Journal, host_argv};
+use super::{Executor, HostJob, HostReport, Journal, health_url, host_argv, render_command, values};
 use crate::health::HealthCheck;
 use crate::lb::AdminState;
-use crate::template::Context;
 use futures_util::future::BoxFuture;
 use serde_json::Value;
 use std::collections::HashMap;
@@ -25,6 +25,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use vesemir_core::config::{ClusterConfig, RuntimeApi};
 use vesemir_core::deployment::{HostState, LogStream, StepState, is_address, is_host_name};
+use vesemir_core::template::NameTemplate;
 
 /// The playbook's steps, in order: their task names are the step names recorded, as
 /// with the native executor's `rolling.toml`. Other tasks (the connection check, the
@@ -48,8 +49,8 @@ pub struct AnsibleExecutor {
 }
 
 impl AnsibleExecutor {
-    pub fn new(program: String, playbooks_dir: PathBuf, work_dir: PathBuf) -> Self {
-        Self { program, playbooks_dir, work_dir, health: HealthCheck::new() }
+    pub fn new(program: String, playbooks_dir: PathBuf, work_dir: PathBuf, health: HealthCheck) -> Self {
+        Self { program, playbooks_dir, work_dir, health }
     }
 
     /// A host the play failed before its own load-balancer steps (unreachable, say)
@@ -60,10 +61,8 @@ impl AnsibleExecutor {
             if report.state == HostState::Succeeded || report.is_left() || report.load_balancer.is_some() {
                 continue;
             }
-            let vars = variables(job);
-            let (Ok(url), Ok(mut rotation)) =
-                (vars.render(&job.service.health.url, Context::Url), Rotation::new(job, &vars))
-            else {
+            let values = values(job);
+            let (Ok(url), Ok(mut rotation)) = (health_url(job, &values), Rotation::new(job, &values)) else {
                 continue;
             };
             if rotation.is_out() {
@@ -119,28 +118,29 @@ fn unsafe_string(text: &str) -> String {
 
 /// Per host: its rendered commands, health URL and load-balancer server name; for the
 /// run: the load balancers, the health check and the request's rollout options.
-fn extra_vars(jobs: &[(HostJob<'_>, Journal)]) -> Result<String, String> {
+fn extra_vars(jobs: &[(HostJob<'_>, Journal)], ssh_options: &Path) -> Result<String, String> {
     let mut yaml = String::from("vesemir_hosts:\n");
     for (job, journal) in jobs {
-        let vars = variables(job);
-        let render =
-            |template: &str, context| vars.render(template, context).map_err(|e| format!("{}: {e}", job.host.name));
+        let values = values(job);
+        let host_error = |e: vesemir_core::template::TemplateError| format!("{}: {e}", job.host.name);
         // As with native, the host enforces the step timeout and the deployment's lock.
         let secs = job.service.step_timeout_seconds.max(1);
         // An argument vector: Ansible runs it without a shell of its own.
         let command = |name: &str| {
-            job.service
-                .vars
-                .get(name)
-                .ok_or_else(|| format!("the service has no {name} in its vars"))
-                .and_then(|t| render(t, Context::Shell))
-                .map(|c| {
-                    let argv: Vec<String> = host_argv(journal, secs, &c).iter().map(|a| unsafe_string(a)).collect();
-                    format!("[{}]", argv.join(", "))
-                })
+            if !job.service.vars.contains_key(name) {
+                return Err(format!("the service has no {name} in its vars"));
+            }
+            let command = render_command(job, &values, &format!("{{{{{name}}}}}")).map_err(host_error)?;
+            let argv: Vec<String> = host_argv(&journal.host_lock(), secs, job.service.shell, &command)
+                .iter()
+                .map(|a| unsafe_string(a))
+                .collect();
+            Ok(format!("[{}]", argv.join(", ")))
         };
         let server = match &job.service.load_balancer {
-            Some(settings) => render(&settings.server, Context::Url)?,
+            Some(settings) => NameTemplate::parse(&settings.server, &job.service.vars)
+                .and_then(|t| t.render(&values))
+                .map_err(host_error)?,
             None => String::new(),
         };
         yaml.push_str(&format!(
@@ -148,7 +148,7 @@ fn extra_vars(jobs: &[(HostJob<'_>, Journal)]) -> Result<String, String> {
             serde_json::to_string(&job.host.name).unwrap_or_default(),
             command("install_command")?,
             command("restart_command")?,
-            unsafe_string(&render(&job.service.health.url, Context::Url)?),
+            unsafe_string(&health_url(job, &values).map_err(host_error)?),
             unsafe_string(&server),
         ));
     }
@@ -167,13 +167,13 @@ fn extra_vars(jobs: &[(HostJob<'_>, Journal)]) -> Result<String, String> {
         job.request.weight.map_or("null".to_owned(), |w| w.min(100).to_string()),
         job.request.sleep_seconds.unwrap_or(0),
     ));
-    yaml.push_str(&load_balancer_vars(job));
+    yaml.push_str(&load_balancer_vars(job, ssh_options));
     Ok(yaml)
 }
 
 /// The load balancers the play drives, and where each one's tasks run: none when the
 /// cluster has no load balancer or the service no `load_balancer` section.
-fn load_balancer_vars(job: &HostJob<'_>) -> String {
+fn load_balancer_vars(job: &HostJob<'_>, ssh_options: &Path) -> String {
     let Some(settings) = job.service.load_balancer.as_ref().filter(|_| !job.cluster.load_balancers.is_empty()) else {
         return "vesemir_load_balancers: []\nvesemir_balancing: {}\n".to_owned();
     };
@@ -197,24 +197,20 @@ fn load_balancer_vars(job: &HostJob<'_>) -> String {
             lb.timeout_ms,
         ));
         if let Some(host) = over_ssh {
-            yaml.push_str(&ssh_vars(job.cluster, host));
+            yaml.push_str(&ssh_vars(job.cluster, host, ssh_options));
         }
     }
     yaml
 }
 
-/// How the module reaches a load balancer's socket over SSH: the cluster's SSH
-/// settings, as the native executor uses them.
-fn ssh_vars(cluster: &ClusterConfig, host: &str) -> String {
-    let ssh = &cluster.ssh;
+/// How the module reaches a load balancer's socket over SSH: with the worker's one
+/// set of SSH options for the cluster.
+fn ssh_vars(cluster: &ClusterConfig, host: &str, ssh_options: &Path) -> String {
     format!(
-        "    ssh:\n      host: {}\n      user: {}\n      port: {}\n      private_key: {}\n      known_hosts: {}\n      connect_timeout: {}\n",
+        "    ssh:\n      host: {}\n      options_file: {}\n      connect_timeout: {}\n",
         unsafe_string(host),
-        unsafe_string(&ssh.user),
-        ssh.port,
-        unsafe_string(&ssh.private_key.to_string_lossy()),
-        unsafe_string(&ssh.known_hosts.to_string_lossy()),
-        ssh.connect_timeout_seconds,
+        unsafe_string(&ssh_options.to_string_lossy()),
+        cluster.ssh.connect_timeout_seconds,
     )
 }
 
@@ -257,7 +253,11 @@ impl AnsibleExecutor {
     async fn wave(&self, jobs: &[(HostJob<'_>, Journal)]) -> Vec<HostReport> {
         let fail_all = |message: String| jobs.iter().map(|_| HostReport::failed(message.clone())).collect();
         let Some((first, first_journal)) = jobs.first() else { return Vec::new() };
-        let run_dir = match self.prepare(jobs) {
+        let ssh_options = match crate::ssh::options_file(&first.cluster.ssh, &self.work_dir) {
+            Ok(path) => path,
+            Err(e) => return fail_all(e.to_string()),
+        };
+        let run_dir = match self.prepare(jobs, &ssh_options) {
             Ok(run_dir) => run_dir,
             Err(e) => return fail_all(e),
         };
@@ -265,7 +265,7 @@ impl AnsibleExecutor {
         if first_journal.fence().check().is_err() {
             return jobs.iter().map(|_| HostReport::left()).collect();
         }
-        let mut child = match self.command(first, dir, jobs.len()).spawn() {
+        let mut child = match self.command(first, dir, &ssh_options, jobs.len()).spawn() {
             Ok(child) => child,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return fail_all(format!(
@@ -325,9 +325,9 @@ impl AnsibleExecutor {
     }
 
     /// The run's private directory with its inventory, extra vars and configuration.
-    fn prepare(&self, jobs: &[(HostJob<'_>, Journal)]) -> Result<RunDir, String> {
+    fn prepare(&self, jobs: &[(HostJob<'_>, Journal)], ssh_options: &Path) -> Result<RunDir, String> {
         let inventory = inventory(jobs)?;
-        let vars = extra_vars(jobs)?;
+        let vars = extra_vars(jobs, ssh_options)?;
         let dir = self.work_dir.join(format!("ansible-{}", uuid::Uuid::now_v7().simple()));
         std::fs::create_dir_all(&dir)
             .and_then(|()| std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)))
@@ -346,15 +346,11 @@ impl AnsibleExecutor {
 
     /// `ansible-playbook` for one wave, pointed at the cluster's SSH settings with
     /// strict host-key checking, in its own process group.
-    fn command(&self, job: &HostJob<'_>, dir: &Path, forks: usize) -> tokio::process::Command {
+    fn command(&self, job: &HostJob<'_>, dir: &Path, ssh_options: &Path, forks: usize) -> tokio::process::Command {
         let ssh = &job.cluster.ssh;
-        let ssh_args = format!(
-            "-o UserKnownHostsFile={} -o StrictHostKeyChecking=yes -o GlobalKnownHostsFile=/dev/null \
-             -o UpdateHostKeys=no -o KexAlgorithms=curve25519-sha256,curve25519-sha256@libssh.org \
-             -o ServerAliveInterval={} -o ServerAliveCountMax=3 -o ControlMaster=auto -o ControlPersist=30s",
-            ssh.known_hosts.display(),
-            ssh.keepalive_seconds
-        );
+        // The worker's one set of SSH options (`-F`), as for every SSH use; Ansible
+        // adds the user, port, key and timeout from the same settings.
+        let ssh_args = format!("-F {} -o ControlMaster=auto -o ControlPersist=30s", ssh_options.display());
         let mut command = tokio::process::Command::new(&self.program);
         command
             .arg("-i")

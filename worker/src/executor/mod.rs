@@ -13,9 +13,10 @@ use crate::log_pump::LogSink;
 use crate::playbook::Playbook;
 use futures_util::future::BoxFuture;
 use uuid::Uuid;
-use vesemir_core::config::{ClusterConfig, ServiceConfig};
+use vesemir_core::config::{ClusterConfig, ServiceConfig, Shell};
 use vesemir_core::deployment::{DeploymentRequest, HostState, LogStream, StepState};
 use vesemir_core::store::{RunHost, Store};
+use vesemir_core::template::{ShellCommand, ShellTemplate, TemplateError, UrlTemplate, Values};
 
 /// After a step's timeout, how long the host waits before KILLing what TERM did not stop.
 pub const KILL_AFTER_SECONDS: u64 = 5;
@@ -29,20 +30,50 @@ pub fn lock_wait_seconds(timeout_seconds: u64) -> u64 {
 }
 
 /// How a step's command runs on a host, under either executor, as an argument vector.
-/// The host enforces the step's timeout itself (coreutils `timeout` signals the
-/// command's whole process group), so a timed-out step does not go on running. The
-/// command holds the deployment's lock on the host while it runs, so a worker that
-/// takes the deployment over waits there for a command its predecessor left running
-/// (`-o`: a daemon the command starts does not inherit the lock).
-pub fn host_argv(journal: &Journal, timeout_seconds: u64, command: &str) -> Vec<String> {
+/// The values the command references come as environment variables that `env` sets,
+/// so no value is ever text a shell parses. The host enforces the step's timeout
+/// itself (coreutils `timeout` signals the command's whole process group), so a
+/// timed-out step does not go on running. The command holds the deployment's lock on
+/// the host while it runs, so a worker that takes the deployment over waits there for
+/// a command its predecessor left running (`-o`: a daemon the command starts does not
+/// inherit the lock).
+pub fn host_argv(lock: &str, timeout_seconds: u64, shell: Shell, command: &ShellCommand) -> Vec<String> {
     let secs = timeout_seconds.max(1);
+    let mut argv = vec!["env".to_owned()];
+    argv.extend(command.env.iter().map(|(name, value)| format!("{name}={value}")));
     let (lock_wait, locked, kill_after) =
         (lock_wait_seconds(secs).to_string(), LOCKED_EXIT.to_string(), format!("--kill-after={KILL_AFTER_SECONDS}"));
-    let lock = journal.host_lock();
     let secs = secs.to_string();
-    ["flock", "-o", "-w", &lock_wait, "-E", &locked, &lock, "timeout", &kill_after, &secs, "sh", "-c", command]
-        .map(str::to_owned)
-        .to_vec()
+    argv.extend(
+        ["flock", "-o", "-w", &lock_wait, "-E", &locked, lock, "timeout", &kill_after, &secs, shell.program(), "-c"]
+            .map(str::to_owned),
+    );
+    argv.push(command.script.clone());
+    argv
+}
+
+/// The values a host's templates may use, by name.
+pub fn values(job: &HostJob<'_>) -> Values {
+    let mut values = Values::from([
+        ("version".to_owned(), job.request.version.clone()),
+        ("service".to_owned(), job.request.service.clone()),
+        ("cluster".to_owned(), job.request.cluster.clone()),
+        ("deployment_id".to_owned(), job.deployment_id.to_string()),
+        ("host.name".to_owned(), job.host.name.clone()),
+        ("host.address".to_owned(), job.host.address.clone()),
+    ]);
+    values.extend(job.request.vars.iter().map(|(name, value)| (format!("vars.{name}"), value.clone())));
+    values
+}
+
+/// A command template of the service, rendered for one host.
+pub fn render_command(job: &HostJob<'_>, values: &Values, template: &str) -> Result<ShellCommand, TemplateError> {
+    ShellTemplate::parse(template, &job.service.vars)?.render(values)
+}
+
+/// The service's health-check URL for one host.
+pub fn health_url(job: &HostJob<'_>, values: &Values) -> Result<String, TemplateError> {
+    UrlTemplate::parse(&job.service.health.url, &job.service.vars)?.render(values)
 }
 
 /// Everything an executor needs to know to run one host.
@@ -127,7 +158,7 @@ impl Journal {
     /// The host-side lock every command of this deployment holds while it runs on the
     /// host: a new holder's command waits there for one an old holder left running.
     /// (Named after the host too, for hosts that share a /tmp.)
-    fn host_lock(&self) -> String {
+    pub fn host_lock(&self) -> String {
         format!("/tmp/vesemir-{}-{}.lock", self.deployment_id, self.host)
     }
 

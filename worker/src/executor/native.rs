@@ -11,21 +11,29 @@
 //! health-checked, and put back only if it is healthy.
 
 use super::rotation::Rotation;
-use super::{Executor, HostJob, HostReport, Journal, KILL_AFTER_SECONDS, LOCKED_EXIT, host_argv, lock_wait_seconds};
+use super::{
+    Executor, HostJob, HostReport, Journal, KILL_AFTER_SECONDS, LOCKED_EXIT, health_url, host_argv, lock_wait_seconds,
+    render_command, values,
+};
 use crate::health::{HealthCheck, HealthError};
 use crate::playbook::{Action, LbOperation};
 use crate::ssh;
-use crate::template::{Context, TemplateError, Variables, shell_quote};
 use futures_util::future::{BoxFuture, join_all};
 use openssh::{Session, Stdio};
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, BufReader};
+use vesemir_core::config::Shell;
 use vesemir_core::deployment::{HostState, LogStream, StepState};
+use vesemir_core::template::{ShellCommand, TemplateError, Values, shell_quote};
 
 /// Exit statuses of coreutils `timeout`: the command timed out; it had to be killed.
 const TIMEOUT_EXIT: i32 = 124;
 const TIMEOUT_KILLED_EXIT: i32 = 137;
+
+/// The longest command line sent to a host: sshd hands it to the login shell as one
+/// argument, and Linux refuses a single argument over 128 KiB.
+const MAX_COMMAND_LINE_BYTES: usize = 120 * 1024;
 
 /// Longest line read from a remote command before it is split.
 const MAX_LINE_BYTES: usize = 16 * 1024;
@@ -40,8 +48,8 @@ pub struct NativeExecutor {
 }
 
 impl NativeExecutor {
-    pub fn new(control_dir: PathBuf) -> Self {
-        Self { control_dir, health: HealthCheck::new() }
+    pub fn new(control_dir: PathBuf, health: HealthCheck) -> Self {
+        Self { control_dir, health }
     }
 }
 
@@ -54,35 +62,20 @@ impl Executor for NativeExecutor {
 /// A playbook step with its templates rendered for one host.
 #[derive(Debug)]
 enum Prepared {
-    Run { command: String, timeout: Duration },
+    Run { command: ShellCommand, timeout: Duration },
     HealthCheck,
     LoadBalancer(LbOperation),
     Pause,
 }
 
-/// The variables a host's templates may use.
-pub fn variables(job: &HostJob<'_>) -> Variables {
-    let mut vars = Variables::new(job.service.vars.clone())
-        .value("version", &job.request.version)
-        .value("service", &job.request.service)
-        .value("cluster", &job.request.cluster)
-        .value("deployment_id", job.deployment_id.to_string())
-        .value("host.name", &job.host.name)
-        .value("host.address", &job.host.address);
-    for (name, value) in &job.request.vars {
-        vars = vars.value(format!("vars.{name}"), value);
-    }
-    vars
-}
-
-fn prepare(job: &HostJob<'_>, vars: &Variables) -> Result<Vec<(String, Prepared)>, (String, TemplateError)> {
+fn prepare(job: &HostJob<'_>, values: &Values) -> Result<Vec<(String, Prepared)>, (String, TemplateError)> {
     job.playbook
         .steps
         .iter()
         .map(|step| {
             let prepared = match &step.action {
                 Action::Run { command, timeout_seconds } => Prepared::Run {
-                    command: vars.render(command, Context::Shell).map_err(|e| (step.name.clone(), e))?,
+                    command: render_command(job, values, command).map_err(|e| (step.name.clone(), e))?,
                     timeout: Duration::from_secs(timeout_seconds.unwrap_or(job.service.step_timeout_seconds)),
                 },
                 Action::HealthCheck => Prepared::HealthCheck,
@@ -105,13 +98,11 @@ enum StepFailure {
 impl NativeExecutor {
     async fn run_host(&self, job: HostJob<'_>, journal: &Journal) -> HostReport {
         // Render everything before touching the host: a template error fails it cleanly.
-        let vars = variables(&job);
-        let prepared = prepare(&job, &vars)
-            .and_then(|steps| {
-                Ok((steps, vars.render(&job.service.health.url, Context::Url).map_err(|e| ("health".to_owned(), e))?))
-            })
+        let values = values(&job);
+        let prepared = prepare(&job, &values)
+            .and_then(|steps| Ok((steps, health_url(&job, &values).map_err(|e| ("health".to_owned(), e))?)))
             .and_then(|(steps, url)| {
-                Ok((steps, url, Rotation::new(&job, &vars).map_err(|e| ("load_balancer".to_owned(), e))?))
+                Ok((steps, url, Rotation::new(&job, &values).map_err(|e| ("load_balancer".to_owned(), e))?))
             });
         let (steps, health_url, mut rotation) = match prepared {
             Ok(prepared) => prepared,
@@ -172,7 +163,9 @@ impl NativeExecutor {
             journal.step_started(position, name).await;
             let mut tail = OutputTail::default();
             let result = match step {
-                Prepared::Run { command, timeout } => run_command(session, command, *timeout, journal, &mut tail).await,
+                Prepared::Run { command, timeout } => {
+                    run_command(session, job.service.shell, command, *timeout, journal, &mut tail).await
+                }
                 Prepared::HealthCheck => self.check_health(job, health_url, journal, &mut tail).await,
                 Prepared::LoadBalancer(operation) => rotation
                     .run(*operation, journal, &mut tail)
@@ -234,15 +227,25 @@ async fn pause(seconds: Option<u32>, journal: &Journal, tail: &mut OutputTail) -
 
 async fn run_command(
     session: &Session,
-    command: &str,
+    shell: Shell,
+    command: &ShellCommand,
     timeout: Duration,
     journal: &Journal,
     tail: &mut OutputTail,
 ) -> Result<Option<i32>, StepFailure> {
     let secs = timeout.as_secs().max(1);
     let lock_wait = lock_wait_seconds(secs);
-    let argv = host_argv(journal, secs, command);
-    let wrapped = argv.iter().map(|a| shell_quote(a)).collect::<Vec<_>>().join(" ");
+    let wrapped = remote_command_line(&host_argv(&journal.host_lock(), secs, shell, command));
+    if wrapped.len() > MAX_COMMAND_LINE_BYTES {
+        return Err(StepFailure::Failed {
+            exit_code: None,
+            message: format!(
+                "the command and the values it references take {} bytes, more than the {MAX_COMMAND_LINE_BYTES} \
+                 a host's login shell accepts",
+                wrapped.len()
+            ),
+        });
+    }
     let spawned =
         session.raw_command(&wrapped).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().await;
     let mut child = match spawned {
@@ -301,6 +304,12 @@ async fn run_command(
         },
         Err(e) => Err(StepFailure::Lost(format!("connection lost while the command ran: {}", ssh::error_text(&e)))),
     }
+}
+
+/// An argument vector as the line sshd hands to the user's login shell (any POSIX
+/// shell): every argument single-quoted, so the login shell parses none of them.
+pub fn remote_command_line(argv: &[String]) -> String {
+    argv.iter().map(|a| shell_quote(a)).collect::<Vec<_>>().join(" ")
 }
 
 /// Forwards each line to the log as it arrives; returns the last lines for the step.

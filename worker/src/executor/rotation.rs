@@ -7,10 +7,10 @@ use super::{HostJob, HostReport, Journal};
 use crate::health::HealthCheck;
 use crate::lb::{AdminState, Balancers, LbError};
 use crate::playbook::LbOperation;
-use crate::template::{Context, TemplateError, Variables};
 use std::time::Duration;
 use vesemir_core::config::ServiceBalancing;
 use vesemir_core::deployment::LogStream;
+use vesemir_core::template::{NameTemplate, TemplateError, Values};
 
 /// The host's server in every load balancer of the cluster.
 #[derive(Debug)]
@@ -31,11 +31,11 @@ struct Target<'a> {
 }
 
 impl<'a> Rotation<'a> {
-    pub fn new(job: &HostJob<'a>, vars: &Variables) -> Result<Self, TemplateError> {
+    pub fn new(job: &HostJob<'a>, values: &Values) -> Result<Self, TemplateError> {
         let target = match &job.service.load_balancer {
             Some(settings) if !job.balancers.is_empty() => Some(Target {
                 backend: &settings.backend,
-                server: vars.render(&settings.server, Context::Url)?,
+                server: NameTemplate::parse(&settings.server, &job.service.vars)?.render(values)?,
                 settings,
             }),
             _ => None,

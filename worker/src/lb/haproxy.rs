@@ -6,13 +6,13 @@
 //! own words.
 
 use super::{AdminState, LbError, LoadBalancer, ServerStatus};
-use crate::template::shell_quote;
 use futures_util::future::BoxFuture;
 use openssh::{Session, Stdio};
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use vesemir_core::config::is_haproxy_name;
+use vesemir_core::template::shell_quote;
 
 /// Largest answer read from HAProxy (a `show stat` of a big backend fits easily).
 const MAX_ANSWER_BYTES: u64 = 4 * 1024 * 1024;
