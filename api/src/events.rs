@@ -261,7 +261,7 @@ pub struct EventParams {
 
 pub async fn events(
     axum::extract::State(state): axum::extract::State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     Path(id): Path<String>,
     crate::extract::Query(params): crate::extract::Query<EventParams>,
     headers: HeaderMap,
@@ -269,6 +269,7 @@ pub async fn events(
     let id = Uuid::parse_str(&id)
         .map_err(|_| ApiError::bad_request("invalid_id", format!("{id:?} is not a deployment id (a UUID)")))?;
     let after = resume_point(&headers, params.after)?;
+    crate::auth::require_scope_of(&state, &caller, id, "following a deployment").await?;
     if state.store.deployment_state(id).await?.is_none() {
         return Err(ApiError::NotFound(format!("deployment {id} does not exist")));
     }

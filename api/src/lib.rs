@@ -26,7 +26,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tower_http::trace::TraceLayer;
 use uuid::Uuid;
-use vesemir_core::config::Config;
+use vesemir_core::config::{Config, Secret};
 use vesemir_core::queue::Publisher;
 use vesemir_core::store::{Store, StoreError};
 
@@ -59,7 +59,7 @@ pub struct App {
     store: Store,
     publisher: Arc<Publisher>,
     hub: Arc<events::Hub>,
-    database_url: String,
+    database_url: Secret,
 }
 
 impl App {
@@ -79,7 +79,7 @@ impl App {
         };
         let max_body = config.api.max_body_bytes;
         let hub = events::Hub::new(store.clone());
-        let database_url = config.database.url.expose().to_owned();
+        let database_url = config.database.url.clone();
         let state = AppState {
             config: Arc::new(config),
             store: store.clone(),
@@ -99,7 +99,7 @@ impl App {
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let (stop_tx, stop) = watch::channel(false);
         let relay = tokio::spawn(self.relay.run(stop.clone()));
-        let listener = tokio::spawn(self.hub.listen(self.database_url, stop.clone()));
+        let listener = tokio::spawn(self.hub.listen(self.database_url.expose().to_owned(), stop.clone()));
         let served = axum::serve(self.listener, self.router)
             .with_graceful_shutdown(async move {
                 shutdown.await;
@@ -133,7 +133,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
-        .layer(axum::middleware::from_fn_with_state(max_body_bytes, limit::declared_length))
+        .layer(axum::middleware::from_fn_with_state((state.clone(), max_body_bytes), limit::declared_length))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

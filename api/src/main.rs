@@ -1,7 +1,7 @@
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use vesemir_core::access::Role;
+use vesemir_core::access::{Role, Scope};
 use vesemir_core::config::Config;
 use vesemir_core::store::Store;
 
@@ -35,6 +35,13 @@ enum TokenCommand {
         name: String,
         #[arg(long, value_parser = parse_role)]
         role: Role,
+        /// Limit the token to this service: a name or a glob (`*`, `?`); repeatable.
+        /// Without any, the token reaches every service.
+        #[arg(long = "service", value_name = "PATTERN")]
+        services: Vec<String>,
+        /// Limit the token to this cluster: a name or a glob; repeatable.
+        #[arg(long = "cluster", value_name = "PATTERN")]
+        clusters: Vec<String>,
     },
     /// List tokens (never their secrets).
     List,
@@ -51,17 +58,23 @@ const LOCAL_ACTOR: &str = "vesemir-api token (local)";
 
 async fn token(store: &Store, command: TokenCommand) -> anyhow::Result<()> {
     match command {
-        TokenCommand::Create { name, role } => {
+        TokenCommand::Create { name, role, services, clusters } => {
             if !vesemir_core::deployment::is_identifier(&name) {
                 anyhow::bail!("a token name must match [a-z0-9][a-z0-9._-]{{0,62}}");
             }
-            let (_, token) = store.create_token(&name, role, LOCAL_ACTOR).await?;
+            let scope = Scope { services, clusters };
+            scope.validate().map_err(anyhow::Error::msg)?;
+            let (_, token) = store.create_token(&name, role, &scope, LOCAL_ACTOR).await?;
             println!("{token}");
         }
         TokenCommand::List => {
             for t in store.tokens().await? {
                 let revoked = t.revoked_at.map(|at| format!("  revoked {at}")).unwrap_or_default();
-                println!("{:<24} {:<9} created by {} at {}{revoked}", t.name, t.role, t.created_by, t.created_at);
+                let scope = if t.scope.is_unrestricted() { String::new() } else { format!("  {}", t.scope) };
+                println!(
+                    "{:<24} {:<9} created by {} at {}{scope}{revoked}",
+                    t.name, t.role, t.created_by, t.created_at
+                );
             }
         }
         TokenCommand::Revoke { name } => {

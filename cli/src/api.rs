@@ -24,7 +24,10 @@ pub(crate) struct Api {
 impl Api {
     pub(crate) fn new(base: &str, token: Option<&str>) -> Self {
         let mut headers = reqwest::header::HeaderMap::new();
-        if let Some(value) = token.and_then(|t| reqwest::header::HeaderValue::from_str(&format!("Bearer {t}")).ok()) {
+        if let Some(mut value) = token.and_then(|t| reqwest::header::HeaderValue::from_str(&format!("Bearer {t}")).ok())
+        {
+            // Sensitive: never printed by Debug.
+            value.set_sensitive(true);
             headers.insert(reqwest::header::AUTHORIZATION, value);
         }
         let builder =

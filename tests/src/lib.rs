@@ -23,7 +23,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
-use vesemir_core::access::Role;
+use vesemir_core::access::{Role, Scope};
 use vesemir_core::config::Config;
 
 pub const ADMIN_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -385,7 +385,7 @@ impl TestApp {
                 .await;
         });
         let store = vesemir_core::store::Store::from_pool(sqlx::PgPool::connect(&database.url).await?);
-        let (_, admin_token) = store.create_token("test-admin", Role::Admin, "test ground").await?;
+        let (_, admin_token) = store.create_token("test-admin", Role::Admin, &Scope::default(), "test ground").await?;
         store.close().await;
         let mut test_app = Self {
             base,
@@ -430,8 +430,13 @@ impl TestApp {
 
     /// A new token of `role`, for requests made as someone else.
     pub async fn token(&self, name: &str, role: Role) -> anyhow::Result<String> {
+        self.scoped_token(name, role, Scope::default()).await
+    }
+
+    /// A new token of `role` limited to `scope`.
+    pub async fn scoped_token(&self, name: &str, role: Role, scope: Scope) -> anyhow::Result<String> {
         let store = self.store().await?;
-        let (_, token) = store.create_token(name, role, "test ground").await?;
+        let (_, token) = store.create_token(name, role, &scope, "test ground").await?;
         store.close().await;
         Ok(token)
     }

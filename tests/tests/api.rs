@@ -5,8 +5,9 @@
 
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
+use vesemir_core::access::{Role, Scope};
 use vesemir_core::deployment::DeploymentRequest;
-use vesemir_tests::{Setup, TestApp, demo_request};
+use vesemir_tests::{Setup, TestApp, Throwaway, client_with, demo_request};
 
 async fn app() -> TestApp {
     TestApp::start(None, Setup { workers: 0, ..Setup::default() }).await.expect("test app starts")
@@ -213,6 +214,16 @@ fn cases() -> Vec<Case> {
         post("var with a NUL byte", with("vars", json!({"note": "a\u{0}b"})), 400, "invalid_vars"),
         post("var too long", with("vars", json!({"note": "x".repeat(5000)})), 400, "invalid_vars"),
         post("var not a string", with("vars", json!({"note": {"nested": true}})), 400, "invalid_body"),
+        post("vars that would share a variable", with("vars", json!({"a.b": "x", "a_b": "y"})), 400, "invalid_vars"),
+        Case {
+            what: "a token scope with shell characters",
+            method: "POST",
+            path: "/v1/tokens".into(),
+            body: Body::Json(json!({"name": "ci", "role": "deployer", "services": ["pay;rm"]})),
+            headers: vec![],
+            status: 400,
+            code: "invalid_scope",
+        },
         keyed("empty idempotency key", String::new(), 400, "invalid_idempotency_key"),
         keyed("idempotency key with spaces", "a b".into(), 400, "invalid_idempotency_key"),
         keyed("overlong idempotency key", "k".repeat(201), 400, "invalid_idempotency_key"),
@@ -356,6 +367,9 @@ async fn tokens_authenticate_roles_authorize_and_the_audit_trail_remembers() {
             ("test ground", "token.create"),
             ("test-admin", "token.create"),
             ("ci-payments", "submit"),
+            ("ci-payments", "refused"),
+            ("ci-payments", "refused"),
+            ("ci-payments", "refused"),
             ("test-admin", "token.revoke")
         ]
     );
@@ -410,5 +424,188 @@ async fn the_openapi_document_describes_every_route_and_the_submit_body() {
     let accepted: BTreeSet<&str> = DeploymentRequest::FIELDS.iter().copied().collect();
     assert_eq!(properties, accepted);
     assert_eq!(schema["additionalProperties"], false);
+    app.shut_down().await;
+}
+
+/// A second cluster, for tokens limited to the first.
+const PRODUCTION: &str = r#"
+[clusters.production]
+hosts = [{ name = "vm-01", address = "127.0.0.1" }]
+[clusters.production.ssh]
+user = "deploy"
+private_key = "/nonexistent/key"
+known_hosts = "/nonexistent/known_hosts"
+"#;
+
+fn request(service: &str, cluster: &str) -> Value {
+    json!({"service": service, "cluster": cluster, "version": "1.0.0"})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scoped_token_is_refused_outside_its_scope_on_every_endpoint_and_allowed_inside() {
+    let app = TestApp::start(None, Setup { workers: 0, extra_config: PRODUCTION.to_owned(), ..Setup::default() })
+        .await
+        .unwrap();
+    let scope = || Scope { services: vec!["demo".into()], clusters: vec!["sand*".into()] };
+    let deployer = client_with(&app.scoped_token("ci-demo", Role::Deployer, scope()).await.unwrap());
+    let admin = client_with(&app.scoped_token("ops-demo", Role::Admin, scope()).await.unwrap());
+    let named_scope = "services demo; clusters sand*";
+
+    // Made by the unscoped admin: one inside the scope, one per way out of it.
+    let id = |body: &Value| body["id"].as_str().unwrap().to_owned();
+    let inside = id(&app.submit(&request("demo", "sandbox")).await.unwrap().1);
+    let other_service = id(&app.submit(&request("noted", "sandbox")).await.unwrap().1);
+    let other_cluster = id(&app.submit(&request("demo", "production")).await.unwrap().1);
+
+    let status = |response: reqwest::Response| response.status().as_u16();
+    let refused = |response: reqwest::Response| async move {
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap();
+        assert_eq!((status, body["error"]["code"].as_str()), (403, Some("forbidden")), "{body}");
+        let message = body["error"]["message"].as_str().unwrap().to_owned();
+        assert!(message.contains(named_scope), "the refusal names the scope: {message}");
+    };
+
+    let submit = |client: &reqwest::Client, body: Value| client.post(app.url("/v1/deployments")).json(&body).send();
+    assert_eq!(status(submit(&deployer, request("demo", "sandbox")).await.unwrap()), 202);
+    refused(submit(&deployer, request("noted", "sandbox")).await.unwrap()).await;
+    refused(submit(&deployer, request("demo", "production")).await.unwrap()).await;
+
+    for path in ["", "/logs", "/events"] {
+        let get = |id: &str| deployer.get(app.url(&format!("/v1/deployments/{id}{path}"))).send();
+        assert_eq!(status(get(&inside).await.unwrap()), 200, "{path} inside the scope");
+        refused(get(&other_service).await.unwrap()).await;
+        refused(get(&other_cluster).await.unwrap()).await;
+    }
+
+    let listed: Value = deployer.get(app.url("/v1/deployments")).send().await.unwrap().json().await.unwrap();
+    let services: BTreeSet<(&str, &str)> = listed["deployments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| (d["service"].as_str().unwrap(), d["cluster"].as_str().unwrap()))
+        .collect();
+    assert_eq!(services, BTreeSet::from([("demo", "sandbox")]), "a list shows only what the scope reaches");
+    refused(deployer.get(app.url("/v1/deployments?service=noted")).send().await.unwrap()).await;
+    refused(deployer.get(app.url("/v1/deployments?cluster=production")).send().await.unwrap()).await;
+
+    let post = |id: &str, action: &str| admin.post(app.url(&format!("/v1/deployments/{id}/{action}"))).send();
+    for action in ["cancel", "retry"] {
+        refused(post(&other_service, action).await.unwrap()).await;
+        refused(post(&other_cluster, action).await.unwrap()).await;
+    }
+    assert_eq!(status(post(&inside, "cancel").await.unwrap()), 202);
+    assert_eq!(status(post(&inside, "cancel").await.unwrap()), 409, "a repeated cancel changes nothing");
+    // Inside the scope the retry is judged on its merits: nothing failed to retry.
+    assert_eq!(status(post(&inside, "retry").await.unwrap()), 409);
+    for path in ["/v1/tokens", "/v1/audit"] {
+        let response = admin.get(app.url(path)).send().await.unwrap();
+        assert_eq!(status(response), 403, "a scoped admin reaches no {path}");
+    }
+
+    // Unscoped tokens keep their meaning.
+    let anywhere = client_with(&app.token("anywhere", Role::Deployer).await.unwrap());
+    assert_eq!(status(submit(&anywhere, request("demo", "production")).await.unwrap()), 202);
+
+    // Every refusal, and the repeated cancel, is in the audit trail.
+    let (_, audit) = app.get_json("/v1/audit?limit=1000").await.unwrap();
+    let entries = audit["entries"].as_array().unwrap();
+    let count =
+        |actor: &str, action: &str| entries.iter().filter(|e| e["actor"] == actor && e["action"] == action).count();
+    assert_eq!(count("ci-demo", "refused"), 10);
+    assert_eq!(count("ops-demo", "refused"), 6);
+    assert_eq!(count("ops-demo", "cancel.repeated"), 1);
+    let refusal = entries.iter().find(|e| e["action"] == "refused" && e["deployment_id"] == other_cluster).unwrap();
+    assert!(refusal["detail"]["reason"].as_str().unwrap().contains(named_scope), "{refusal}");
+    app.shut_down().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_belongs_to_the_token_that_sent_it() {
+    let app = app().await;
+    let keyed = |client: &reqwest::Client, body: Value| {
+        client.post(app.url("/v1/deployments")).header("idempotency-key", "release-42").json(&body).send()
+    };
+    let first = keyed(&app.client, demo_request("42.0.0")).await.unwrap();
+    assert_eq!(first.status().as_u16(), 202);
+    let first: Value = first.json().await.unwrap();
+
+    // Another caller's use of the key, with the same body or another: a new submit,
+    // which neither returns the first deployment nor says the key was used.
+    for (caller, version) in [("same-body", "42.0.0"), ("other-body", "43.0.0")] {
+        let other = client_with(&app.token(caller, Role::Deployer).await.unwrap());
+        let response = keyed(&other, demo_request(version)).await.unwrap();
+        assert_eq!(response.status().as_u16(), 202, "{caller}");
+        let body: Value = response.json().await.unwrap();
+        assert_ne!(body["id"], first["id"], "{caller}");
+        assert_eq!(body["requested_by"], caller);
+        // Its own key, repeated, is its own deployment again.
+        let again = keyed(&other, demo_request(version)).await.unwrap();
+        assert_eq!(again.status().as_u16(), 200);
+        assert_eq!(again.json::<Value>().await.unwrap()["id"], body["id"]);
+    }
+    let mine: Value = keyed(&app.client, demo_request("42.0.0")).await.unwrap().json().await.unwrap();
+    assert_eq!(mine["id"], first["id"]);
+    app.shut_down().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_names_the_dependency_that_is_down_and_nothing_more() {
+    let broker = Throwaway::rabbitmq().unwrap();
+    let setup = Setup { workers: 0, amqp_url: broker.url.clone(), ..Setup::default() };
+    let app = TestApp::start(None, setup).await.unwrap();
+    let ready = reqwest::get(app.url("/readyz")).await.unwrap();
+    assert_eq!(ready.status().as_u16(), 200);
+    assert_eq!(ready.json::<Value>().await.unwrap(), json!({"status": "ready", "database": "up", "broker": "up"}));
+
+    broker.stop().unwrap();
+    let down = reqwest::get(app.url("/readyz")).await.unwrap();
+    assert_eq!(down.status().as_u16(), 503);
+    assert_eq!(
+        down.json::<Value>().await.unwrap(),
+        json!({"status": "unavailable", "database": "up", "broker": "down"}),
+        "which dependency, never the error text"
+    );
+    app.shut_down().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_body_is_read_for_an_authenticated_caller_and_cut_off_for_anyone_else() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = app().await;
+    let token = app.token("reader", Role::Deployer).await.unwrap();
+    let address = app.url("").trim_start_matches("http://").trim_end_matches('/').to_owned();
+    // Both declare a body over the limit and send none of it.
+    let open = |auth: String| {
+        let address = address.clone();
+        async move {
+            let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+            let head = format!(
+                "POST /v1/deployments HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{auth}Content-Length: 1048576\r\n\r\n"
+            );
+            stream.write_all(head.as_bytes()).await.unwrap();
+            stream
+        }
+    };
+    let mut authenticated = open(format!("Authorization: Bearer {token}\r\n")).await;
+    let mut anonymous = open(String::new()).await;
+
+    // The anonymous caller is answered, and cut off, without sending a byte of it...
+    let mut answer = Vec::new();
+    anonymous.read_to_end(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    assert!(answer.starts_with("http/1.1 413"), "{answer}");
+    assert!(answer.contains("connection: close"), "{answer}");
+    // ...while the authenticated one is still being waited for, so that it can send
+    // its body and read the answer.
+    let mut byte = [0; 1];
+    assert!(
+        matches!(authenticated.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the authenticated caller was answered before its body came"
+    );
+    authenticated.write_all(&vec![b' '; 1024 * 1024]).await.unwrap();
+    let mut answer = vec![0; 64];
+    authenticated.read_exact(&mut answer).await.unwrap();
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 413"));
     app.shut_down().await;
 }

@@ -1,7 +1,7 @@
 //! Admin endpoints: tokens and the audit trail.
 
 use crate::AppState;
-use crate::auth::require;
+use crate::auth::require_unscoped_admin;
 use crate::error::ApiError;
 use crate::extract::{Json, Path, Query};
 use axum::extract::State;
@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
-use vesemir_core::access::{Caller, Role};
+use vesemir_core::access::{Caller, Role, Scope};
 use vesemir_core::deployment::is_identifier;
 
 #[derive(Debug, Deserialize)]
@@ -17,6 +17,11 @@ use vesemir_core::deployment::is_identifier;
 pub struct NewToken {
     name: String,
     role: Role,
+    /// Exact names or globs; none: any.
+    #[serde(default)]
+    services: Vec<String>,
+    #[serde(default)]
+    clusters: Vec<String>,
 }
 
 pub async fn create_token(
@@ -24,17 +29,19 @@ pub async fn create_token(
     caller: Caller,
     Json(new): Json<NewToken>,
 ) -> Result<Response, ApiError> {
-    require(&caller, Role::Admin, "creating a token")?;
+    require_unscoped_admin(&state, &caller, "creating a token").await?;
     if !is_identifier(&new.name) {
         return Err(ApiError::bad_request("invalid_name", "a token name must match [a-z0-9][a-z0-9._-]{0,62}"));
     }
-    let (info, token) = state.store.create_token(&new.name, new.role, &caller.name).await?;
+    let scope = Scope { services: new.services, clusters: new.clusters };
+    scope.validate().map_err(|e| ApiError::bad_request("invalid_scope", e))?;
+    let (info, token) = state.store.create_token(&new.name, new.role, &scope, &caller.name).await?;
     // The only time the token is shown: it is not stored.
     Ok((StatusCode::CREATED, axum::Json(json!({ "token": token, "info": info }))).into_response())
 }
 
 pub async fn list_tokens(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
-    require(&caller, Role::Admin, "listing tokens")?;
+    require_unscoped_admin(&state, &caller, "listing tokens").await?;
     Ok(axum::Json(json!({ "tokens": state.store.tokens().await? })).into_response())
 }
 
@@ -43,7 +50,7 @@ pub async fn revoke_token(
     caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    require(&caller, Role::Admin, "revoking a token")?;
+    require_unscoped_admin(&state, &caller, "revoking a token").await?;
     if state.store.revoke_token(&name, &caller.name).await? {
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
@@ -63,7 +70,7 @@ pub async fn audit(
     caller: Caller,
     Query(params): Query<AuditParams>,
 ) -> Result<Response, ApiError> {
-    require(&caller, Role::Admin, "reading the audit trail")?;
+    require_unscoped_admin(&state, &caller, "reading the audit trail").await?;
     let limit = params.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::bad_request("invalid_limit", "limit must be between 1 and 1000"));

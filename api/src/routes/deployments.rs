@@ -1,7 +1,7 @@
 //! `/v1/deployments`: submit, read, list, logs.
 
 use crate::AppState;
-use crate::auth::require;
+use crate::auth::{refuse, require, require_scope, require_scope_of};
 use crate::error::ApiError;
 use crate::extract::{Json, Path, Query};
 use crate::validate;
@@ -11,8 +11,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
-use vesemir_core::access::Caller;
-use vesemir_core::access::Role;
+use vesemir_core::access::{self, Caller, Role};
 use vesemir_core::deployment::{DeploymentRequest, DeploymentState, is_host_name, is_identifier};
 use vesemir_core::store::{Cancel, ListFilter, NewDeployment, RetryPlan, Submitted};
 
@@ -51,6 +50,7 @@ pub async fn submit(
     }
     let request: DeploymentRequest = serde_json::from_value(body)
         .map_err(|e| ApiError::bad_request("invalid_body", format!("invalid request: {e}")))?;
+    require_scope(&state, &caller, (&request.service, &request.cluster), "deploying", None).await?;
     let key = match headers.get("idempotency-key") {
         None => None,
         Some(value) => {
@@ -81,8 +81,9 @@ pub async fn submit(
     Ok((status, [(header::LOCATION, location)], axum::Json(deployment)).into_response())
 }
 
-pub async fn get(State(state): State<AppState>, _caller: Caller, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub async fn get(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
+    require_scope_of(&state, &caller, id, "reading a deployment").await?;
     match state.store.deployment(id).await? {
         Some(d) => Ok(axum::Json(d).into_response()),
         None => Err(ApiError::NotFound(format!("deployment {id} does not exist"))),
@@ -101,7 +102,7 @@ pub struct ListParams {
 
 pub async fn list(
     State(state): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     Query(params): Query<ListParams>,
 ) -> Result<Response, ApiError> {
     let limit = params.limit.unwrap_or(DEFAULT_PAGE);
@@ -125,13 +126,22 @@ pub async fn list(
             Uuid::parse_str(c).map_err(|_| ApiError::bad_request("invalid_cursor", "cursor is not one this API gave"))
         })
         .transpose()?;
+    // A scoped token lists what its scope reaches; asking for more is refused.
     let filter = ListFilter {
         service: name_filter("service", params.service)?,
         cluster: name_filter("cluster", params.cluster)?,
         state: deployment_state,
         before,
         limit,
+        scope: caller.scope.clone(),
     };
+    let outside = |patterns: &[String], name: &Option<String>| {
+        name.as_deref().is_some_and(|n| !patterns.is_empty() && !patterns.iter().any(|p| access::glob(p, n)))
+    };
+    if outside(&caller.scope.services, &filter.service) || outside(&caller.scope.clusters, &filter.cluster) {
+        let message = format!("listing beyond the scope of token {}: {}", caller.name, caller.scope);
+        return Err(refuse(&state, &caller, "listing deployments", None, message).await);
+    }
     let deployments = state.store.list(&filter).await?;
     let next_cursor = (deployments.len() as i64 == limit).then(|| deployments.last().map(|d| d.id)).flatten();
     Ok(axum::Json(json!({ "deployments": deployments, "next_cursor": next_cursor })).into_response())
@@ -147,11 +157,12 @@ pub struct LogParams {
 
 pub async fn logs(
     State(state): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     Path(id): Path<String>,
     Query(params): Query<LogParams>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
+    require_scope_of(&state, &caller, id, "reading a deployment's log").await?;
     let after = params.after.unwrap_or(0);
     if after < 0 {
         return Err(ApiError::bad_request("invalid_after", "after must be a sequence number, 0 or more"));
@@ -182,12 +193,14 @@ pub async fn cancel(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
+    require_scope_of(&state, &caller, id, "cancelling").await?;
     match state.store.cancel(id, &caller).await? {
         Cancel::NotFound => return Err(ApiError::NotFound(format!("deployment {id} does not exist"))),
         Cancel::NotYours { requested_by } => {
-            return Err(ApiError::Forbidden(format!(
+            let message = format!(
                 "deployment {id} was requested by {requested_by}: a deployer cancels only its own (an admin may cancel any)"
-            )));
+            );
+            return Err(refuse(&state, &caller, "cancelling", Some(id), message).await);
         }
         Cancel::Final(done) => {
             return Err(ApiError::Conflict(format!("deployment {id} is already {done}: there is nothing to cancel")));
@@ -205,8 +218,9 @@ pub async fn retry(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    require(&caller, Role::Admin, "retrying a deployment")?;
+    require(&state, &caller, Role::Admin, "retrying a deployment").await?;
     let id = parse_id(&id)?;
+    require_scope_of(&state, &caller, id, "retrying").await?;
     let (mut request, hosts, attempt) = match state.store.retry_plan(id).await? {
         RetryPlan::NotFound => return Err(ApiError::NotFound(format!("deployment {id} does not exist"))),
         RetryPlan::Refused(why) => return Err(ApiError::Conflict(why)),

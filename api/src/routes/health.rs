@@ -4,7 +4,7 @@ use crate::AppState;
 use crate::error::ApiError;
 use axum::Json;
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
@@ -32,9 +32,24 @@ pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// The database and the broker are reachable: this replica can accept work.
-pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    state.store.ping().await.map_err(|e| ApiError::Unavailable(format!("database: {e}")))?;
-    state.publisher.check().await.map_err(|e| ApiError::Unavailable(format!("broker: {e}")))?;
-    Ok(Json(json!({ "status": "ready" })))
+/// The database and the broker are reachable: this replica can accept work. The
+/// answer names what is down; the errors themselves go to the log, not to anyone who
+/// asks.
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    let (database, broker) = tokio::join!(state.store.ping(), state.publisher.check());
+    if let Err(e) = &database {
+        tracing::warn!(error = %e, "not ready: the database is unreachable");
+    }
+    if let Err(e) = &broker {
+        tracing::warn!(error = %e, "not ready: the broker is unreachable");
+    }
+    let up = |ok: bool| if ok { "up" } else { "down" };
+    let (database, broker) = (database.is_ok(), broker.is_ok());
+    let status = if database && broker { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let body = json!({
+        "status": if status == StatusCode::OK { "ready" } else { "unavailable" },
+        "database": up(database),
+        "broker": up(broker),
+    });
+    (status, Json(body)).into_response()
 }

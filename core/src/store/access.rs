@@ -1,7 +1,7 @@
 //! Tokens and the audit trail.
 
 use super::{Store, StoreError, parse};
-use crate::access::{NewToken, Role};
+use crate::access::{NewToken, Role, Scope};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
@@ -13,6 +13,9 @@ pub struct TokenInfo {
     pub id: Uuid,
     pub name: String,
     pub role: Role,
+    /// Empty lists: any service, any cluster.
+    #[serde(flatten)]
+    pub scope: Scope,
     pub created_by: String,
     pub created_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
@@ -28,12 +31,35 @@ pub struct AuditEntry {
     pub detail: Value,
 }
 
-type TokenRow = (Uuid, String, String, String, DateTime<Utc>, Option<DateTime<Utc>>);
-type TokenRowWithHash = (Uuid, String, String, String, DateTime<Utc>, Option<DateTime<Utc>>, String);
+#[derive(sqlx::FromRow)]
+struct TokenRow {
+    id: Uuid,
+    name: String,
+    role: String,
+    services: Vec<String>,
+    clusters: Vec<String>,
+    created_by: String,
+    created_at: DateTime<Utc>,
+    revoked_at: Option<DateTime<Utc>>,
+}
+
+macro_rules! token_columns {
+    () => {
+        "id, name, role, services, clusters, created_by, created_at, revoked_at"
+    };
+}
 type AuditRow = (i64, DateTime<Utc>, String, String, Option<Uuid>, Value);
 
-fn token_info((id, name, role, created_by, created_at, revoked_at): TokenRow) -> Result<TokenInfo, StoreError> {
-    Ok(TokenInfo { id, name, role: parse(&role)?, created_by, created_at, revoked_at })
+fn token_info(row: TokenRow) -> Result<TokenInfo, StoreError> {
+    Ok(TokenInfo {
+        id: row.id,
+        name: row.name,
+        role: parse(&row.role)?,
+        scope: Scope { services: row.services, clusters: row.clusters },
+        created_by: row.created_by,
+        created_at: row.created_at,
+        revoked_at: row.revoked_at,
+    })
 }
 
 /// Appends to the audit trail, inside the caller's transaction.
@@ -56,46 +82,73 @@ pub(super) async fn audit(
 
 impl Store {
     /// Creates a token; returns it with its text, which is never stored.
-    pub async fn create_token(&self, name: &str, role: Role, actor: &str) -> Result<(TokenInfo, String), StoreError> {
+    pub async fn create_token(
+        &self,
+        name: &str,
+        role: Role,
+        scope: &Scope,
+        actor: &str,
+    ) -> Result<(TokenInfo, String), StoreError> {
         let token = NewToken::generate();
         let mut tx = self.pool.begin().await?;
-        let row: Option<TokenRow> = sqlx::query_as(
-            "INSERT INTO tokens (id, name, role, hash, created_by) VALUES ($1, $2, $3, $4, $5) \
-             ON CONFLICT (name) DO NOTHING \
-             RETURNING id, name, role, created_by, created_at, revoked_at",
-        )
+        let row: Option<TokenRow> = sqlx::query_as(concat!(
+            "INSERT INTO tokens (id, name, role, hash, created_by, services, clusters) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (name) DO NOTHING RETURNING ",
+            token_columns!()
+        ))
         .bind(token.id)
         .bind(name)
         .bind(role.as_str())
         .bind(&token.hash)
         .bind(actor)
+        .bind(&scope.services)
+        .bind(&scope.clusters)
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = row else {
             return Err(StoreError::Conflict(format!("a token named {name:?} exists")));
         };
-        audit(&mut tx, actor, "token.create", None, serde_json::json!({ "name": name, "role": role })).await?;
+        let detail =
+            serde_json::json!({ "name": name, "role": role, "services": scope.services, "clusters": scope.clusters });
+        audit(&mut tx, actor, "token.create", None, detail).await?;
         tx.commit().await?;
         Ok((token_info(row)?, token.text))
     }
 
     /// A token's record and stored hash, to check a presented token against.
     pub async fn token(&self, id: Uuid) -> Result<Option<(TokenInfo, String)>, StoreError> {
-        let row: Option<TokenRowWithHash> =
-            sqlx::query_as("SELECT id, name, role, created_by, created_at, revoked_at, hash FROM tokens WHERE id = $1")
+        #[derive(sqlx::FromRow)]
+        struct WithHash {
+            #[sqlx(flatten)]
+            row: TokenRow,
+            hash: String,
+        }
+        let found: Option<WithHash> =
+            sqlx::query_as(concat!("SELECT ", token_columns!(), ", hash FROM tokens WHERE id = $1"))
                 .bind(id)
                 .fetch_optional(&self.pool)
                 .await?;
-        row.map(|(id, name, role, by, at, revoked, hash)| Ok((token_info((id, name, role, by, at, revoked))?, hash)))
-            .transpose()
+        found.map(|f| Ok((token_info(f.row)?, f.hash))).transpose()
     }
 
     pub async fn tokens(&self) -> Result<Vec<TokenInfo>, StoreError> {
-        let rows: Vec<TokenRow> =
-            sqlx::query_as("SELECT id, name, role, created_by, created_at, revoked_at FROM tokens ORDER BY name")
-                .fetch_all(&self.pool)
-                .await?;
+        let rows: Vec<TokenRow> = sqlx::query_as(concat!("SELECT ", token_columns!(), " FROM tokens ORDER BY name"))
+            .fetch_all(&self.pool)
+            .await?;
         rows.into_iter().map(token_info).collect()
+    }
+
+    /// Records an action the API refused a caller (a 403), with why.
+    pub async fn audit_refusal(
+        &self,
+        actor: &str,
+        action: &str,
+        deployment_id: Option<Uuid>,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let detail = serde_json::json!({ "action": action, "reason": reason });
+        audit(&mut conn, actor, "refused", deployment_id, detail).await
     }
 
     /// Revokes a token by name; false when there is no such live token.

@@ -90,8 +90,16 @@ impl Store {
                 super::logs::append(&mut tx, id, &[line]).await?;
                 Cancel::Cancelling
             }
-            DeploymentState::Cancelling => return Ok(Cancel::Cancelling),
-            done => return Ok(Cancel::Final(done)),
+            // A cancel that changes nothing is still in the audit trail.
+            repeated => {
+                let detail = serde_json::json!({ "state": state });
+                access::audit(&mut tx, actor, "cancel.repeated", Some(id), detail).await?;
+                tx.commit().await?;
+                return Ok(match repeated {
+                    DeploymentState::Cancelling => Cancel::Cancelling,
+                    done => Cancel::Final(done),
+                });
+            }
         };
         access::audit(&mut tx, actor, "cancel", Some(id), serde_json::json!({ "from": state })).await?;
         tx.commit().await?;

@@ -1,6 +1,7 @@
 //! Submitting, reading and listing deployments.
 
 use super::{Store, StoreError, parse};
+use crate::access::Scope;
 use crate::deployment::{Deployment, DeploymentRequest, DeploymentState, Host, HostState, Step, Summary};
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
@@ -33,6 +34,8 @@ pub struct ListFilter {
     /// Only deployments older than this one (ids are time-ordered).
     pub before: Option<Uuid>,
     pub limit: i64,
+    /// Only deployments a scoped token may read.
+    pub scope: Scope,
 }
 
 #[derive(sqlx::FromRow)]
@@ -114,7 +117,20 @@ fn request_hash(request: &DeploymentRequest) -> String {
     Sha256::digest(&canonical).iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Scope globs as SQL LIKE patterns (`_` in a name is literal; `*` and `?` match).
+fn like_patterns(globs: &[String]) -> Vec<String> {
+    globs.iter().map(|g| g.replace('_', "\\_").replace('*', "%").replace('?', "_")).collect()
+}
+
 impl Store {
+    /// The service and cluster of a deployment, to check a caller's scope against.
+    pub async fn deployment_target(&self, id: Uuid) -> Result<Option<(String, String)>, StoreError> {
+        Ok(sqlx::query_as("SELECT service, cluster FROM deployments WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
     /// Records a deployment and its outbox row in one transaction. With an
     /// Idempotency-Key that was seen before, returns the earlier deployment instead
     /// (or refuses, if the request differs).
@@ -126,7 +142,7 @@ impl Store {
             "INSERT INTO deployments (id, service, cluster, version, request, requested_by, \
                  idempotency_key, request_hash, retry_of, attempt) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
-             ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING \
+             ON CONFLICT (requested_by, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING \
              RETURNING created_at",
         )
         .bind(id)
@@ -173,8 +189,9 @@ impl Store {
         // The key exists: the conflicting insert waited for the first one to commit.
         let key = new.idempotency_key.unwrap_or_default();
         let (id, stored_hash): (Uuid, String) =
-            sqlx::query_as("SELECT id, request_hash FROM deployments WHERE idempotency_key = $1")
+            sqlx::query_as("SELECT id, request_hash FROM deployments WHERE requested_by = $2 AND idempotency_key = $1")
                 .bind(key)
+                .bind(new.requested_by)
                 .fetch_one(&self.pool)
                 .await?;
         if stored_hash != hash {
@@ -250,6 +267,8 @@ impl Store {
                AND ($2::text IS NULL OR cluster = $2) \
                AND ($3::text IS NULL OR state = $3) \
                AND ($4::uuid IS NULL OR id < $4) \
+               AND (cardinality($6::text[]) = 0 OR service LIKE ANY($6)) \
+               AND (cardinality($7::text[]) = 0 OR cluster LIKE ANY($7)) \
              ORDER BY id DESC LIMIT $5"
         ))
         .bind(&filter.service)
@@ -257,6 +276,8 @@ impl Store {
         .bind(filter.state.map(DeploymentState::as_str))
         .bind(filter.before)
         .bind(filter.limit)
+        .bind(like_patterns(&filter.scope.services))
+        .bind(like_patterns(&filter.scope.clusters))
         .fetch_all(&self.pool)
         .await?;
 

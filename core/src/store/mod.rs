@@ -133,3 +133,15 @@ impl Store {
 fn parse<T: FromStr<Err = String>>(text: &str) -> Result<T, StoreError> {
     text.parse().map_err(StoreError::Corrupt)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_store_never_prints_the_database_password() {
+        let pool = PgPoolOptions::new().connect_lazy("postgres://vesemir:hunter2@127.0.0.1:1/vesemir").unwrap();
+        let printed = format!("{:?}", Store::from_pool(pool));
+        assert!(!printed.contains("hunter2"), "{printed}");
+    }
+}
