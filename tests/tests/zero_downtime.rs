@@ -45,6 +45,7 @@ with_each_executor!(
     every_load_balancer_receives_every_change,
     a_wrong_backend_fails_the_step_with_haproxys_own_answer,
     a_host_whose_connection_dies_after_the_drain_goes_back_only_when_healthy,
+    every_ssh_connection_uses_the_one_set_of_options,
 );
 
 fn rolling(version: &str, executor: &str) -> Value {
@@ -313,5 +314,46 @@ async fn a_host_whose_connection_dies_after_the_drain_goes_back_only_when_health
     assert_eq!(fleet.served_version("vm-02").await.unwrap(), "none");
     assert_all_back_at_full_weight(&lb, &fleet).await;
     assert_eq!(done["hosts"][2]["state"], "succeeded");
+    app.shut_down().await;
+}
+
+/// The native executor, Ansible and the load balancer reached over SSH all connect
+/// with the worker's one options file (`-F`), which shuts out `~/.ssh/config`: an
+/// `ssh` first in the worker's `PATH` records how each connection is made.
+async fn every_ssh_connection_uses_the_one_set_of_options(executor: &str) {
+    let fleet = Fleet::up(2).unwrap();
+    let lb = Haproxy::start(&fleet).unwrap();
+    let setup = Setup { workers: 0, ..balanced(vec![lb.over_ssh("lb-1", fleet.address("vm-01"))]) };
+    let app = TestApp::start(Some(&fleet), setup).await.unwrap();
+    let bin = ScratchDir::new("vb").unwrap();
+    let calls = bin.path().join("calls.log");
+    let ssh = bin.path().join("ssh");
+    let real = ["/usr/bin/ssh", "/bin/ssh"].into_iter().find(|p| Path::new(p).exists()).unwrap();
+    std::fs::write(&ssh, format!("#!/bin/sh\nprintf '%s\\n' \"$*\" >> {}\nexec {real} \"$@\"\n", calls.display()))
+        .unwrap();
+    std::fs::set_permissions(&ssh, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", bin.path().display(), std::env::var("PATH").unwrap_or_default());
+    let worker = vesemir_tests::Process::start("vesemir-worker", &app.config_text, &[], &[("PATH", &path)]).unwrap();
+
+    let id = app.deploy(&rolling("16.0.0", executor)).await.unwrap();
+    let done = app.wait_final(&id, FINISH).await.unwrap();
+    assert_eq!(done["state"], "succeeded", "{done:#}\n{}", worker.log());
+
+    let calls = std::fs::read_to_string(&calls).unwrap();
+    let calls: Vec<&str> = calls.lines().collect();
+    assert!(!calls.is_empty(), "no ssh was started through PATH");
+    let options = calls[0].split_whitespace().skip_while(|a| *a != "-F").nth(1).unwrap_or("").to_owned();
+    assert!(options.contains("ssh_config-"), "{calls:#?}");
+    // Every call that connects somewhere (Ansible also runs `ssh -o ControlPersist`
+    // alone, to see what its ssh supports).
+    for call in calls.iter().filter(|c| c.contains(" 127.")) {
+        assert!(call.contains(&format!("-F {options}")), "an ssh without the options file: {call}\n{calls:#?}");
+    }
+    let text = std::fs::read_to_string(&options).unwrap();
+    for line in
+        ["StrictHostKeyChecking yes", "PasswordAuthentication no", "KbdInteractiveAuthentication no", "BatchMode yes"]
+    {
+        assert!(text.contains(line), "{line} missing from {options}");
+    }
     app.shut_down().await;
 }

@@ -27,6 +27,11 @@ impl HealthCheck {
         Ok(Self { client })
     }
 
+    /// One GET, as the health check makes it: its answer, never a redirect's target.
+    pub async fn probe(&self, url: &str, timeout: Duration) -> Result<reqwest::Response, reqwest::Error> {
+        self.client.get(url).timeout(timeout).send().await
+    }
+
     /// Polls `url` until it answers the expected status or the retries run out.
     pub async fn wait_healthy(
         &self,
@@ -38,7 +43,7 @@ impl HealthCheck {
         let attempts = config.retries.max(1);
         let mut last = String::new();
         for attempt in 1..=attempts {
-            let answer = self.client.get(url).timeout(Duration::from_millis(config.timeout_ms)).send().await;
+            let answer = self.probe(url, Duration::from_millis(config.timeout_ms)).await;
             last = match answer {
                 Ok(response) if response.status().as_u16() == config.expected_status => {
                     let line = format!("health check {url}: {} (attempt {attempt})", response.status());
@@ -58,5 +63,37 @@ impl HealthCheck {
             }
         }
         Err(HealthError { message: format!("health check {url} failed after {attempts} attempts: {last}") })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A loopback HTTP server that gives every request the same answer.
+    async fn answering(answer: String) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut request = [0; 1024];
+                let _ = stream.read(&mut request).await;
+                let _ = stream.write_all(answer.as_bytes()).await;
+            }
+        });
+        format!("http://{address}/health")
+    }
+
+    #[tokio::test]
+    async fn a_redirect_is_the_answer_and_is_never_followed() {
+        let target = answering("HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_owned()).await;
+        let redirecting = answering(format!(
+            "HTTP/1.1 302 Found\r\nLocation: {target}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        ))
+        .await;
+        let health = HealthCheck::new().unwrap();
+        let answer = health.probe(&redirecting, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(answer.status().as_u16(), 302);
     }
 }

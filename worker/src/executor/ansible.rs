@@ -286,12 +286,12 @@ impl AnsibleExecutor {
         let Some(finished) = finished else {
             // Fenced: a worker that lost its claim stops the play where it is; whoever
             // holds the deployment now runs these hosts again.
-            stop(&mut child, dir).await;
+            stop(&mut child, dir, &ssh_options).await;
             first_journal.log(LogStream::System, "ansible-playbook stopped: this worker lost its claim").await;
             return jobs.iter().map(|_| HostReport::left()).collect();
         };
         let Ok((stderr_lines, exit)) = finished else {
-            stop(&mut child, dir).await;
+            stop(&mut child, dir, &ssh_options).await;
             let error = format!("ansible-playbook did not finish within {}s and was stopped", limit.as_secs());
             for (host, state) in &mut seen {
                 if let (Some(journal), Some((position, task))) = (journals.get(host.as_str()), state.running.take()) {
@@ -307,7 +307,7 @@ impl AnsibleExecutor {
                 })
                 .collect();
         };
-        close_masters(&dir.join("cp")).await;
+        close_masters(&dir.join("cp"), &ssh_options).await;
         for line in stderr_lines.iter().filter(|l| !l.trim().is_empty()) {
             first_journal.log(LogStream::Stderr, format!("ansible-playbook: {line}")).await;
         }
@@ -422,8 +422,8 @@ async fn follow(
 }
 
 /// Ends a run past its deadline: its SSH masters, then its whole process group.
-async fn stop(child: &mut tokio::process::Child, dir: &Path) {
-    close_masters(&dir.join("cp")).await;
+async fn stop(child: &mut tokio::process::Child, dir: &Path, ssh_options: &Path) {
+    close_masters(&dir.join("cp"), ssh_options).await;
     if let Some(pid) = child.id() {
         // `--`: a negative pid names the process group, not a signal.
         let _ = tokio::process::Command::new("kill").args(["-s", "KILL", "--"]).arg(format!("-{pid}")).status().await;
@@ -433,10 +433,12 @@ async fn stop(child: &mut tokio::process::Child, dir: &Path) {
 
 /// Ends the SSH master connections Ansible left to persist: no ssh process outlives
 /// the run.
-async fn close_masters(control_dir: &Path) {
+async fn close_masters(control_dir: &Path, ssh_options: &Path) {
     let Ok(entries) = std::fs::read_dir(control_dir) else { return };
     for entry in entries.filter_map(Result::ok) {
         let exit = tokio::process::Command::new("ssh")
+            .arg("-F")
+            .arg(ssh_options)
             .arg("-o")
             .arg(format!("ControlPath={}", entry.path().display()))
             .args(["-O", "exit", "vesemir-control"])
