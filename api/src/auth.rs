@@ -8,7 +8,8 @@ use axum::extract::FromRequestParts;
 use axum::http::HeaderMap;
 use axum::http::request::Parts;
 use uuid::Uuid;
-use vesemir_core::access::{self, Caller, Role};
+use vesemir_core::access::{self, Caller};
+use vesemir_model::access::Role;
 
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;

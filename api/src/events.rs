@@ -14,7 +14,7 @@ use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::Path;
 use axum::http::HeaderMap;
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures_util::Stream;
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -23,8 +23,9 @@ use std::time::Duration;
 use tokio::sync::{Notify, broadcast, mpsc, watch};
 use uuid::Uuid;
 use vesemir_core::access::Caller;
-use vesemir_core::deployment::{DeploymentState, LogLine};
 use vesemir_core::store::{EVENTS_CHANNEL, Store, StoreError};
+use vesemir_model::deployment::LogLine;
+use vesemir_model::event::Event;
 
 /// Lines read per query.
 const PAGE: i64 = 1000;
@@ -146,19 +147,13 @@ async fn read_feed(store: Store, id: Uuid, mut last: i64, feed: Weak<Feed>, wake
 }
 
 fn is_final(line: &LogLine) -> bool {
-    line.event.as_ref().is_some_and(|e| {
-        e["type"] == "state"
-            && e["state"]
-                .as_str()
-                .and_then(|s| s.parse::<DeploymentState>().ok())
-                .is_some_and(DeploymentState::is_final)
-    })
+    line.event.as_ref().is_some_and(Event::is_final)
 }
 
-fn to_event(line: &LogLine) -> Event {
-    let kind = line.event.as_ref().and_then(|e| e["type"].as_str()).unwrap_or("log");
+fn to_event(line: &LogLine) -> SseEvent {
+    let kind = line.event.as_ref().map_or("log", Event::kind);
     let data = serde_json::to_string(line).unwrap_or_default();
-    Event::default().id(line.seq.to_string()).event(kind).data(data)
+    SseEvent::default().id(line.seq.to_string()).event(kind).data(data)
 }
 
 /// Where a follower is, and whether it is done.
@@ -171,7 +166,7 @@ struct Follower {
     store: Store,
     id: Uuid,
     after: i64,
-    out: mpsc::Sender<Result<Event, Infallible>>,
+    out: mpsc::Sender<Result<SseEvent, Infallible>>,
 }
 
 impl Follower {
@@ -265,7 +260,7 @@ pub async fn events(
     Path(id): Path<String>,
     crate::extract::Query(params): crate::extract::Query<EventParams>,
     headers: HeaderMap,
-) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     let id = Uuid::parse_str(&id)
         .map_err(|_| ApiError::bad_request("invalid_id", format!("{id:?} is not a deployment id (a UUID)")))?;
     let after = resume_point(&headers, params.after)?;

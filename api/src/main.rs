@@ -1,9 +1,10 @@
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use vesemir_core::access::{Role, Scope};
+use vesemir_core::access::Scope;
 use vesemir_core::config::Config;
 use vesemir_core::store::Store;
+use vesemir_model::access::Role;
 
 /// Vesemir's REST API.
 #[derive(Parser)]
@@ -59,7 +60,7 @@ const LOCAL_ACTOR: &str = "vesemir-api token (local)";
 async fn token(store: &Store, command: TokenCommand) -> anyhow::Result<()> {
     match command {
         TokenCommand::Create { name, role, services, clusters } => {
-            if !vesemir_core::deployment::is_identifier(&name) {
+            if !vesemir_model::deployment::is_identifier(&name) {
                 anyhow::bail!("a token name must match [a-z0-9][a-z0-9._-]{{0,62}}");
             }
             let scope = Scope { services, clusters };

@@ -4,8 +4,8 @@
 use crate::error::ApiError;
 use std::collections::BTreeSet;
 use vesemir_core::config::{Config, DiscoveryKind};
-use vesemir_core::deployment::{Amount, DeploymentRequest, is_host_name, is_identifier, is_version};
 use vesemir_core::{selector, template};
+use vesemir_model::deployment::{Amount, DeploymentRequest, is_host_name, is_identifier, is_version};
 
 const MAX_HOSTS: usize = 10_000;
 const MAX_VARS: usize = 64;

@@ -1,7 +1,10 @@
 //! The API client: typed errors that say whether the API was unreachable or refused.
 
-use serde_json::Value;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use std::time::Duration;
+use uuid::Uuid;
+use vesemir_model::deployment::{Deployment, DeploymentRequest, DeploymentState, LogLine};
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ApiError {
@@ -11,6 +14,21 @@ pub(crate) enum ApiError {
     Refused { status: u16, code: String, message: String },
     #[error("the API answered something that is not JSON: {0}")]
     Garbled(String),
+}
+
+/// A page of `GET /v1/deployments`.
+#[derive(Debug, serde::Serialize, Deserialize)]
+pub(crate) struct Page {
+    pub(crate) deployments: Vec<Deployment>,
+    pub(crate) next_cursor: Option<Uuid>,
+}
+
+/// A page of `GET /v1/deployments/{id}/logs`.
+#[derive(Debug, serde::Serialize, Deserialize)]
+pub(crate) struct LogPage {
+    pub(crate) state: DeploymentState,
+    pub(crate) lines: Vec<LogLine>,
+    pub(crate) next_after: i64,
 }
 
 #[derive(Debug)]
@@ -38,7 +56,11 @@ impl Api {
         Self { base: base.trim_end_matches('/').to_owned(), client, streaming }
     }
 
-    pub(crate) async fn submit(&self, body: &Value, idempotency_key: Option<&str>) -> Result<Value, ApiError> {
+    pub(crate) async fn submit(
+        &self,
+        body: &DeploymentRequest,
+        idempotency_key: Option<&str>,
+    ) -> Result<Deployment, ApiError> {
         let mut request = self.client.post(self.url("/v1/deployments")).json(body);
         if let Some(key) = idempotency_key {
             request = request.header("Idempotency-Key", key);
@@ -46,7 +68,7 @@ impl Api {
         self.send(request).await
     }
 
-    pub(crate) async fn post(&self, path: &str) -> Result<Value, ApiError> {
+    pub(crate) async fn post(&self, path: &str) -> Result<Deployment, ApiError> {
         self.send(self.client.post(self.url(path))).await
     }
 
@@ -65,19 +87,15 @@ impl Api {
             return Ok(response);
         }
         let status = response.status().as_u16();
-        let body: Value = response.json().await.unwrap_or(Value::Null);
-        Err(ApiError::Refused {
-            status,
-            code: body["error"]["code"].as_str().unwrap_or("unknown").to_owned(),
-            message: body["error"]["message"].as_str().unwrap_or("no message").to_owned(),
-        })
+        let body: ErrorBody = response.json().await.unwrap_or_default();
+        Err(body.refused(status))
     }
 
-    pub(crate) async fn deployment(&self, id: &str) -> Result<Value, ApiError> {
+    pub(crate) async fn deployment(&self, id: &str) -> Result<Deployment, ApiError> {
         self.send(self.client.get(self.url(&format!("/v1/deployments/{id}")))).await
     }
 
-    pub(crate) async fn logs(&self, id: &str, after: i64, host: Option<&str>) -> Result<Value, ApiError> {
+    pub(crate) async fn logs(&self, id: &str, after: i64, host: Option<&str>) -> Result<LogPage, ApiError> {
         let mut query = vec![("after", after.to_string())];
         if let Some(host) = host {
             query.push(("host", host.to_owned()));
@@ -91,9 +109,10 @@ impl Api {
         cluster: Option<&str>,
         state: Option<&str>,
         limit: u32,
-    ) -> Result<Value, ApiError> {
+        cursor: Option<&str>,
+    ) -> Result<Page, ApiError> {
         let mut query = vec![("limit", limit.to_string())];
-        for (name, value) in [("service", service), ("cluster", cluster), ("state", state)] {
+        for (name, value) in [("service", service), ("cluster", cluster), ("state", state), ("cursor", cursor)] {
             if let Some(value) = value {
                 query.push((name, value.to_owned()));
             }
@@ -105,21 +124,43 @@ impl Api {
         format!("{}{path}", self.base)
     }
 
-    async fn send(&self, request: reqwest::RequestBuilder) -> Result<Value, ApiError> {
+    async fn send<T: DeserializeOwned>(&self, request: reqwest::RequestBuilder) -> Result<T, ApiError> {
         let response = request
             .send()
             .await
             .map_err(|e| ApiError::Unreachable { url: self.base.clone(), message: error_chain(&e) })?;
         let status = response.status();
-        let body: Value = response.json().await.map_err(|e| ApiError::Garbled(e.to_string()))?;
+        let body = response.bytes().await.map_err(|e| ApiError::Garbled(e.to_string()))?;
         if status.is_success() {
-            return Ok(body);
+            return serde_json::from_slice(&body).map_err(|e| ApiError::Garbled(e.to_string()));
         }
-        Err(ApiError::Refused {
-            status: status.as_u16(),
-            code: body["error"]["code"].as_str().unwrap_or("unknown").to_owned(),
-            message: body["error"]["message"].as_str().unwrap_or("no message").to_owned(),
-        })
+        let error: ErrorBody = serde_json::from_slice(&body).map_err(|e| ApiError::Garbled(e.to_string()))?;
+        Err(error.refused(status.as_u16()))
+    }
+}
+
+/// `{"error": {"code", "message"}}`, the API's every refusal.
+#[derive(Debug, Default, Deserialize)]
+struct ErrorBody {
+    #[serde(default)]
+    error: ErrorDetail,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ErrorDetail {
+    #[serde(default)]
+    code: Option<String>,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+impl ErrorBody {
+    fn refused(self, status: u16) -> ApiError {
+        ApiError::Refused {
+            status,
+            code: self.error.code.unwrap_or_else(|| "unknown".to_owned()),
+            message: self.error.message.unwrap_or_else(|| "no message".to_owned()),
+        }
     }
 }
 

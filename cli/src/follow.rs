@@ -3,9 +3,10 @@
 
 use crate::api::{Api, ApiError};
 use crate::render;
-use serde_json::Value;
 use std::io::IsTerminal;
 use std::time::Duration;
+use vesemir_model::deployment::{Deployment, LogLine};
+use vesemir_model::event::Event;
 
 /// Reconnections in a row before giving up.
 const MAX_RECONNECTS: u32 = 30;
@@ -58,13 +59,8 @@ impl SseParser {
     }
 }
 
-fn is_final_state(event: &Value) -> bool {
-    event["type"] == "state"
-        && matches!(event["state"].as_str(), Some("succeeded" | "failed" | "cancelled" | "planned"))
-}
-
 /// Follows until the deployment's final state; returns the deployment as it ended.
-pub(crate) async fn follow(api: &Api, id: &str, host: Option<&str>, as_json: bool) -> Result<Value, ApiError> {
+pub(crate) async fn follow(api: &Api, id: &str, host: Option<&str>, as_json: bool) -> Result<Deployment, ApiError> {
     let progress = !as_json && std::io::stderr().is_terminal();
     let mut last: Option<String> = None;
     let mut reconnects = 0;
@@ -93,16 +89,15 @@ pub(crate) async fn follow(api: &Api, id: &str, host: Option<&str>, as_json: boo
                 if event.id.is_some() {
                     last.clone_from(&event.id);
                 }
-                let Ok(line) = serde_json::from_str::<Value>(&event.data) else { continue };
+                let Ok(line) = serde_json::from_str::<LogLine>(&event.data) else { continue };
                 show(&line, host, as_json);
-                let change = &line["event"];
                 if progress
-                    && change["type"] == "host"
+                    && matches!(line.event, Some(Event::Host { .. }))
                     && let Ok(d) = api.deployment(id).await
                 {
                     eprintln!("{}", render::progress(&d));
                 }
-                if is_final_state(change) {
+                if line.event.as_ref().is_some_and(Event::is_final) {
                     return api.deployment(id).await;
                 }
             }
@@ -111,12 +106,12 @@ pub(crate) async fn follow(api: &Api, id: &str, host: Option<&str>, as_json: boo
     }
 }
 
-fn show(line: &Value, host: Option<&str>, as_json: bool) {
-    if host.is_some_and(|h| line["host"].as_str() != Some(h)) {
+fn show(line: &LogLine, host: Option<&str>, as_json: bool) {
+    if host.is_some_and(|h| line.host.as_deref() != Some(h)) {
         return;
     }
     if as_json {
-        println!("{line}");
+        println!("{}", serde_json::to_string(line).unwrap_or_default());
     } else {
         println!("{}", render::log_line(line));
     }

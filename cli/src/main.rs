@@ -10,9 +10,9 @@ mod render;
 
 use api::{Api, ApiError};
 use clap::{Parser, Subcommand};
-use serde_json::{Value, json};
 use std::process::ExitCode;
 use std::time::Duration;
+use vesemir_model::deployment::{Amount, Deployment, DeploymentRequest, DeploymentState, Selector};
 
 const EXIT_DEPLOYMENT_FAILED: u8 = 1;
 const EXIT_API_ERROR: u8 = 3;
@@ -76,6 +76,9 @@ enum Command {
         state: Option<String>,
         #[arg(long, default_value_t = 20)]
         limit: u32,
+        /// The next page: the cursor an earlier page ended with.
+        #[arg(long)]
+        cursor: Option<String>,
     },
 }
 
@@ -100,11 +103,11 @@ struct DeployArgs {
     #[arg(long)]
     query: Option<String>,
     /// Hosts per wave: a count (2) or a percentage (25%).
-    #[arg(long)]
-    concurrency: Option<String>,
+    #[arg(long, value_parser = parse_amount)]
+    concurrency: Option<Amount>,
     /// Failed hosts tolerated before the rollout stops: a count or a percentage.
-    #[arg(long)]
-    max_failures: Option<String>,
+    #[arg(long, value_parser = parse_amount)]
+    max_failures: Option<Amount>,
     /// Weight (percent) a host gets back first, before 100%.
     #[arg(long)]
     weight: Option<u16>,
@@ -135,9 +138,10 @@ fn parse_var(text: &str) -> Result<(String, String), String> {
     text.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).ok_or_else(|| format!("{text:?} is not NAME=VALUE"))
 }
 
-/// A count stays a number in JSON; a percentage stays a string.
-fn amount(text: &str) -> Value {
-    text.parse::<u64>().map_or_else(|_| json!(text), |n| json!(n))
+/// A count (`2`) or a percentage (`25%`), as the API reads them.
+fn parse_amount(text: &str) -> Result<Amount, String> {
+    let value = text.parse::<u64>().map_or_else(|_| serde_json::Value::from(text), serde_json::Value::from);
+    serde_json::from_value(value).map_err(|e| e.to_string())
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -170,8 +174,7 @@ async fn run(api: &Api, as_json: bool, command: Command) -> Result<u8, ApiError>
                 print_deployment(&deployment, as_json);
                 return Ok(0);
             }
-            let new_id = deployment["id"].as_str().unwrap_or_default().to_owned();
-            let finished = wait(api, &new_id, as_json).await?;
+            let finished = wait(api, &deployment.id.to_string(), as_json).await?;
             print_deployment(&finished, as_json);
             Ok(exit_code(&finished))
         }
@@ -184,36 +187,32 @@ async fn run(api: &Api, as_json: bool, command: Command) -> Result<u8, ApiError>
         }
         Command::Status { id, .. } => {
             let deployment = api.deployment(&id).await?;
-            if as_json {
-                println!("{deployment:#}");
-            } else {
-                print!("{}", render::status(&deployment));
-            }
+            print_deployment(&deployment, as_json);
             Ok(exit_code(&deployment))
         }
         Command::Logs { id, host } => {
             let mut after = 0;
             loop {
                 let page = api.logs(&id, after, host.as_deref()).await?;
-                let lines = page["lines"].as_array().cloned().unwrap_or_default();
-                for line in &lines {
+                for line in &page.lines {
                     if as_json {
-                        println!("{line}");
+                        println!("{}", serde_json::to_string(line).unwrap_or_default());
                     } else {
                         println!("{}", render::log_line(line));
                     }
                 }
-                match page["next_after"].as_i64() {
-                    Some(next) if !lines.is_empty() => after = next,
-                    _ => break,
+                if page.lines.is_empty() {
+                    break;
                 }
+                after = page.next_after;
             }
             Ok(0)
         }
-        Command::List { service, cluster, state, limit } => {
-            let page = api.list(service.as_deref(), cluster.as_deref(), state.as_deref(), limit).await?;
+        Command::List { service, cluster, state, limit, cursor } => {
+            let page =
+                api.list(service.as_deref(), cluster.as_deref(), state.as_deref(), limit, cursor.as_deref()).await?;
             if as_json {
-                println!("{page:#}");
+                println!("{}", serde_json::to_string_pretty(&page).unwrap_or_default());
             } else {
                 print!("{}", render::list(&page));
             }
@@ -223,43 +222,29 @@ async fn run(api: &Api, as_json: bool, command: Command) -> Result<u8, ApiError>
 }
 
 async fn deploy(api: &Api, as_json: bool, args: DeployArgs) -> Result<u8, ApiError> {
-    let mut body = json!({
-        "service": args.service,
-        "cluster": args.cluster,
-        "version": args.version,
-        "dry_run": args.dry_run,
-        "canary": args.canary,
-    });
-    if !args.hosts.is_empty() {
-        body["hosts"] = json!(args.hosts);
-    }
-    if !(args.roles.is_empty() && args.tags.is_empty() && args.environment.is_none() && args.query.is_none()) {
-        let mut selector = json!({ "roles": args.roles, "tags": args.tags });
-        if let Some(environment) = &args.environment {
-            selector["environment"] = json!(environment);
-        }
-        if let Some(query) = &args.query {
-            selector["query"] = json!(query);
-        }
-        body["selector"] = selector;
-    }
-    if let Some(c) = &args.concurrency {
-        body["concurrency"] = amount(c);
-    }
-    if let Some(m) = &args.max_failures {
-        body["max_failures"] = amount(m);
-    }
-    if let Some(w) = args.weight {
-        body["weight"] = json!(w);
-    }
-    if let Some(s) = args.sleep_seconds {
-        body["sleep_seconds"] = json!(s);
-    }
-    if !args.vars.is_empty() {
-        body["vars"] = args.vars.into_iter().map(|(k, v)| (k, json!(v))).collect::<serde_json::Map<_, _>>().into();
-    }
+    let chef = !(args.roles.is_empty() && args.tags.is_empty() && args.environment.is_none() && args.query.is_none());
+    let body = DeploymentRequest {
+        service: args.service,
+        cluster: args.cluster,
+        version: args.version,
+        selector: chef.then_some(Selector {
+            roles: args.roles,
+            tags: args.tags,
+            environment: args.environment,
+            query: args.query,
+        }),
+        hosts: args.hosts,
+        concurrency: args.concurrency.unwrap_or(Amount::Count(1)),
+        max_failures: args.max_failures.unwrap_or(Amount::Count(0)),
+        weight: args.weight,
+        sleep_seconds: args.sleep_seconds,
+        executor: None,
+        vars: args.vars.into_iter().collect(),
+        dry_run: args.dry_run,
+        canary: args.canary,
+    };
     let deployment = api.submit(&body, args.idempotency_key.as_deref()).await?;
-    let id = deployment["id"].as_str().unwrap_or_default().to_owned();
+    let id = deployment.id.to_string();
     if args.follow {
         let finished = follow::follow(api, &id, None, as_json).await?;
         if !as_json {
@@ -269,7 +254,7 @@ async fn deploy(api: &Api, as_json: bool, args: DeployArgs) -> Result<u8, ApiErr
     }
     if !args.wait {
         if as_json {
-            println!("{deployment:#}");
+            println!("{}", json(&deployment));
         } else {
             println!("{id}");
         }
@@ -279,47 +264,42 @@ async fn deploy(api: &Api, as_json: bool, args: DeployArgs) -> Result<u8, ApiErr
         eprintln!("deployment {id} queued");
     }
     let finished = wait(api, &id, as_json).await?;
-    if as_json {
-        println!("{finished:#}");
-    } else {
-        print!("{}", render::status(&finished));
-    }
+    print_deployment(&finished, as_json);
     Ok(exit_code(&finished))
 }
 
 /// Polls until the deployment reaches a final state, reporting progress on stderr.
-async fn wait(api: &Api, id: &str, quiet: bool) -> Result<Value, ApiError> {
+async fn wait(api: &Api, id: &str, quiet: bool) -> Result<Deployment, ApiError> {
     let mut last = String::new();
     loop {
         let deployment = api.deployment(id).await?;
-        let state = deployment["state"].as_str().unwrap_or_default().to_owned();
         let progress = render::progress(&deployment);
         if !quiet && progress != last {
             eprintln!("{progress}");
             last = progress;
         }
-        if is_final(&state) {
+        if deployment.state.is_final() {
             return Ok(deployment);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
-fn print_deployment(deployment: &Value, as_json: bool) {
+fn json(deployment: &Deployment) -> String {
+    serde_json::to_string_pretty(deployment).unwrap_or_default()
+}
+
+fn print_deployment(deployment: &Deployment, as_json: bool) {
     if as_json {
-        println!("{deployment:#}");
+        println!("{}", json(deployment));
     } else {
         print!("{}", render::status(deployment));
     }
 }
 
-fn is_final(state: &str) -> bool {
-    matches!(state, "succeeded" | "failed" | "cancelled" | "planned")
-}
-
-fn exit_code(deployment: &Value) -> u8 {
-    match deployment["state"].as_str() {
-        Some("failed" | "cancelled") => EXIT_DEPLOYMENT_FAILED,
+fn exit_code(deployment: &Deployment) -> u8 {
+    match deployment.state {
+        DeploymentState::Failed | DeploymentState::Cancelled => EXIT_DEPLOYMENT_FAILED,
         _ => 0,
     }
 }

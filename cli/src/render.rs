@@ -1,58 +1,61 @@
 //! Text output for people: a status block with a host table, log lines, lists.
 
-use serde_json::Value;
+use crate::api::Page;
+use chrono::SecondsFormat;
 use std::fmt::Write;
+use vesemir_model::deployment::{Deployment, HostState, LogLine, LogStream};
 
-fn s(v: &Value) -> &str {
-    v.as_str().unwrap_or("-")
-}
-
-pub(crate) fn progress(d: &Value) -> String {
-    let sum = &d["summary"];
+pub(crate) fn progress(d: &Deployment) -> String {
+    let sum = &d.summary;
     format!(
         "{}: {} of {} hosts done ({} succeeded, {} failed, {} unreachable, {} skipped){}",
-        s(&d["state"]),
-        ["succeeded", "failed", "unreachable", "skipped"].iter().map(|k| sum[k].as_u64().unwrap_or(0)).sum::<u64>(),
-        sum["total"].as_u64().unwrap_or(0),
-        sum["succeeded"].as_u64().unwrap_or(0),
-        sum["failed"].as_u64().unwrap_or(0),
-        sum["unreachable"].as_u64().unwrap_or(0),
-        sum["skipped"].as_u64().unwrap_or(0),
+        d.state,
+        sum.succeeded + sum.failed + sum.unreachable + sum.skipped,
+        sum.total,
+        sum.succeeded,
+        sum.failed,
+        sum.unreachable,
+        sum.skipped,
         current_wave(d).map(|(wave, waves)| format!(", wave {wave} of {waves}")).unwrap_or_default(),
     )
 }
 
 /// The wave in flight (1-based) and how many there are, while hosts are running.
-fn current_wave(d: &Value) -> Option<(i64, i64)> {
-    let hosts = d["hosts"].as_array()?;
-    let waves = hosts.iter().filter_map(|h| h["wave"].as_i64()).max()? + 1;
-    let running = hosts.iter().filter(|h| h["state"] == "running").filter_map(|h| h["wave"].as_i64()).min()?;
+fn current_wave(d: &Deployment) -> Option<(i32, i32)> {
+    let hosts = d.hosts.as_deref()?;
+    let waves = hosts.iter().map(|h| h.wave).max()? + 1;
+    let running = hosts.iter().filter(|h| h.state == HostState::Running).map(|h| h.wave).min()?;
     Some((running + 1, waves))
 }
 
-pub(crate) fn status(d: &Value) -> String {
+pub(crate) fn status(d: &Deployment) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "deployment {}", s(&d["id"]));
-    let _ = writeln!(out, "  {} {} to {}", s(&d["service"]), s(&d["version"]), s(&d["cluster"]));
+    let _ = writeln!(out, "deployment {}", d.id);
+    let _ = writeln!(out, "  {} {} to {}", d.service, d.version, d.cluster);
     let _ = writeln!(out, "  {}", progress(d));
-    let _ = writeln!(out, "  requested by {} at {}", s(&d["requested_by"]), s(&d["created_at"]));
-    if let Some(error) = d["error"].as_str() {
+    let _ = writeln!(
+        out,
+        "  requested by {} at {}",
+        d.requested_by,
+        d.created_at.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+    );
+    if let Some(error) = &d.error {
         let _ = writeln!(out, "  error: {error}");
     }
-    let hosts = d["hosts"].as_array().cloned().unwrap_or_default();
+    let hosts = d.hosts.as_deref().unwrap_or_default();
     if hosts.is_empty() {
         return out;
     }
     let rows: Vec<[String; 5]> = hosts
         .iter()
         .map(|h| {
-            let last_step = h["steps"].as_array().and_then(|steps| steps.last()).map(|st| s(&st["name"]).to_owned());
+            let last_step = h.steps.last().map(|step| step.name.clone());
             [
-                s(&h["name"]).to_owned(),
-                s(&h["address"]).to_owned(),
-                (h["wave"].as_i64().unwrap_or(0) + 1).to_string(),
-                s(&h["state"]).to_owned(),
-                h["error"].as_str().map(str::to_owned).or(last_step).unwrap_or_default(),
+                h.name.clone(),
+                h.address.clone(),
+                (h.wave + 1).to_string(),
+                h.state.to_string(),
+                h.error.clone().or(last_step).unwrap_or_default(),
             ]
         })
         .collect();
@@ -81,31 +84,31 @@ pub(crate) fn status(d: &Value) -> String {
     out
 }
 
-pub(crate) fn log_line(l: &Value) -> String {
-    let host = l["host"].as_str().unwrap_or("-");
-    let stream = match s(&l["stream"]) {
-        "stderr" => "!",
-        "system" => "*",
-        _ => " ",
+pub(crate) fn log_line(l: &LogLine) -> String {
+    let host = l.host.as_deref().unwrap_or("-");
+    let stream = match l.stream {
+        LogStream::Stderr => "!",
+        LogStream::System => "*",
+        LogStream::Stdout => " ",
     };
-    format!("{:>6} {host} {stream} {}", l["seq"].as_i64().unwrap_or(0), s(&l["line"]))
+    format!("{:>6} {host} {stream} {}", l.seq, l.line)
 }
 
-pub(crate) fn list(page: &Value) -> String {
+pub(crate) fn list(page: &Page) -> String {
     let mut out = String::new();
-    for d in page["deployments"].as_array().cloned().unwrap_or_default() {
+    for d in &page.deployments {
         let _ = writeln!(
             out,
             "{}  {:<10}  {} {} to {}  {}",
-            s(&d["id"]),
-            s(&d["state"]),
-            s(&d["service"]),
-            s(&d["version"]),
-            s(&d["cluster"]),
-            s(&d["created_at"])
+            d.id,
+            d.state.as_str(),
+            d.service,
+            d.version,
+            d.cluster,
+            d.created_at.to_rfc3339_opts(SecondsFormat::AutoSi, true)
         );
     }
-    if let Some(cursor) = page["next_cursor"].as_str() {
+    if let Some(cursor) = page.next_cursor {
         let _ = writeln!(out, "more: --cursor {cursor}");
     }
     out

@@ -4,13 +4,13 @@
 //! Relative paths in the file (keys, known_hosts, the playbooks directory) are resolved
 //! against the directory that holds the file, so a configuration can be moved as a unit.
 
-use crate::deployment::{ExecutorKind, is_address, is_host_name, is_identifier};
 use crate::template;
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use vesemir_model::deployment::{ExecutorKind, is_address, is_host_name, is_identifier};
 
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]

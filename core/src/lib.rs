@@ -1,8 +1,10 @@
 //! The parts of Vesemir that the API, the worker and the tests share.
 //!
-//! - [`access`]: API tokens and roles.
+//! The model itself (requests, deployments, states, events, roles) is the
+//! `vesemir-model` crate.
+//!
+//! - [`access`]: API tokens and their scopes.
 //! - [`config`]: the one TOML configuration file, with environment overrides.
-//! - [`deployment`]: the domain model: requests, states, amounts, identifiers.
 //! - [`store`]: PostgreSQL, the source of truth. Every state change of a deployment,
 //!   a host or a step goes through here.
 //! - [`selector`]: turning a request's selector into a safe Chef search query.
@@ -19,7 +21,6 @@
 
 pub mod access;
 pub mod config;
-pub mod deployment;
 pub mod queue;
 pub mod selector;
 pub mod store;

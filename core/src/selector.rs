@@ -8,7 +8,7 @@
 //! terms are query syntax by design: they are kept inside their own parentheses, ANDed
 //! with everything else, and refused when they could close those parentheses.
 
-use crate::deployment::Selector;
+use vesemir_model::deployment::Selector;
 
 /// Characters with a meaning in Lucene's query syntax, escaped with a backslash.
 const SPECIAL: &[char] = &['-', ':'];

@@ -20,9 +20,9 @@
 //! Every template is lexed as a POSIX (and bash) shell script when the configuration
 //! loads, and a placeholder in any such place is refused, with its position.
 
-use crate::deployment::{is_address, is_host_name, is_identifier};
 use std::collections::BTreeMap;
 use std::fmt;
+use vesemir_model::deployment::{is_address, is_host_name, is_identifier};
 
 /// How deep operator text may nest references to other operator text.
 const MAX_DEPTH: usize = 4;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::task::JoinHandle;
-use vesemir_worker::lb::AdminState;
+use vesemir_model::deployment::AdminState;
 use vesemir_worker::lb::haproxy::{RuntimeClient, Transport, parse_servers_state, parse_stat};
 
 /// The backend holding the fleet's servers in the sandbox HAProxy.

@@ -23,8 +23,9 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
-use vesemir_core::access::{Role, Scope};
+use vesemir_core::access::Scope;
 use vesemir_core::config::Config;
+use vesemir_model::access::Role;
 
 pub const ADMIN_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";

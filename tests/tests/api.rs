@@ -5,8 +5,9 @@
 
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
-use vesemir_core::access::{Role, Scope};
-use vesemir_core::deployment::DeploymentRequest;
+use vesemir_core::access::Scope;
+use vesemir_model::access::Role;
+use vesemir_model::deployment::DeploymentRequest;
 use vesemir_tests::{Setup, TestApp, Throwaway, client_with, demo_request};
 
 async fn app() -> TestApp {

@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 use std::time::Duration;
-use vesemir_core::access::Role;
+use vesemir_model::access::Role;
 use vesemir_tests::balancing::{BACKEND, Haproxy, Load};
 use vesemir_tests::{Fleet, Setup, TestApp, client_with, demo_request, host_states};
 

@@ -11,8 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use vesemir_core::config::Config;
-use vesemir_core::deployment::{DeploymentState, ExecutorKind};
 use vesemir_core::store::{ClaimedDeployment, Store, StoreError};
+use vesemir_model::deployment::{DeploymentState, ExecutorKind};
+use vesemir_model::event::Event;
 
 /// What the consumer should do with the message once the deployment is handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,7 +90,7 @@ impl Runner {
         lease: &LeaseKeeper,
     ) -> Result<Step, StoreError> {
         let request = &claim.request;
-        let running = serde_json::json!({ "type": "state", "state": "running" });
+        let running = Event::State { state: DeploymentState::Running, error: None };
         logs.event(None, format!("claimed by {}", claim.token), running).await;
         let (Some(cluster), Some(service)) =
             (self.config.clusters.get(&request.cluster), self.config.services.get(&request.service))

@@ -6,7 +6,7 @@ use crate::executor::Journal;
 use crate::executor::native::OutputTail;
 use std::time::Duration;
 use vesemir_core::config::HealthConfig;
-use vesemir_core::deployment::LogStream;
+use vesemir_model::deployment::LogStream;
 
 #[derive(Debug, Clone)]
 pub struct HealthCheck {

@@ -8,8 +8,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::warn;
 use uuid::Uuid;
-use vesemir_core::deployment::LogStream;
 use vesemir_core::store::{NewLogLine, Store};
+use vesemir_model::deployment::LogStream;
+use vesemir_model::event::Event;
 
 /// Lines waiting to be written; a full channel slows the readers down.
 const CHANNEL_CAPACITY: usize = 10_000;
@@ -28,11 +29,11 @@ impl LogSink {
     }
 
     /// A line from Vesemir about a change, with the change as structured data.
-    pub async fn event(&self, host: Option<&str>, line: impl Into<String>, event: serde_json::Value) {
+    pub async fn event(&self, host: Option<&str>, line: impl Into<String>, event: Event) {
         self.send(host, LogStream::System, line.into(), Some(event)).await;
     }
 
-    async fn send(&self, host: Option<&str>, stream: LogStream, line: String, event: Option<serde_json::Value>) {
+    async fn send(&self, host: Option<&str>, stream: LogStream, line: String, event: Option<Event>) {
         let line = NewLogLine { host: host.map(str::to_owned), stream, line, at: Utc::now(), event };
         // Fails only once the pump has stopped, when nobody is left to read the line.
         let _ = self.tx.send(line).await;

@@ -13,8 +13,9 @@ use crate::playbook::Playbook;
 use tokio::sync::watch;
 use uuid::Uuid;
 use vesemir_core::config::{ClusterConfig, ServiceConfig};
-use vesemir_core::deployment::{Amount, DeploymentRequest, HostState};
 use vesemir_core::store::{PlannedHost, RunHost, Store, StoreError};
+use vesemir_model::deployment::{Amount, DeploymentRequest, HostState};
+use vesemir_model::event::Event;
 
 /// Orders hosts by name and cuts them into waves of `concurrency` (at least one host);
 /// with `canary`, the first host goes alone in a wave of its own.
@@ -175,8 +176,13 @@ impl Rollout<'_> {
             if !self.store.start_host(self.deployment_id, self.token, &host.name).await? {
                 return Ok(None);
             }
-            let started =
-                serde_json::json!({ "type": "host", "host": host.name, "state": "running", "wave": host.wave });
+            let started = Event::Host {
+                host: host.name.clone(),
+                state: HostState::Running,
+                wave: Some(host.wave),
+                error: None,
+                load_balancer: None,
+            };
             self.logs.event(Some(&host.name), format!("started (wave {})", host.wave + 1), started).await;
             let journal = Journal::new(
                 self.store.clone(),
@@ -213,7 +219,7 @@ impl Rollout<'_> {
                     &job.host.name,
                     report.state,
                     report.error.as_deref(),
-                    report.load_balancer.map(|s| s.as_str()),
+                    report.load_balancer,
                 )
                 .await?;
         }

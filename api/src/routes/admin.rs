@@ -9,8 +9,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
-use vesemir_core::access::{Caller, Role, Scope};
-use vesemir_core::deployment::is_identifier;
+use vesemir_core::access::{Caller, Scope};
+use vesemir_model::access::Role;
+use vesemir_model::deployment::is_identifier;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -11,9 +11,10 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
-use vesemir_core::access::{self, Caller, Role};
-use vesemir_core::deployment::{DeploymentRequest, DeploymentState, is_host_name, is_identifier};
+use vesemir_core::access::{self, Caller};
 use vesemir_core::store::{Cancel, ListFilter, NewDeployment, RetryPlan, Submitted};
+use vesemir_model::access::Role;
+use vesemir_model::deployment::{DeploymentRequest, DeploymentState, is_host_name, is_identifier};
 
 const DEFAULT_PAGE: i64 = 20;
 const MAX_PAGE: i64 = 100;

@@ -1,12 +1,13 @@
 //! Tokens and the audit trail.
 
 use super::{Store, StoreError, parse};
-use crate::access::{NewToken, Role, Scope};
+use crate::access::{NewToken, Scope};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::PgConnection;
 use uuid::Uuid;
+use vesemir_model::access::Role;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TokenInfo {

@@ -7,10 +7,11 @@
 
 use super::NewLogLine;
 use super::{Store, StoreError, is_unique_violation, parse};
-use crate::deployment::{DeploymentRequest, DeploymentState, HostState, LogStream, StepState};
 use chrono::{DateTime, Utc};
 use std::time::Duration;
 use uuid::Uuid;
+use vesemir_model::deployment::{AdminState, DeploymentRequest, DeploymentState, HostState, LogStream, StepState};
+use vesemir_model::event::Event;
 
 /// A deployment this worker now holds.
 #[derive(Debug, Clone)]
@@ -58,9 +59,9 @@ pub struct RunHost {
     pub wave: i32,
     pub state: HostState,
     /// Where Vesemir last meant the host's server to be in the load balancers
-    /// (`drain`, `maint`, `ready`), recorded before each change; None if untouched.
-    /// A host found `running` by a new holder may be out of rotation by this much.
-    pub load_balancer: Option<String>,
+    /// recorded before each change; None if untouched. A host found `running` by a
+    /// new holder may be out of rotation by this much.
+    pub load_balancer: Option<AdminState>,
 }
 
 impl Store {
@@ -208,7 +209,7 @@ impl Store {
             Some(error) => format!("deployment {state}: {error}"),
             None => format!("deployment {state}"),
         };
-        let event = serde_json::json!({ "type": "state", "state": state, "error": error });
+        let event = Event::State { state, error: error.clone() };
         let last = NewLogLine { host: None, stream: LogStream::System, line, at: Utc::now(), event: Some(event) };
         super::logs::append(&mut tx, id, &[last]).await?;
         wake_next(&mut tx, &service, &cluster).await?;
@@ -252,6 +253,7 @@ impl Store {
         .await?;
         rows.into_iter()
             .map(|(name, address, wave, state, load_balancer)| {
+                let load_balancer = load_balancer.as_deref().map(parse).transpose()?;
                 Ok(RunHost { name, address, wave, state: parse(&state)?, load_balancer })
             })
             .collect()
@@ -292,7 +294,7 @@ impl Store {
         host: &str,
         state: HostState,
         error: Option<&str>,
-        load_balancer: Option<&str>,
+        load_balancer: Option<AdminState>,
     ) -> Result<bool, StoreError> {
         let done = sqlx::query(
             "UPDATE hosts SET state = $4, error = $5, finished_at = now(), \
@@ -305,7 +307,7 @@ impl Store {
         .bind(host)
         .bind(state.as_str())
         .bind(error)
-        .bind(load_balancer)
+        .bind(load_balancer.map(AdminState::as_str))
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
@@ -318,7 +320,7 @@ impl Store {
         id: Uuid,
         token: &str,
         host: &str,
-        state: &str,
+        state: AdminState,
     ) -> Result<bool, StoreError> {
         let done = sqlx::query(concat!(
             "UPDATE hosts SET load_balancer = $4 WHERE deployment_id = $1 AND name = $3 AND ",
@@ -327,7 +329,7 @@ impl Store {
         .bind(id)
         .bind(token)
         .bind(host)
-        .bind(state)
+        .bind(state.as_str())
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)

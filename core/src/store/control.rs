@@ -1,9 +1,11 @@
 //! Acting on a deployment from outside: cancel and retry.
 
 use super::{Store, StoreError, access, parse};
-use crate::access::{Caller, Role};
-use crate::deployment::{DeploymentRequest, DeploymentState, HostState};
+use crate::access::Caller;
 use uuid::Uuid;
+use vesemir_model::access::Role;
+use vesemir_model::deployment::{DeploymentRequest, DeploymentState, HostState};
+use vesemir_model::event::Event;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Cancel {
@@ -62,10 +64,13 @@ impl Store {
                 .bind(actor)
                 .execute(&mut *tx)
                 .await?;
-                let event = serde_json::json!({ "type": "state", "state": "cancelled", "error": format!("cancelled before it started by {actor}") });
+                let event = Event::State {
+                    state: DeploymentState::Cancelled,
+                    error: Some(format!("cancelled before it started by {actor}")),
+                };
                 let line = super::NewLogLine {
                     host: None,
-                    stream: crate::deployment::LogStream::System,
+                    stream: vesemir_model::deployment::LogStream::System,
                     line: format!("deployment cancelled before it started by {actor}"),
                     at: chrono::Utc::now(),
                     event: Some(event),
@@ -82,10 +87,10 @@ impl Store {
                     .await?;
                 let line = super::NewLogLine {
                     host: None,
-                    stream: crate::deployment::LogStream::System,
+                    stream: vesemir_model::deployment::LogStream::System,
                     line: format!("cancel requested by {actor}: no new host starts"),
                     at: chrono::Utc::now(),
-                    event: Some(serde_json::json!({ "type": "state", "state": "cancelling" })),
+                    event: Some(Event::State { state: DeploymentState::Cancelling, error: None }),
                 };
                 super::logs::append(&mut tx, id, &[line]).await?;
                 Cancel::Cancelling

@@ -2,11 +2,11 @@
 
 use super::{Store, StoreError, parse};
 use crate::access::Scope;
-use crate::deployment::{Deployment, DeploymentRequest, DeploymentState, Host, HostState, Step, Summary};
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use uuid::Uuid;
+use vesemir_model::deployment::{Deployment, DeploymentRequest, DeploymentState, Host, HostState, Step, Summary};
 
 /// What the API asks the store to record.
 #[derive(Debug)]
@@ -251,7 +251,7 @@ impl Store {
                 started_at: h.started_at,
                 finished_at: h.finished_at,
                 error: h.error,
-                load_balancer: h.load_balancer,
+                load_balancer: h.load_balancer.as_deref().map(parse).transpose()?,
             });
         }
         row.into_deployment(summary, Some(hosts)).map(Some)

@@ -1,11 +1,12 @@
 //! Log lines: appended in batches, numbered without gaps, read after a sequence number.
 
 use super::{Store, StoreError, parse};
-use crate::deployment::{LogLine, LogStream};
 use chrono::{DateTime, Utc};
-use serde_json::Value;
 use sqlx::PgConnection;
+use sqlx::types::Json;
 use uuid::Uuid;
+use vesemir_model::deployment::{LogLine, LogStream};
+use vesemir_model::event::Event;
 
 /// The channel on which appended lines are announced (payload: the deployment id).
 pub const EVENTS_CHANNEL: &str = "vesemir_events";
@@ -20,7 +21,7 @@ pub struct NewLogLine {
     pub line: String,
     pub at: DateTime<Utc>,
     /// For a line about a change: the change, as structured data.
-    pub event: Option<Value>,
+    pub event: Option<Event>,
 }
 
 /// PostgreSQL text cannot hold NUL, and one runaway line must not bloat a batch.
@@ -50,7 +51,7 @@ pub(super) async fn append(conn: &mut PgConnection, id: Uuid, lines: &[NewLogLin
     let streams: Vec<&str> = lines.iter().map(|l| l.stream.as_str()).collect();
     let texts: Vec<String> = lines.iter().map(|l| clean(&l.line)).collect();
     let ats: Vec<DateTime<Utc>> = lines.iter().map(|l| l.at).collect();
-    let events: Vec<Option<&Value>> = lines.iter().map(|l| l.event.as_ref()).collect();
+    let events: Vec<Option<Json<&Event>>> = lines.iter().map(|l| l.event.as_ref().map(Json)).collect();
     sqlx::query(
         "WITH counter AS ( \
              UPDATE deployments SET log_seq = log_seq + $2 WHERE id = $1 RETURNING log_seq), \
@@ -91,7 +92,7 @@ impl Store {
 
     /// Lines with a sequence number above `after`, oldest first.
     pub async fn logs(&self, id: Uuid, after: i64, host: Option<&str>, limit: i64) -> Result<Vec<LogLine>, StoreError> {
-        type Row = (i64, Option<String>, String, String, DateTime<Utc>, Option<Value>);
+        type Row = (i64, Option<String>, String, String, DateTime<Utc>, Option<Json<Event>>);
         let rows: Vec<Row> = sqlx::query_as(
             "SELECT seq, host, stream, line, at, event FROM log_lines \
              WHERE deployment_id = $1 AND seq > $2 AND ($3::text IS NULL OR host = $3) \
@@ -105,7 +106,7 @@ impl Store {
         .await?;
         rows.into_iter()
             .map(|(seq, host, stream, line, at, event)| {
-                Ok(LogLine { seq, host, stream: parse(&stream)?, line, at, event })
+                Ok(LogLine { seq, host, stream: parse(&stream)?, line, at, event: event.map(|e| e.0) })
             })
             .collect()
     }

@@ -10,7 +10,7 @@ pub use static_list::StaticDiscovery;
 
 use futures_util::future::BoxFuture;
 use vesemir_core::config::{ClusterConfig, DiscoveryKind};
-use vesemir_core::deployment::DeploymentRequest;
+use vesemir_model::deployment::DeploymentRequest;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiscoveredHost {

@@ -4,7 +4,7 @@
 use super::{DiscoveredHost, Discovery, DiscoveryError};
 use futures_util::future::BoxFuture;
 use vesemir_core::config::StaticHost;
-use vesemir_core::deployment::DeploymentRequest;
+use vesemir_model::deployment::DeploymentRequest;
 
 #[derive(Debug)]
 pub struct StaticDiscovery {

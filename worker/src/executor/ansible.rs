@@ -14,7 +14,6 @@ use super::native::OutputTail;
 use super::rotation::Rotation;
 use super::{Executor, HostJob, HostReport, Journal, health_url, host_argv, render_command, values};
 use crate::health::HealthCheck;
-use crate::lb::AdminState;
 use futures_util::future::BoxFuture;
 use serde_json::Value;
 use std::collections::HashMap;
@@ -24,8 +23,9 @@ use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use vesemir_core::config::{ClusterConfig, RuntimeApi};
-use vesemir_core::deployment::{HostState, LogStream, StepState, is_address, is_host_name};
 use vesemir_core::template::NameTemplate;
+use vesemir_model::deployment::AdminState;
+use vesemir_model::deployment::{HostState, LogStream, StepState, is_address, is_host_name};
 
 /// The playbook's steps, in order: their task names are the step names recorded, as
 /// with the native executor's `rolling.toml`. Other tasks (the connection check, the

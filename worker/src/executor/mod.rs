@@ -7,16 +7,17 @@ pub mod ansible;
 pub mod native;
 pub mod rotation;
 
-use crate::lb::{AdminState, Balancers};
+use crate::lb::Balancers;
 use crate::lease::{ClaimLost, Fence};
 use crate::log_pump::LogSink;
 use crate::playbook::Playbook;
 use futures_util::future::BoxFuture;
 use uuid::Uuid;
 use vesemir_core::config::{ClusterConfig, ServiceConfig, Shell};
-use vesemir_core::deployment::{DeploymentRequest, HostState, LogStream, StepState};
 use vesemir_core::store::{RunHost, Store};
 use vesemir_core::template::{ShellCommand, ShellTemplate, TemplateError, UrlTemplate, Values};
+use vesemir_model::deployment::{AdminState, DeploymentRequest, HostState, LogStream, StepState};
+use vesemir_model::event::Event;
 
 /// After a step's timeout, how long the host waits before KILLing what TERM did not stop.
 pub const KILL_AFTER_SECONDS: u64 = 5;
@@ -167,7 +168,7 @@ impl Journal {
     /// the deployment next knows the host may be out. Refused once the claim is lost.
     pub async fn record_load_balancer(&self, state: AdminState) -> Result<(), ClaimLost> {
         self.fence.check()?;
-        match self.store.record_load_balancer(self.deployment_id, &self.token, &self.host, state.as_str()).await {
+        match self.store.record_load_balancer(self.deployment_id, &self.token, &self.host, state).await {
             Ok(true) => Ok(()),
             Ok(false) => Err(ClaimLost),
             Err(e) => {
@@ -184,10 +185,13 @@ impl Journal {
             Some(error) => format!("{}: {error}", report.state),
             None => report.state.to_string(),
         };
-        let event = serde_json::json!({
-            "type": "host", "host": self.host, "state": report.state, "error": report.error,
-            "load_balancer": report.load_balancer.map(|s| s.as_str()),
-        });
+        let event = Event::Host {
+            host: self.host.clone(),
+            state: report.state,
+            wave: None,
+            error: report.error.clone(),
+            load_balancer: report.load_balancer,
+        };
         self.logs.event(Some(&self.host), line, event).await;
     }
 
@@ -196,7 +200,13 @@ impl Journal {
     }
 
     pub async fn step_started(&self, position: usize, name: &str) {
-        let event = serde_json::json!({ "type": "step", "host": self.host, "step": name, "position": position, "state": "running" });
+        let event = Event::Step {
+            host: self.host.clone(),
+            step: name.to_owned(),
+            position,
+            state: StepState::Running,
+            exit_code: None,
+        };
         self.logs.event(Some(&self.host), format!("step {name}: started"), event).await;
         if let Err(e) = self.store.start_step(self.deployment_id, &self.token, &self.host, position as i32, name).await
         {
@@ -213,9 +223,7 @@ impl Journal {
         output: &str,
     ) {
         let code = exit_code.map(|c| format!(" (exit code {c})")).unwrap_or_default();
-        let event = serde_json::json!({
-            "type": "step", "host": self.host, "step": name, "position": position, "state": state, "exit_code": exit_code,
-        });
+        let event = Event::Step { host: self.host.clone(), step: name.to_owned(), position, state, exit_code };
         self.logs.event(Some(&self.host), format!("step {name}: {state}{code}"), event).await;
         if let Err(e) = self
             .store

@@ -24,8 +24,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, BufReader};
 use vesemir_core::config::Shell;
-use vesemir_core::deployment::{HostState, LogStream, StepState};
 use vesemir_core::template::{ShellCommand, TemplateError, Values, shell_quote};
+use vesemir_model::deployment::{HostState, LogStream, StepState};
 
 /// Exit statuses of coreutils `timeout`: the command timed out; it had to be killed.
 const TIMEOUT_EXIT: i32 = 124;

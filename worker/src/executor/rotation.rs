@@ -5,12 +5,13 @@
 use super::native::OutputTail;
 use super::{HostJob, HostReport, Journal};
 use crate::health::HealthCheck;
-use crate::lb::{AdminState, Balancers, LbError};
+use crate::lb::{Balancers, LbError};
 use crate::playbook::LbOperation;
 use std::time::Duration;
 use vesemir_core::config::ServiceBalancing;
-use vesemir_core::deployment::LogStream;
 use vesemir_core::template::{NameTemplate, TemplateError, Values};
+use vesemir_model::deployment::AdminState;
+use vesemir_model::deployment::LogStream;
 
 /// The host's server in every load balancer of the cluster.
 #[derive(Debug)]
@@ -41,7 +42,7 @@ impl<'a> Rotation<'a> {
             _ => None,
         };
         // A host an earlier holder left mid-way starts where that holder meant it to be.
-        let state = job.host.load_balancer.as_deref().and_then(AdminState::parse);
+        let state = job.host.load_balancer;
         Ok(Self { balancers: job.balancers, target, weight: job.request.weight, state })
     }
 

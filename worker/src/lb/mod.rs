@@ -35,39 +35,7 @@ pub enum LbError {
     ClaimLost(#[from] ClaimLost),
 }
 
-/// A server's administrative state, as Vesemir sets it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AdminState {
-    Ready,
-    Drain,
-    Maint,
-}
-
-impl AdminState {
-    /// The state as stored (`hosts.load_balancer`).
-    pub fn parse(text: &str) -> Option<Self> {
-        match text {
-            "ready" => Some(AdminState::Ready),
-            "drain" => Some(AdminState::Drain),
-            "maint" => Some(AdminState::Maint),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AdminState::Ready => "ready",
-            AdminState::Drain => "drain",
-            AdminState::Maint => "maint",
-        }
-    }
-}
-
-impl fmt::Display for AdminState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+use vesemir_model::deployment::AdminState;
 
 /// What one load balancer reports about one server.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -18,8 +18,8 @@ use sign::{SignVersion, Signer};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use vesemir_core::config::ChefConfig;
-use vesemir_core::deployment::{DeploymentRequest, is_address, is_host_name};
 use vesemir_core::selector;
+use vesemir_model::deployment::{DeploymentRequest, is_address, is_host_name};
 
 /// A full search stops after this many pages, whatever the server says.
 const MAX_PAGES: u32 = 10_000;

@@ -1,6 +1,7 @@
 //! The domain: what a deployment request says, the states a deployment and its hosts
 //! go through, and the rules an identifier must follow.
 
+use crate::event::Event;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::collections::BTreeMap;
@@ -278,6 +279,16 @@ string_enum!(
 );
 
 string_enum!(
+    /// Where Vesemir put a host's server in the load balancers (`hosts.load_balancer`):
+    /// back in rotation, draining, or out of it.
+    AdminState {
+        Ready => "ready",
+        Drain => "drain",
+        Maint => "maint",
+    }
+);
+
+string_enum!(
     /// Where a log line came from: a remote command's stdout or stderr, or Vesemir.
     LogStream {
         Stdout => "stdout",
@@ -346,9 +357,9 @@ pub struct Host {
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     pub error: Option<String>,
-    /// Where Vesemir left the host's server in the load balancers: `ready`, `drain`,
-    /// `maint`, or null when it did not touch it.
-    pub load_balancer: Option<String>,
+    /// Where Vesemir left the host's server in the load balancers; None when it did
+    /// not touch it.
+    pub load_balancer: Option<AdminState>,
     pub steps: Vec<Step>,
 }
 
@@ -369,9 +380,9 @@ pub struct LogLine {
     pub stream: LogStream,
     pub line: String,
     pub at: DateTime<Utc>,
-    /// For a line about a change: `{"type": "state" | "host" | "step", …}`.
+    /// For a line about a change: the change, as data.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub event: Option<serde_json::Value>,
+    pub event: Option<Event>,
 }
 
 #[cfg(test)]

@@ -1,0 +1,13 @@
+//! Vesemir's model: the types the API, the worker, the store, the CLI and the tests
+//! exchange, with serde and nothing else, so that each contract exists once.
+//!
+//! - [`deployment`]: what a request says, deployments, hosts, steps, log lines, their
+//!   states, and the rules an identifier must follow.
+//! - [`event`]: the typed lines about a change that the event stream carries.
+//! - [`access`]: the roles a token may have.
+
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod access;
+pub mod deployment;
+pub mod event;
