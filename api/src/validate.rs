@@ -3,9 +3,9 @@
 
 use crate::error::ApiError;
 use std::collections::BTreeSet;
-use vesemir_core::config::{Config, DiscoveryKind};
+use vesemir_core::config::{ANSIBLE_PLAYBOOK, Config, DiscoveryKind};
 use vesemir_core::{selector, template};
-use vesemir_model::deployment::{Amount, DeploymentRequest, is_host_name, is_identifier, is_version};
+use vesemir_model::deployment::{Amount, DeploymentRequest, ExecutorKind, is_host_name, is_identifier, is_version};
 
 const MAX_HOSTS: usize = 10_000;
 const MAX_VARS: usize = 64;
@@ -17,8 +17,17 @@ fn bad(code: &'static str, message: impl Into<String>) -> ApiError {
 }
 
 pub fn request(config: &Config, r: &DeploymentRequest) -> Result<(), ApiError> {
-    if !config.services.contains_key(&r.service) {
+    let Some(service) = config.services.get(&r.service) else {
         return Err(bad("unknown_service", format!("service {:?} is not configured", r.service)));
+    };
+    if r.executor == Some(ExecutorKind::Ansible) && service.playbook != ANSIBLE_PLAYBOOK {
+        return Err(bad(
+            "invalid_executor",
+            format!(
+                "service {} runs playbook {:?}, which only the native executor runs (the ansible executor runs the {ANSIBLE_PLAYBOOK} playbook)",
+                r.service, service.playbook
+            ),
+        ));
     }
     let Some(cluster) = config.clusters.get(&r.cluster) else {
         return Err(bad("unknown_cluster", format!("cluster {:?} is not configured", r.cluster)));

@@ -380,6 +380,9 @@ impl Shell {
     }
 }
 
+/// The one playbook the ansible executor has an Ansible form of.
+pub const ANSIBLE_PLAYBOOK: &str = "rolling";
+
 /// The operator variables the ansible executor runs as the install and restart steps.
 pub const ANSIBLE_COMMANDS: [&str; 2] = ["install_command", "restart_command"];
 
@@ -531,6 +534,13 @@ impl Config {
             }
             if !is_identifier(&service.playbook) {
                 return invalid(format!("service {name}: playbook name {:?} is not valid", service.playbook));
+            }
+            if service.executor == ExecutorKind::Ansible && service.playbook != ANSIBLE_PLAYBOOK {
+                return invalid(format!(
+                    "service {name}: the ansible executor runs the Ansible form of the {ANSIBLE_PLAYBOOK} playbook \
+                     (playbooks/ansible/{ANSIBLE_PLAYBOOK}.yml); playbook = {:?} runs only with executor = \"native\"",
+                    service.playbook
+                ));
             }
             service.check_templates().map_err(|e| ConfigError::Invalid(format!("service {name}: {e}")))?;
         }

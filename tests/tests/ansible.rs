@@ -207,3 +207,61 @@ async fn a_cancel_under_ansible_lets_the_wave_finish_and_leaves_nothing() {
     assert!(leftovers(&app).is_empty());
     app.shut_down().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ansible_executor_keeps_the_playbooks_own_step_timeouts() {
+    let fleet = Fleet::up(1).unwrap();
+    // The shipped playbooks, with a one-second limit on the install step only.
+    let playbooks = vesemir_tests::ScratchDir::new("vp").unwrap();
+    let shipped = vesemir_tests::repo_root().join("playbooks");
+    let copied =
+        std::process::Command::new("cp").arg("-r").arg(shipped.join("ansible")).arg(playbooks.path()).status().unwrap();
+    assert!(copied.success());
+    let rolling = std::fs::read_to_string(shipped.join("rolling.toml"))
+        .unwrap()
+        .replace("command = \"{{install_command}}\"", "command = \"{{install_command}}\"\ntimeout_seconds = 1");
+    assert!(rolling.contains("timeout_seconds = 1"));
+    std::fs::write(playbooks.path().join("rolling.toml"), rolling).unwrap();
+    let patient = r#"
+[services.patient]
+step_timeout_seconds = 300
+executor = "ansible"
+[services.patient.vars]
+install_command = "sleep 300"
+restart_command = "true"
+[services.patient.health]
+url = "http://{{host.address}}:8080/health"
+"#;
+    let setup = Setup {
+        playbooks_dir: Some(playbooks.path().to_path_buf()),
+        extra_config: patient.to_owned(),
+        ..Setup::default()
+    };
+    let app = TestApp::start(Some(&fleet), setup).await.unwrap();
+    let id = app.deploy(&json!({"service": "patient", "cluster": "sandbox", "version": "67.0.0"})).await.unwrap();
+    let done = app.wait_final(&id, FINISH).await.unwrap();
+    assert_eq!(done["state"], "failed");
+    let error = done["hosts"][0]["error"].as_str().unwrap();
+    assert!(error.contains("step install: timed out and was stopped on the host"), "{error}");
+    app.shut_down().await;
+}
+
+#[test]
+fn a_service_with_a_playbook_the_ansible_executor_cannot_run_is_refused_at_load() {
+    let text = r#"
+[services.custom]
+executor = "ansible"
+playbook = "blue-green"
+[services.custom.vars]
+install_command = "true"
+restart_command = "true"
+[services.custom.health]
+url = "http://{{host.address}}:8080/health"
+"#;
+    let config = vesemir_core::config::Config::parse(text, std::path::Path::new("/")).unwrap();
+    let err = config.validate().unwrap_err().to_string();
+    assert!(
+        err.contains("service custom: the ansible executor runs the Ansible form of the rolling playbook"),
+        "{err}"
+    );
+}

@@ -46,6 +46,7 @@ with_each_executor!(
     a_wrong_backend_fails_the_step_with_haproxys_own_answer,
     a_host_whose_connection_dies_after_the_drain_goes_back_only_when_healthy,
     every_ssh_connection_uses_the_one_set_of_options,
+    an_unreachable_load_balancer_fails_the_drain_and_touches_nothing,
 );
 
 fn rolling(version: &str, executor: &str) -> Value {
@@ -342,7 +343,11 @@ async fn every_ssh_connection_uses_the_one_set_of_options(executor: &str) {
     let calls = std::fs::read_to_string(&calls).unwrap();
     let calls: Vec<&str> = calls.lines().collect();
     assert!(!calls.is_empty(), "no ssh was started through PATH");
-    let options = calls[0].split_whitespace().skip_while(|a| *a != "-F").nth(1).unwrap_or("").to_owned();
+    let options = calls
+        .iter()
+        .find_map(|call| call.split_whitespace().skip_while(|a| *a != "-F").nth(1))
+        .unwrap_or("")
+        .to_owned();
     assert!(options.contains("ssh_config-"), "{calls:#?}");
     // Every call that connects somewhere (Ansible also runs `ssh -o ControlPersist`
     // alone, to see what its ssh supports).
@@ -355,5 +360,31 @@ async fn every_ssh_connection_uses_the_one_set_of_options(executor: &str) {
     {
         assert!(text.contains(line), "{line} missing from {options}");
     }
+    app.shut_down().await;
+}
+
+/// A load balancer that cannot be reached fails the step that needs it, under either
+/// executor: the executor runs, the host is recorded failed at `drain`, and nothing
+/// was installed on it.
+async fn an_unreachable_load_balancer_fails_the_drain_and_touches_nothing(executor: &str) {
+    let fleet = Fleet::up(2).unwrap();
+    let lb = Haproxy::start(&fleet).unwrap();
+    // Reached over SSH through vm-02, whose sshd is down.
+    let app = TestApp::start(Some(&fleet), balanced(vec![lb.over_ssh("lb-1", fleet.address("vm-02"))])).await.unwrap();
+    fleet.stop_sshd("vm-02").unwrap();
+
+    let mut request = rolling("17.0.0", executor);
+    request["hosts"] = json!(["vm-01"]);
+    let id = app.deploy(&request).await.unwrap();
+    let done = app.wait_final(&id, FINISH).await.unwrap();
+
+    assert_eq!(done["state"], "failed", "{done:#}");
+    let vm1 = &done["hosts"][0];
+    assert_eq!(vm1["state"], "failed", "{done:#}");
+    let error = vm1["error"].as_str().unwrap();
+    assert!(error.contains("drain") && error.contains("unreachable"), "{error}");
+    assert_eq!(vm1["steps"][0]["name"], "drain");
+    assert_eq!(vm1["steps"][0]["state"], "failed");
+    assert_eq!(fleet.served_version("vm-01").await.unwrap(), "none", "nothing was installed");
     app.shut_down().await;
 }

@@ -136,17 +136,12 @@ impl Runner {
         };
         let balancers = match &service.load_balancer {
             None => Balancers::new(Vec::new(), Duration::ZERO, lease.fence()),
-            Some(settings) => {
-                let poll = Duration::from_millis(settings.poll_interval_ms);
-                match lb::for_cluster(cluster, poll, &self.config.worker.ssh_control_dir, lease.fence()).await {
-                    Ok(balancers) => balancers,
-                    Err(e) => {
-                        let message = format!("cannot reach the cluster's load balancers: {e}");
-                        logs.system(None, &message).await;
-                        return Ok(Finished(DeploymentState::Failed, Some(message)));
-                    }
-                }
-            }
+            Some(settings) => lb::for_cluster(
+                cluster,
+                Duration::from_millis(settings.poll_interval_ms),
+                &self.config.worker.ssh_control_dir,
+                lease.fence(),
+            ),
         };
         let rollout = Rollout {
             store: &self.store,

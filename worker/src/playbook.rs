@@ -100,6 +100,19 @@ impl Playbook {
         Self::parse(&text).map_err(|message| PlaybookError::Invalid { path, message })
     }
 
+    /// The timeout of the `run` step named `name`: its own, or the service's.
+    pub fn timeout_of(&self, name: &str, service: &ServiceConfig) -> u64 {
+        self.steps
+            .iter()
+            .find(|step| step.name == name)
+            .and_then(|step| match &step.action {
+                Action::Run { timeout_seconds, .. } => *timeout_seconds,
+                _ => None,
+            })
+            .unwrap_or(service.step_timeout_seconds)
+            .max(1)
+    }
+
     /// Checks every command of the playbook as the service's templates expand it.
     pub fn check(&self, service_name: &str, service: &ServiceConfig) -> Result<(), PlaybookError> {
         for step in &self.steps {

@@ -123,10 +123,11 @@ fn extra_vars(jobs: &[(HostJob<'_>, Journal)], ssh_options: &Path) -> Result<Str
     for (job, journal) in jobs {
         let values = values(job);
         let host_error = |e: vesemir_core::template::TemplateError| format!("{}: {e}", job.host.name);
-        // As with native, the host enforces the step timeout and the deployment's lock.
-        let secs = job.service.step_timeout_seconds.max(1);
+        // As with native, the host enforces each step's timeout (the playbook's, else
+        // the service's) and the deployment's lock.
         // An argument vector: Ansible runs it without a shell of its own.
-        let command = |name: &str| {
+        let command = |name: &str, step: &str| {
+            let secs = job.playbook.timeout_of(step, job.service);
             if !job.service.vars.contains_key(name) {
                 return Err(format!("the service has no {name} in its vars"));
             }
@@ -146,8 +147,8 @@ fn extra_vars(jobs: &[(HostJob<'_>, Journal)], ssh_options: &Path) -> Result<Str
         yaml.push_str(&format!(
             "  {}:\n    install: {}\n    restart: {}\n    health_url: {}\n    server: {}\n",
             serde_json::to_string(&job.host.name).unwrap_or_default(),
-            command("install_command")?,
-            command("restart_command")?,
+            command("install_command", "install")?,
+            command("restart_command", "restart")?,
             unsafe_string(&health_url(job, &values).map_err(host_error)?),
             unsafe_string(&server),
         ));
@@ -156,7 +157,7 @@ fn extra_vars(jobs: &[(HostJob<'_>, Journal)], ssh_options: &Path) -> Result<Str
     let health = &job.service.health;
     yaml.push_str(&format!(
         "vesemir_step_timeout: {}\nvesemir_health:\n  expected_status: {}\n  retries: {}\n  interval_seconds: {}\n  timeout_seconds: {}\n",
-        job.service.step_timeout_seconds + 15,
+        longest_step(job) + 15,
         health.expected_status,
         health.retries.saturating_sub(1),
         health.interval_ms.div_ceil(1000),
@@ -450,6 +451,11 @@ async fn close_masters(control_dir: &Path, ssh_options: &Path) {
     }
 }
 
+/// The longest of the steps the play runs on the host.
+fn longest_step(job: &HostJob<'_>) -> u64 {
+    job.playbook.timeout_of("install", job.service).max(job.playbook.timeout_of("restart", job.service))
+}
+
 /// The longest a wave's run may take: every step and wait at its limit, the rescue's
 /// own health check and put-back, and a margin for Ansible itself.
 fn run_limit(job: &HostJob<'_>) -> Duration {
@@ -461,7 +467,8 @@ fn run_limit(job: &HostJob<'_>) -> Duration {
     let balancing =
         service.load_balancer.as_ref().map_or(0, |b| lbs * (b.drain_timeout_seconds + 3 * b.up_timeout_seconds + 30));
     let sleep = u64::from(job.request.sleep_seconds.unwrap_or(0));
-    Duration::from_secs(2 * (service.step_timeout_seconds + 20) + 2 * check + balancing + sleep + 60)
+    let steps = ["install", "restart"].map(|step| job.playbook.timeout_of(step, service) + 20).iter().sum::<u64>();
+    Duration::from_secs(steps + 2 * check + balancing + sleep + 60)
 }
 
 /// Records one callback event: steps as they start and end, output as it comes, and

@@ -9,8 +9,11 @@ use super::{AdminState, LbError, LoadBalancer, ServerStatus};
 use futures_util::future::BoxFuture;
 use openssh::{Session, Stdio};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::OnceCell;
+use vesemir_core::config::SshConfig;
 use vesemir_core::config::is_haproxy_name;
 use vesemir_core::template::shell_quote;
 
@@ -29,9 +32,32 @@ pub enum Transport {
     Unix(PathBuf),
     /// The socket path on the load balancer host, reached over the cluster's SSH.
     Ssh {
-        session: std::sync::Arc<Session>,
+        remote: Arc<SshRemote>,
         socket: String,
     },
+}
+
+/// A load balancer host reached over SSH, connected on first use: a deployment whose
+/// executor never talks to it (Ansible's module connects on its own) opens nothing.
+#[derive(Debug)]
+pub struct SshRemote {
+    ssh: SshConfig,
+    host: String,
+    control_dir: PathBuf,
+    session: OnceCell<Session>,
+}
+
+impl SshRemote {
+    pub fn new(ssh: SshConfig, host: String, control_dir: PathBuf) -> Self {
+        Self { ssh, host, control_dir, session: OnceCell::new() }
+    }
+
+    async fn session(&self) -> std::io::Result<&Session> {
+        self.session
+            .get_or_try_init(|| crate::ssh::connect(&self.ssh, &self.host, &self.control_dir))
+            .await
+            .map_err(std::io::Error::other)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -58,7 +84,7 @@ impl RuntimeClient {
                     let mut stream = tokio::net::UnixStream::connect(path).await?;
                     exchange(&mut stream, &line).await
                 }
-                Transport::Ssh { session, socket } => over_ssh(session, socket, &line).await,
+                Transport::Ssh { remote, socket } => over_ssh(remote.session().await?, socket, &line).await,
             }
         };
         match tokio::time::timeout(self.timeout, exchange).await {

@@ -10,9 +10,8 @@
 pub mod haproxy;
 
 use crate::lease::{ClaimLost, Fence};
-use crate::ssh;
 use futures_util::future::{BoxFuture, join_all};
-use haproxy::{Haproxy, RuntimeClient, Transport};
+use haproxy::{Haproxy, RuntimeClient, SshRemote, Transport};
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
@@ -229,30 +228,28 @@ impl Balancers {
     }
 }
 
-/// The load balancers a cluster's configuration names, connected (those reached
-/// through SSH get a session for the deployment's duration).
-pub async fn for_cluster(
-    cluster: &ClusterConfig,
-    poll: Duration,
-    control_dir: &Path,
-    fence: Fence,
-) -> Result<Balancers, LbError> {
-    let mut members: Vec<Arc<dyn LoadBalancer>> = Vec::new();
-    for lb in &cluster.load_balancers {
-        let transport = match &lb.runtime_api {
-            RuntimeApi::Tcp { address } => Transport::Tcp(address.clone()),
-            RuntimeApi::Unix { path } => Transport::Unix(path.clone()),
-            RuntimeApi::Ssh { host, socket } => {
-                let session = ssh::connect(&cluster.ssh, host, control_dir)
-                    .await
-                    .map_err(|e| LbError::Unreachable(format!("{}: {e}", lb.name)))?;
-                Transport::Ssh { session: Arc::new(session), socket: socket.clone() }
-            }
-        };
-        let client = RuntimeClient::new(transport, Duration::from_millis(lb.timeout_ms));
-        members.push(Arc::new(Haproxy::new(&lb.name, client)));
-    }
-    Ok(Balancers::new(members, poll, fence))
+/// The load balancers a cluster's configuration names. Nothing is connected yet:
+/// each command connects (those reached over SSH keep their session for the
+/// deployment's duration), so an unreachable load balancer fails the step that needs
+/// it, under either executor.
+pub fn for_cluster(cluster: &ClusterConfig, poll: Duration, control_dir: &Path, fence: Fence) -> Balancers {
+    let members: Vec<Arc<dyn LoadBalancer>> = cluster
+        .load_balancers
+        .iter()
+        .map(|lb| {
+            let transport = match &lb.runtime_api {
+                RuntimeApi::Tcp { address } => Transport::Tcp(address.clone()),
+                RuntimeApi::Unix { path } => Transport::Unix(path.clone()),
+                RuntimeApi::Ssh { host, socket } => Transport::Ssh {
+                    remote: Arc::new(SshRemote::new(cluster.ssh.clone(), host.clone(), control_dir.to_owned())),
+                    socket: socket.clone(),
+                },
+            };
+            let client = RuntimeClient::new(transport, Duration::from_millis(lb.timeout_ms));
+            Arc::new(Haproxy::new(&lb.name, client)) as Arc<dyn LoadBalancer>
+        })
+        .collect();
+    Balancers::new(members, poll, fence)
 }
 
 fn named(lb: &str, error: LbError) -> LbError {
