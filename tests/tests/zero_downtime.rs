@@ -320,7 +320,8 @@ async fn a_host_whose_connection_dies_after_the_drain_goes_back_only_when_health
 
 /// The native executor, Ansible and the load balancer reached over SSH all connect
 /// with the worker's one options file (`-F`), which shuts out `~/.ssh/config`: an
-/// `ssh` first in the worker's `PATH` records how each connection is made.
+/// `ssh` first in the worker's `PATH` records how each connection is made. (And the
+/// worker's log lines about the deployment carry its span.)
 async fn every_ssh_connection_uses_the_one_set_of_options(executor: &str) {
     let fleet = Fleet::up(2).unwrap();
     let lb = Haproxy::start(&fleet).unwrap();
@@ -334,11 +335,22 @@ async fn every_ssh_connection_uses_the_one_set_of_options(executor: &str) {
         .unwrap();
     std::fs::set_permissions(&ssh, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let path = format!("{}:{}", bin.path().display(), std::env::var("PATH").unwrap_or_default());
-    let worker = vesemir_tests::Process::start("vesemir-worker", &app.config_text, &[], &[("PATH", &path)]).unwrap();
+    let worker = vesemir_tests::Process::start(
+        "vesemir-worker",
+        &app.config_text,
+        &[],
+        &[("PATH", &path), ("RUST_LOG", "info")],
+    )
+    .unwrap();
 
     let id = app.deploy(&rolling("16.0.0", executor)).await.unwrap();
     let done = app.wait_final(&id, FINISH).await.unwrap();
     assert_eq!(done["state"], "succeeded", "{done:#}\n{}", worker.log());
+
+    // Its log lines about the deployment carry the deployment's span, id included.
+    let log = worker.log();
+    let finished = log.lines().find(|l| l.contains("deployment finished")).unwrap_or_default();
+    assert!(finished.contains(&format!("\"id\":\"{id}\"")), "{finished}\n{log}");
 
     let calls = std::fs::read_to_string(&calls).unwrap();
     let calls: Vec<&str> = calls.lines().collect();

@@ -5,7 +5,7 @@ use crate::deployment::{Disposition, Runner};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
 use std::time::Duration;
-use tracing::{info, warn};
+use tracing::{Instrument, info, info_span, warn};
 use uuid::Uuid;
 use vesemir_core::queue;
 use vesemir_core::store::Claim;
@@ -20,7 +20,8 @@ pub async fn handle(runner: Runner, worker_id: String, delivery: Delivery) {
             warn!(body = ?String::from_utf8_lossy(&delivery.data), "message is not a deployment id; dead-lettering it");
             Settle::DeadLetter
         }
-        Some(id) => process(&runner, &worker_id, id).await,
+        // Every line about the deployment, here and in what it starts, carries its id.
+        Some(id) => process(&runner, &worker_id, id).instrument(info_span!("deployment", id = %id)).await,
     };
     let result = match settle {
         Settle::Ack => delivery.ack(BasicAckOptions::default()).await,
@@ -53,37 +54,37 @@ async fn process(runner: &Runner, worker_id: &str, id: Uuid) -> Settle {
         }
         let wait = match runner.store.claim(id, &token, lease).await {
             Ok(Claim::Claimed(claim)) => {
-                info!(deployment = %id, token = %token, "claimed");
+                info!(token = %token, "claimed");
                 return match runner.run(*claim).await {
                     Disposition::Ack => Settle::Ack,
                     Disposition::Requeue => Settle::Requeue,
                 };
             }
             Ok(Claim::Finished(state)) => {
-                info!(deployment = %id, %state, "already finished; acknowledging the leftover message");
+                info!(%state, "already finished; acknowledging the leftover message");
                 return Settle::Ack;
             }
             Ok(Claim::Waiting { behind }) => {
                 // Its turn comes when `behind` ends: that outcome queues it again.
-                info!(deployment = %id, %behind, "waiting for an older deployment of the same service and cluster");
+                info!(%behind, "waiting for an older deployment of the same service and cluster");
                 return Settle::Ack;
             }
             Ok(Claim::Missing) => {
-                warn!(deployment = %id, "no such deployment; dead-lettering the message");
+                warn!("no such deployment; dead-lettering the message");
                 return Settle::DeadLetter;
             }
             Ok(Claim::HeldBy { token: holder, until, remaining }) => {
                 if seen.as_ref().is_some_and(|(h, u)| *h == holder && until > *u) {
                     // The holder renewed its lease: it is alive and holds its own
                     // delivery of this id, so this one is a duplicate.
-                    info!(deployment = %id, holder = %holder, "held by a live worker; dropping the duplicate");
+                    info!(holder = %holder, "held by a live worker; dropping the duplicate");
                     return Settle::Ack;
                 }
                 seen = Some((holder, until));
                 remaining + Duration::from_millis(250)
             }
             Err(e) => {
-                warn!(deployment = %id, error = %e, "claiming failed; retrying");
+                warn!(error = %e, "claiming failed; retrying");
                 STORE_RETRY
             }
         };

@@ -53,16 +53,16 @@ impl Runner {
             Ok(Finished(state, error)) => {
                 self.store.finish(claim.id, &claim.token, state, error.as_deref()).await.map(|stored| {
                     if stored {
-                        tracing::info!(deployment = %claim.id, %state, "deployment finished");
+                        tracing::info!(%state, "deployment finished");
                     } else {
                         // Another claim took over; it holds its own delivery.
-                        tracing::warn!(deployment = %claim.id, "claim lost before the outcome was stored");
+                        tracing::warn!("claim lost before the outcome was stored");
                     }
                 })
             }
             Ok(Interrupted) => self.release(&claim).await,
             Err(e) => {
-                tracing::warn!(deployment = %claim.id, error = %e, "the database failed mid-deployment; releasing it");
+                tracing::warn!(error = %e, "the database failed mid-deployment; releasing it");
                 self.release(&claim).await
             }
         };
@@ -70,7 +70,7 @@ impl Runner {
             Ok(()) => Disposition::Ack,
             Err(e) => {
                 // The lease will expire and the redelivered message resumes it.
-                tracing::warn!(deployment = %claim.id, error = %e, "cannot store the deployment's state");
+                tracing::warn!(error = %e, "cannot store the deployment's state");
                 Disposition::Requeue
             }
         }
@@ -78,7 +78,7 @@ impl Runner {
 
     async fn release(&self, claim: &ClaimedDeployment) -> Result<(), StoreError> {
         if self.store.release(claim.id, &claim.token).await? {
-            tracing::info!(deployment = %claim.id, "deployment released unfinished; queued again");
+            tracing::info!("deployment released unfinished; queued again");
         }
         Ok(())
     }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tracing::warn;
+use tracing::{Instrument, warn};
 use uuid::Uuid;
 use vesemir_core::store::Store;
 
@@ -97,29 +97,32 @@ impl LeaseKeeper {
         let lease = Duration::from_secs(lease_seconds);
         let fence = Fence::new(lease / 2, gone);
         let keeper = fence.clone();
-        let handle = tokio::spawn(async move {
-            let every = lease.div_f64(3.0);
-            loop {
-                tokio::time::sleep(every).await;
-                let sent = Instant::now();
-                let renewal = tokio::time::timeout(every, store.renew_lease(id, &token, lease_seconds)).await;
-                match renewal {
-                    Ok(Ok(true)) => keeper.renewed_at(sent),
-                    Ok(Ok(false)) => {
-                        warn!(deployment = %id, "lease lost: another worker holds the deployment");
+        let handle = tokio::spawn(
+            async move {
+                let every = lease.div_f64(3.0);
+                loop {
+                    tokio::time::sleep(every).await;
+                    let sent = Instant::now();
+                    let renewal = tokio::time::timeout(every, store.renew_lease(id, &token, lease_seconds)).await;
+                    match renewal {
+                        Ok(Ok(true)) => keeper.renewed_at(sent),
+                        Ok(Ok(false)) => {
+                            warn!("lease lost: another worker holds the deployment");
+                            let _ = gone_tx.send(true);
+                            return;
+                        }
+                        Ok(Err(e)) => warn!(error = %e, "renewing the lease failed"),
+                        Err(_) => warn!("renewing the lease timed out"),
+                    }
+                    if !keeper.held() {
+                        warn!("no renewal for half the lease: this worker stops acting on the deployment");
                         let _ = gone_tx.send(true);
                         return;
                     }
-                    Ok(Err(e)) => warn!(deployment = %id, error = %e, "renewing the lease failed"),
-                    Err(_) => warn!(deployment = %id, "renewing the lease timed out"),
-                }
-                if !keeper.held() {
-                    warn!(deployment = %id, "no renewal for half the lease: this worker stops acting on the deployment");
-                    let _ = gone_tx.send(true);
-                    return;
                 }
             }
-        });
+            .in_current_span(),
+        );
         Self { handle, fence }
     }
 

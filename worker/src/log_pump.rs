@@ -6,7 +6,7 @@ use chrono::Utc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tracing::warn;
+use tracing::{Instrument, warn};
 use uuid::Uuid;
 use vesemir_core::store::{NewLogLine, Store};
 use vesemir_model::deployment::LogStream;
@@ -54,7 +54,7 @@ pub struct LogPump {
 impl LogPump {
     pub fn start(store: Store, id: Uuid, batch_lines: usize, batch_wait: Duration) -> (LogSink, LogPump) {
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
-        let handle = tokio::spawn(pump(store, id, rx, batch_lines.max(1), batch_wait));
+        let handle = tokio::spawn(pump(store, id, rx, batch_lines.max(1), batch_wait).in_current_span());
         (LogSink { tx }, LogPump { handle })
     }
 
@@ -90,10 +90,10 @@ async fn write(store: &Store, id: Uuid, batch: &[NewLogLine]) {
         match store.append_logs(id, batch).await {
             Ok(()) => return,
             Err(e) if attempt < WRITE_ATTEMPTS => {
-                warn!(deployment = %id, error = %e, attempt, "writing log lines failed; retrying");
+                warn!(error = %e, attempt, "writing log lines failed; retrying");
                 tokio::time::sleep(Duration::from_millis((200 * u64::from(attempt)).min(2000))).await;
             }
-            Err(e) => warn!(deployment = %id, error = %e, lines = batch.len(), "log lines lost"),
+            Err(e) => warn!(error = %e, lines = batch.len(), "log lines lost"),
         }
     }
 }

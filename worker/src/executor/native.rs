@@ -23,6 +23,7 @@ use openssh::{Session, Stdio};
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, BufReader};
+use tracing::Instrument;
 use vesemir_core::config::Shell;
 use vesemir_core::template::{ShellCommand, TemplateError, Values, shell_quote};
 use vesemir_model::deployment::{HostState, LogStream, StepState};
@@ -55,7 +56,9 @@ impl NativeExecutor {
 
 impl Executor for NativeExecutor {
     fn run_wave<'a>(&'a self, jobs: &'a [(HostJob<'a>, Journal)]) -> BoxFuture<'a, Vec<HostReport>> {
-        Box::pin(join_all(jobs.iter().map(|(job, journal)| self.run_host(*job, journal))))
+        Box::pin(join_all(jobs.iter().map(|(job, journal)| {
+            self.run_host(*job, journal).instrument(tracing::info_span!("host", name = %job.host.name))
+        })))
     }
 }
 
@@ -118,7 +121,7 @@ impl NativeExecutor {
             Ok(session) => {
                 let ran = self.run_steps(&job, &session, &steps, &health_url, &mut rotation, journal).await;
                 if let Err(e) = session.close().await {
-                    tracing::debug!(host = journal.host(), error = %e, "closing the ssh session");
+                    tracing::debug!(error = %e, "closing the ssh session");
                 }
                 ran
             }
