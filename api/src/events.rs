@@ -23,6 +23,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, broadcast, mpsc, watch};
 use uuid::Uuid;
 use vesemir_core::access::Caller;
+use vesemir_core::retry::Backoff;
 use vesemir_core::store::{EVENTS_CHANNEL, Store, StoreError};
 use vesemir_model::deployment::LogLine;
 use vesemir_model::event::Event;
@@ -89,12 +90,14 @@ impl Hub {
 
     /// Listens for appended lines until shutdown, reconnecting as needed.
     pub async fn listen(self: Arc<Self>, database_url: String, mut shutdown: watch::Receiver<bool>) {
+        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
         loop {
             let listener = async {
                 let mut listener = sqlx::postgres::PgListener::connect(&database_url).await?;
                 listener.listen(EVENTS_CHANNEL).await?;
                 // Anything appended while not listening is read now.
                 self.wake(None);
+                backoff.reset();
                 loop {
                     let notification = listener.recv().await?;
                     self.wake(Uuid::parse_str(notification.payload()).ok());
@@ -110,9 +113,8 @@ impl Hub {
                     }
                 }
             }
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            if !backoff.wait(&mut shutdown).await {
+                return;
             }
         }
     }

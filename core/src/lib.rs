@@ -22,6 +22,7 @@
 pub mod access;
 pub mod config;
 pub mod queue;
+pub mod retry;
 pub mod selector;
 pub mod store;
 pub mod telemetry;

@@ -8,10 +8,13 @@ use std::time::Duration;
 use tracing::{Instrument, info, info_span, warn};
 use uuid::Uuid;
 use vesemir_core::queue;
+use vesemir_core::retry::Backoff;
 use vesemir_core::store::Claim;
 
-/// How long to wait before asking the database again after it failed.
-const STORE_RETRY: Duration = Duration::from_secs(2);
+/// Waits before asking the database again after it failed: from about this…
+const STORE_RETRY: Duration = Duration::from_secs(1);
+/// …up to this.
+const MAX_STORE_RETRY: Duration = Duration::from_secs(15);
 
 /// Handles one delivery from start to acknowledgement.
 pub async fn handle(runner: Runner, worker_id: String, delivery: Delivery) {
@@ -48,6 +51,7 @@ async fn process(runner: &Runner, worker_id: &str, id: Uuid) -> Settle {
     let mut shutdown = runner.shutdown.clone();
     // The holder seen last time, to tell a live holder (it renews) from a dead one.
     let mut seen: Option<(String, chrono::DateTime<chrono::Utc>)> = None;
+    let mut backoff = Backoff::new(STORE_RETRY, MAX_STORE_RETRY);
     loop {
         if *shutdown.borrow() {
             return Settle::Requeue;
@@ -85,7 +89,7 @@ async fn process(runner: &Runner, worker_id: &str, id: Uuid) -> Settle {
             }
             Err(e) => {
                 warn!(error = %e, "claiming failed; retrying");
-                STORE_RETRY
+                backoff.next_wait()
             }
         };
         tokio::select! {

@@ -13,7 +13,9 @@ pub struct HealthCheck {
     client: reqwest::Client,
 }
 
-#[derive(Debug)]
+/// Why a host is not healthy: the last answer, after every attempt.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
 pub struct HealthError {
     pub message: String,
 }

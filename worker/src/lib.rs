@@ -38,10 +38,13 @@ use tokio::task::JoinSet;
 use tracing::{info, warn};
 use vesemir_core::config::Config;
 use vesemir_core::queue;
+use vesemir_core::retry::Backoff;
 use vesemir_core::store::{Store, StoreError};
 
-/// Wait between attempts to reach the broker.
+/// Waits between attempts to reach the broker: from about this…
 const RECONNECT_DELAY: Duration = Duration::from_secs(1);
+/// …up to this.
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(15);
 
 /// Why a worker would not start.
 #[derive(Debug, thiserror::Error)]
@@ -97,15 +100,16 @@ impl Worker {
         let mut tasks = JoinSet::new();
         let config = &self.runner.config;
 
+        let mut backoff = Backoff::new(RECONNECT_DELAY, MAX_RECONNECT_DELAY);
         while !*stop.borrow() {
             let (connection, channel) = match queue::open(&config.queue).await {
                 Ok(link) => link,
                 Err(e) => {
                     warn!(error = %e, "cannot reach the message broker; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(RECONNECT_DELAY) => continue,
-                        _ = stop.changed() => break,
+                    if backoff.wait(&mut stop).await {
+                        continue;
                     }
+                    break;
                 }
             };
             let mut consumer =
@@ -113,10 +117,13 @@ impl Worker {
                     Ok(consumer) => consumer,
                     Err(e) => {
                         warn!(error = %e, "cannot start consuming; retrying");
-                        tokio::time::sleep(RECONNECT_DELAY).await;
-                        continue;
+                        if backoff.wait(&mut stop).await {
+                            continue;
+                        }
+                        break;
                     }
                 };
+            backoff.reset();
             info!(worker = %self.id, queue = %config.queue.queue, "consuming");
             loop {
                 tokio::select! {

@@ -8,6 +8,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{Instrument, warn};
 use uuid::Uuid;
+use vesemir_core::retry::Backoff;
 use vesemir_core::store::{NewLogLine, Store};
 use vesemir_model::deployment::LogStream;
 use vesemir_model::event::Event;
@@ -86,12 +87,13 @@ async fn pump(store: Store, id: Uuid, mut rx: mpsc::Receiver<NewLogLine>, batch_
 }
 
 async fn write(store: &Store, id: Uuid, batch: &[NewLogLine]) {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
     for attempt in 1..=WRITE_ATTEMPTS {
         match store.append_logs(id, batch).await {
             Ok(()) => return,
             Err(e) if attempt < WRITE_ATTEMPTS => {
                 warn!(error = %e, attempt, "writing log lines failed; retrying");
-                tokio::time::sleep(Duration::from_millis((200 * u64::from(attempt)).min(2000))).await;
+                backoff.sleep().await;
             }
             Err(e) => warn!(error = %e, lines = batch.len(), "log lines lost"),
         }

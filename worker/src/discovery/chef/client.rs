@@ -5,6 +5,7 @@ use crate::error_chain;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use std::time::Duration;
+use vesemir_core::retry::Backoff;
 
 /// The Chef client version this client claims; servers expect the header.
 const CHEF_VERSION: &str = "18.0.0";
@@ -91,15 +92,14 @@ impl ChefClient {
     ) -> Result<Value, ChefError> {
         let full_path = format!("{}{path}", self.prefix);
         let body = body.map(|b| serde_json::to_vec(b).unwrap_or_default()).unwrap_or_default();
-        let mut attempt = 0;
+        let mut backoff = Backoff::new(Duration::from_millis(300), Duration::from_secs(5));
         loop {
             match self.send(&method, &full_path, query, &body, context).await {
                 Err(e @ (ChefError::Unreachable { .. } | ChefError::Http { status: 500..=599, .. }))
-                    if attempt < self.retries =>
+                    if backoff.attempts() < self.retries =>
                 {
-                    attempt += 1;
-                    tracing::warn!(error = %e, attempt, "Chef request failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(300 * u64::from(attempt))).await;
+                    tracing::warn!(error = %e, attempt = backoff.attempts() + 1, "Chef request failed; retrying");
+                    backoff.sleep().await;
                 }
                 result => return result,
             }
