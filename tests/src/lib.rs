@@ -718,10 +718,12 @@ pub fn demo_request(version: &str) -> Value {
     json!({ "service": "demo", "cluster": "sandbox", "version": version })
 }
 
-/// Per-host states of a deployment, by name.
-/// The steps of the shipped rolling playbook, the same under either executor.
-pub const ROLLING_STEPS: [&str; 9] =
-    ["drain", "wait_drained", "maint", "install", "restart", "health", "ready", "pause", "full_weight"];
+/// The steps of the shipped rolling playbook (`playbooks/rolling.toml`), the same
+/// under either executor.
+pub fn rolling_steps() -> anyhow::Result<Vec<String>> {
+    let playbook = vesemir_worker::playbook::Playbook::load(&repo_root().join("playbooks"), "rolling")?;
+    Ok(playbook.steps.into_iter().map(|step| step.name).collect())
+}
 
 /// A host's steps as (name, state), in order.
 pub fn step_states(host: &Value) -> Vec<(String, String)> {
@@ -736,6 +738,7 @@ pub fn step_states(host: &Value) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
+/// Per-host states of a deployment, by name.
 pub fn host_states(deployment: &Value) -> Vec<(String, String)> {
     deployment["hosts"]
         .as_array()

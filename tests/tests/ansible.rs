@@ -5,7 +5,7 @@
 
 use serde_json::json;
 use std::time::Duration;
-use vesemir_tests::{Fleet, ROLLING_STEPS, Setup, TestApp, demo_request, host_states, step_states};
+use vesemir_tests::{Fleet, Setup, TestApp, demo_request, host_states, rolling_steps, step_states};
 
 const FINISH: Duration = Duration::from_secs(180);
 
@@ -49,7 +49,7 @@ async fn ansible_rolls_out_waves_and_tells_unreachable_from_failed() {
     let vm1 = &done["hosts"][0];
     // The same steps as the native executor's, the load-balancer ones with nothing to do.
     let expected: Vec<(String, String)> =
-        ROLLING_STEPS.iter().map(|n| (n.to_string(), "succeeded".to_owned())).collect();
+        rolling_steps().unwrap().into_iter().map(|n| (n, "succeeded".to_owned())).collect();
     assert_eq!(step_states(vm1), expected);
     assert_eq!(vm1["steps"][3]["exit_code"], 0);
     let logs = app.logs(&id).await.unwrap();

@@ -6,7 +6,7 @@
 use serde_json::json;
 use std::time::Duration;
 use vesemir_tests::{
-    Fleet, ROLLING_STEPS, ScratchDir, Setup, TestApp, Throwaway, demo_request, host_states, step_states,
+    Fleet, ScratchDir, Setup, TestApp, Throwaway, demo_request, host_states, rolling_steps, step_states,
     swapped_known_hosts,
 };
 
@@ -33,7 +33,7 @@ async fn five_vms_at_concurrency_two_all_serve_the_new_version() {
     for host in done["hosts"].as_array().unwrap() {
         let steps = step_states(host);
         let names: Vec<&str> = steps.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(names, ROLLING_STEPS);
+        assert_eq!(names, rolling_steps().unwrap());
         assert!(steps.iter().all(|(_, state)| state == "succeeded"), "{steps:?}");
         assert_eq!(host["steps"][3]["exit_code"], 0, "install exited 0");
         assert!(host["steps"][3]["finished_at"].is_string());

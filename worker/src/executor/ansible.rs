@@ -27,12 +27,6 @@ use vesemir_core::template::NameTemplate;
 use vesemir_model::deployment::AdminState;
 use vesemir_model::deployment::{HostState, LogStream, StepState, is_address, is_host_name};
 
-/// The playbook's steps, in order: their task names are the step names recorded, as
-/// with the native executor's `rolling.toml`. Other tasks (the connection check, the
-/// rescue) are logged but are not steps.
-const STEPS: [&str; 9] =
-    ["drain", "wait_drained", "maint", "install", "restart", "health", "ready", "pause", "full_weight"];
-
 /// The rescue's last task: it fails the host with where the host was left.
 const VERDICT_TASK: &str = "rotation";
 /// The rescue's task that puts a healthy host back.
@@ -232,6 +226,17 @@ fn inventory(jobs: &[(HostJob<'_>, Journal)]) -> Result<String, String> {
     Ok(text)
 }
 
+/// What a run's events are read against.
+#[derive(Debug)]
+struct Play<'a> {
+    /// Whether the play drives load balancers.
+    balanced: bool,
+    /// The steps, in order: the playbook's (`rolling.toml`), whose names the Ansible
+    /// form's task names are. Other tasks (the connection check, the rescue) are
+    /// logged but are not steps.
+    steps: Vec<&'a str>,
+}
+
 /// What the callback said about one host.
 #[derive(Debug, Default)]
 struct Seen {
@@ -277,11 +282,14 @@ impl AnsibleExecutor {
             Err(e) => return fail_all(format!("cannot start ansible-playbook: {e}")),
         };
         let journals: HashMap<&str, &Journal> = jobs.iter().map(|(job, j)| (job.host.name.as_str(), j)).collect();
-        let balanced = first.service.load_balancer.is_some() && !first.cluster.load_balancers.is_empty();
+        let play = Play {
+            balanced: first.service.load_balancer.is_some() && !first.cluster.load_balancers.is_empty(),
+            steps: first.playbook.steps.iter().map(|step| step.name.as_str()).collect(),
+        };
         let mut seen: HashMap<String, Seen> = HashMap::new();
         let limit = run_limit(first);
         let finished = tokio::select! {
-            finished = tokio::time::timeout(limit, follow(&mut child, balanced, &journals, &mut seen)) => Some(finished),
+            finished = tokio::time::timeout(limit, follow(&mut child, &play, &journals, &mut seen)) => Some(finished),
             () = first_journal.fence().lost() => None,
         };
         let Some(finished) = finished else {
@@ -392,7 +400,7 @@ impl AnsibleExecutor {
 /// stdout line that is not an event) and its exit code.
 async fn follow(
     child: &mut tokio::process::Child,
-    balanced: bool,
+    play: &Play<'_>,
     journals: &HashMap<&str, &Journal>,
     seen: &mut HashMap<String, Seen>,
 ) -> (Vec<String>, Option<i32>) {
@@ -403,7 +411,7 @@ async fn follow(
         let mut lines = BufReader::new(stdout).lines();
         while let Ok(Some(line)) = lines.next_line().await {
             match serde_json::from_str::<Value>(&line) {
-                Ok(event) => on_event(&event, balanced, journals, seen).await,
+                Ok(event) => on_event(&event, play, journals, seen).await,
                 Err(_) => other.push(line),
             }
         }
@@ -473,16 +481,21 @@ fn run_limit(job: &HostJob<'_>) -> Duration {
 
 /// Records one callback event: steps as they start and end, output as it comes, and
 /// each host's outcome from the final stats.
-async fn on_event(event: &Value, balanced: bool, journals: &HashMap<&str, &Journal>, seen: &mut HashMap<String, Seen>) {
+async fn on_event(
+    event: &Value,
+    play: &Play<'_>,
+    journals: &HashMap<&str, &Journal>,
+    seen: &mut HashMap<String, Seen>,
+) {
     let Some(host) = event["host"].as_str() else { return };
     let Some(journal) = journals.get(host) else { return };
     let state = seen.entry(host.to_owned()).or_default();
     let task = event["task"].as_str().unwrap_or_default();
-    let step = STEPS.iter().position(|t| *t == task);
+    let step = play.steps.iter().position(|t| *t == task);
     let msg = event["msg"].as_str().unwrap_or_default();
     match event["type"].as_str() {
         Some("start") => {
-            if balanced {
+            if play.balanced {
                 // Recorded before the change, as the native executor does: a change that
                 // half-applied still counts as the host being out.
                 let out = match task {
