@@ -99,8 +99,7 @@ impl Runner {
                 "this worker's configuration has no cluster {} or no service {}",
                 request.cluster, request.service
             );
-            logs.system(None, &message).await;
-            return Ok(Finished(DeploymentState::Failed, Some(message)));
+            return Ok(failed(logs, message).await);
         };
 
         let mut hosts = self.store.run_hosts(claim.id).await?;
@@ -111,10 +110,7 @@ impl Runner {
             };
             let found = match found {
                 Ok(found) => found,
-                Err(e) => {
-                    logs.system(None, format!("discovery failed: {e}")).await;
-                    return Ok(Finished(DeploymentState::Failed, Some(format!("discovery failed: {e}"))));
-                }
+                Err(e) => return Ok(failed(logs, format!("discovery failed: {e}")).await),
             };
             let planned = plan_waves(found, request.concurrency, request.canary);
             hosts = self.store.plan_hosts(claim.id, &planned).await?;
@@ -129,10 +125,7 @@ impl Runner {
 
         let playbook = match Playbook::load(&self.config.worker.playbooks_dir, &service.playbook) {
             Ok(playbook) => playbook,
-            Err(e) => {
-                logs.system(None, e.to_string()).await;
-                return Ok(Finished(DeploymentState::Failed, Some(e.to_string())));
-            }
+            Err(e) => return Ok(failed(logs, e.to_string()).await),
         };
         let balancers = match &service.load_balancer {
             None => Balancers::new(Vec::new(), Duration::ZERO, lease.fence()),
@@ -175,6 +168,12 @@ impl Runner {
             }
         })
     }
+}
+
+/// A deployment that cannot go on: the reason goes to its log and becomes its error.
+async fn failed(logs: &LogSink, message: String) -> Step {
+    logs.system(None, &message).await;
+    Finished(DeploymentState::Failed, Some(message))
 }
 
 /// Where `run_claimed` left the deployment.

@@ -1,4 +1,4 @@
-//! Liveness and readiness.
+//! Liveness, readiness and metrics: the endpoints that need no token.
 
 use crate::AppState;
 use crate::error::ApiError;

@@ -1,5 +1,13 @@
 //! PostgreSQL, the source of truth for deployments, hosts, steps and logs.
 //!
+//! - `deployments`: submitting (with its outbox row), reading and listing;
+//! - `claims`: claiming under a lease, planning hosts, recording hosts and steps,
+//!   the final state;
+//! - `control`: cancel and retry;
+//! - `outbox`: what the relay publishes, and the reaper;
+//! - `logs`: log lines and the events they carry;
+//! - `access`: tokens, scopes and the audit trail.
+//!
 //! Queries are checked at run time (`query_as` with `FromRow`), so building never needs
 //! a database; every statement is exercised by the end-to-end tests against a real one.
 
