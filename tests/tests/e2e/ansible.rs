@@ -1,8 +1,6 @@
 //! The ansible executor: the same rollout through a real `ansible-playbook`, with
 //! results and logs shaped like the native executor's.
 
-#![allow(clippy::unwrap_used)] // A test that unwraps fails loudly, which is what a test should do.
-
 use serde_json::json;
 use std::time::Duration;
 use vesemir_tests::{Fleet, Setup, TestApp, demo_request, host_states, rolling_steps, step_states};

@@ -1,8 +1,6 @@
 //! The pipeline end to end: REST → PostgreSQL → RabbitMQ → worker → SSH to sandbox VMs
 //! → results and logs back, on real services.
 
-#![allow(clippy::unwrap_used)] // A test that unwraps fails loudly, which is what a test should do.
-
 use serde_json::json;
 use std::time::Duration;
 use vesemir_tests::{

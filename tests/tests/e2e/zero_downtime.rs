@@ -2,8 +2,6 @@
 //! restart is what keeps the failure count at zero, and no host is left out of
 //! rotation by accident.
 
-#![allow(clippy::unwrap_used)] // A test that unwraps fails loudly, which is what a test should do.
-
 use serde_json::{Value, json};
 use std::path::Path;
 use std::time::Duration;

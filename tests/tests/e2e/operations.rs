@@ -1,7 +1,5 @@
 //! Acting on deployments: cancel and retry, and who may.
 
-#![allow(clippy::unwrap_used)] // A test that unwraps fails loudly, which is what a test should do.
-
 use serde_json::{Value, json};
 use std::time::Duration;
 use vesemir_model::access::Role;

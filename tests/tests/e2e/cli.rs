@@ -1,8 +1,6 @@
 //! The `vesemir` command line against a running API and worker: what it prints and
 //! the exit codes scripts rely on.
 
-#![allow(clippy::unwrap_used)] // A test that unwraps fails loudly, which is what a test should do.
-
 use std::process::Output;
 use vesemir_tests::{Fleet, Setup, TestApp};
 

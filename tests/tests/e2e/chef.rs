@@ -1,8 +1,6 @@
 //! Chef discovery against a real Chef-compatible server (goiardi): signed searches
 //! pick the hosts a deployment touches.
 
-#![allow(clippy::unwrap_used)] // A test that unwraps fails loudly, which is what a test should do.
-
 use serde_json::{Value, json};
 use std::time::Duration;
 use vesemir_tests::chef::{ChefServer, node_json};

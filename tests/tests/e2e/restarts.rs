@@ -2,8 +2,6 @@
 //! and a rollout runs, a throwaway PostgreSQL in the middle of a rollout behind HAProxy
 //! under load.
 
-#![allow(clippy::unwrap_used)] // A test that unwraps fails loudly, which is what a test should do.
-
 use serde_json::{Value, json};
 use std::time::Duration;
 use vesemir_tests::balancing::{BACKEND, Haproxy, Load};

@@ -1,8 +1,6 @@
 //! The API's contract, against a real PostgreSQL and RabbitMQ, with no worker: what a
 //! submit answers, how repeated submits behave, and how bad input is refused.
 
-#![allow(clippy::unwrap_used)] // A test that unwraps fails loudly, which is what a test should do.
-
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use vesemir_core::access::Scope;

@@ -2,8 +2,6 @@
 //! a message that vanished, a holder that died, API replicas whose clocks differ, a
 //! wake-up racing a publish, a cancel that lands as the rollout ends.
 
-#![allow(clippy::unwrap_used)] // A test that unwraps fails loudly, which is what a test should do.
-
 use chrono::{DateTime, FixedOffset};
 use serde_json::{Value, json};
 use std::time::Duration;

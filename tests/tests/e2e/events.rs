@@ -1,8 +1,6 @@
 //! Following a deployment live: Server-Sent Events resumable with Last-Event-ID, and
 //! `vesemir status --follow`.
 
-#![allow(clippy::unwrap_used)] // A test that unwraps fails loudly, which is what a test should do.
-
 use serde_json::{Value, json};
 use std::time::Duration;
 use vesemir_tests::{Fleet, Setup, TestApp, demo_request};

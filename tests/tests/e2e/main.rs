@@ -1,0 +1,17 @@
+//! The end-to-end tests: real PostgreSQL, RabbitMQ, sshd VMs, HAProxy, Chef and
+//! Ansible, driven through Vesemir's own binaries and API. One test binary, one module
+//! per concern, so the suite compiles and links once.
+
+#![allow(clippy::unwrap_used)] // A test that unwraps fails loudly, which is what a test should do.
+
+mod ansible;
+mod api;
+mod chef;
+mod cli;
+mod events;
+mod guarantees;
+mod operations;
+mod pipeline;
+mod restarts;
+mod templates;
+mod zero_downtime;
