@@ -112,11 +112,5 @@ async fn main() -> ExitCode {
         }
         anyhow::Ok(())
     };
-    match result.await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    vesemir_core::telemetry::exit_code(result.await)
 }

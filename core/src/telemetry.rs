@@ -11,6 +11,17 @@ pub fn init(default_filter: &str) {
     let _ = if std::io::stderr().is_terminal() { builder.try_init() } else { builder.json().try_init() };
 }
 
+/// A binary's exit status: success, or failure with the error (and its causes) logged.
+pub fn exit_code<E: std::fmt::Display>(result: Result<(), E>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Resolves on SIGTERM or Ctrl-C.
 pub async fn shutdown_signal() {
     let terminate = async {

@@ -102,27 +102,21 @@ impl Worker {
 
         let mut backoff = Backoff::new(RECONNECT_DELAY, MAX_RECONNECT_DELAY);
         while !*stop.borrow() {
-            let (connection, channel) = match queue::open(&config.queue).await {
+            let link = async {
+                let (connection, channel) = queue::open(&config.queue).await?;
+                let consumer = queue::consume(&channel, &config.queue, config.worker.max_deployments, &self.id).await?;
+                Ok::<_, queue::QueueError>((connection, channel, consumer))
+            };
+            let (connection, channel, mut consumer) = match link.await {
                 Ok(link) => link,
                 Err(e) => {
-                    warn!(error = %e, "cannot reach the message broker; retrying");
+                    warn!(error = %e, "cannot consume from the message broker; retrying");
                     if backoff.wait(&mut stop).await {
                         continue;
                     }
                     break;
                 }
             };
-            let mut consumer =
-                match queue::consume(&channel, &config.queue, config.worker.max_deployments, &self.id).await {
-                    Ok(consumer) => consumer,
-                    Err(e) => {
-                        warn!(error = %e, "cannot start consuming; retrying");
-                        if backoff.wait(&mut stop).await {
-                            continue;
-                        }
-                        break;
-                    }
-                };
             backoff.reset();
             info!(worker = %self.id, queue = %config.queue.queue, "consuming");
             loop {

@@ -23,11 +23,5 @@ async fn main() -> ExitCode {
         worker.run(vesemir_core::telemetry::shutdown_signal()).await;
         anyhow::Ok(())
     };
-    match result.await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    vesemir_core::telemetry::exit_code(result.await)
 }
