@@ -1,0 +1,431 @@
+//! A Vesemir of a test's own: the API and workers in-process, on a fresh database and
+//! queue, with a configuration made for the test.
+
+use crate::{DEFAULT_AMQP_URL, Fleet, ScratchDir, TestDatabase, client_with, repo_root};
+use anyhow::{Context, bail};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+use vesemir_core::access::Scope;
+use vesemir_core::config::Config;
+use vesemir_model::access::Role;
+
+/// A playbooks directory with the shipped `rolling.toml` (every configured service
+/// needs its playbook for a worker to start) and one playbook of a test's own.
+pub fn playbooks_with(name: &str, text: &str) -> anyhow::Result<ScratchDir> {
+    let dir = ScratchDir::new("vp")?;
+    std::fs::copy(repo_root().join("playbooks/rolling.toml"), dir.path().join("rolling.toml"))?;
+    std::fs::write(dir.path().join(format!("{name}.toml")), text)?;
+    Ok(dir)
+}
+
+/// What a test app is made of, beyond the defaults.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    pub workers: usize,
+    pub amqp_url: String,
+    /// The PostgreSQL server the app's database is made on (default: `DATABASE_URL`'s).
+    pub database_admin_url: Option<String>,
+    pub lease_seconds: u64,
+    pub reap_after_seconds: u64,
+    /// A known_hosts file other than the fleet's.
+    pub known_hosts: Option<PathBuf>,
+    /// The sandbox cluster's load balancers, as TOML inline tables.
+    pub load_balancers: Vec<String>,
+    /// The demo service's backend in those load balancers.
+    pub backend: Option<String>,
+    /// The demo service's playbook, and where playbooks are (default: the shipped ones).
+    pub playbook: String,
+    pub playbooks_dir: Option<PathBuf>,
+    /// More configuration, appended as written (more clusters, say).
+    pub extra_config: String,
+    /// The worker's `ansible-playbook` (default: the one in `PATH`).
+    pub ansible_playbook: Option<String>,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Self {
+            workers: 1,
+            amqp_url: std::env::var("AMQP_URL").unwrap_or_else(|_| DEFAULT_AMQP_URL.to_owned()),
+            database_admin_url: None,
+            lease_seconds: 6,
+            reap_after_seconds: 2,
+            known_hosts: None,
+            load_balancers: Vec::new(),
+            backend: None,
+            playbook: "rolling".to_owned(),
+            playbooks_dir: None,
+            extra_config: String::new(),
+            ansible_playbook: None,
+        }
+    }
+}
+
+/// A worker running in-process.
+#[derive(Debug)]
+pub struct WorkerHandle {
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl WorkerHandle {
+    /// As SIGTERM would: stop consuming, finish in-flight hosts, release the rest.
+    pub async fn shut_down(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for WorkerHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The API and workers, in-process, on a fresh database and queue.
+#[derive(Debug)]
+pub struct TestApp {
+    pub base: String,
+    /// Sends the admin token with every request.
+    pub client: reqwest::Client,
+    pub admin_token: String,
+    pub config: Config,
+    /// The configuration as a TOML document, for the real binaries.
+    pub config_text: String,
+    pub workers: Vec<WorkerHandle>,
+    api_stop: Option<oneshot::Sender<()>>,
+    api_task: Option<JoinHandle<()>>,
+    _control_dir: ScratchDir,
+    database: TestDatabase,
+}
+
+impl TestApp {
+    pub async fn start(fleet: Option<&Fleet>, setup: Setup) -> anyhow::Result<Self> {
+        vesemir_core::telemetry::init("warn");
+        let database = match &setup.database_admin_url {
+            Some(url) => TestDatabase::create_on(url).await?,
+            None => TestDatabase::create().await?,
+        };
+        let control_dir = ScratchDir::new("vs")?;
+        let (config, config_text) = config_for(&database.url, &control_dir, fleet, &setup)?;
+
+        let app = vesemir_api::App::build(config.clone()).await?;
+        let base = format!("http://127.0.0.1:{}", app.port());
+        let (api_stop, stopped) = oneshot::channel::<()>();
+        let api_task = tokio::spawn(async move {
+            let _ = app
+                .run(async move {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        let store = vesemir_core::store::Store::from_pool(sqlx::PgPool::connect(&database.url).await?);
+        let (_, admin_token) = store.create_token("test-admin", Role::Admin, &Scope::default(), "test ground").await?;
+        store.close().await;
+        let mut test_app = Self {
+            base,
+            client: client_with(&admin_token),
+            admin_token,
+            config,
+            config_text,
+            workers: Vec::new(),
+            api_stop: Some(api_stop),
+            api_task: Some(api_task),
+            _control_dir: control_dir,
+            database,
+        };
+        for _ in 0..setup.workers {
+            test_app.add_worker().await?;
+        }
+        Ok(test_app)
+    }
+
+    pub async fn add_worker(&mut self) -> anyhow::Result<()> {
+        self.add_worker_with(self.config.clone()).await
+    }
+
+    /// A worker that reaches PostgreSQL at `database_url` (through a proxy, say).
+    pub async fn add_worker_through(&mut self, database_url: &str) -> anyhow::Result<()> {
+        let text =
+            self.config_text.replacen(&format!("url = {:?}", self.database.url), &format!("url = {database_url:?}"), 1);
+        anyhow::ensure!(text != self.config_text, "the configuration names no database URL to replace");
+        let config = Config::parse(&text, Path::new("/")).map_err(anyhow::Error::msg)?;
+        self.add_worker_with(config).await
+    }
+
+    async fn add_worker_with(&mut self, config: Config) -> anyhow::Result<()> {
+        let worker = vesemir_worker::Worker::build(config).await?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(worker.run(async move {
+            let _ = stopped.await;
+        }));
+        self.workers.push(WorkerHandle { stop: Some(stop), task });
+        Ok(())
+    }
+
+    /// A new token of `role`, for requests made as someone else.
+    pub async fn token(&self, name: &str, role: Role) -> anyhow::Result<String> {
+        self.scoped_token(name, role, Scope::default()).await
+    }
+
+    /// A new token of `role` limited to `scope`.
+    pub async fn scoped_token(&self, name: &str, role: Role, scope: Scope) -> anyhow::Result<String> {
+        let store = self.store().await?;
+        let (_, token) = store.create_token(name, role, &scope, "test ground").await?;
+        store.close().await;
+        Ok(token)
+    }
+
+    pub fn database_url(&self) -> &str {
+        &self.database.url
+    }
+
+    pub async fn store(&self) -> anyhow::Result<vesemir_core::store::Store> {
+        let pool = sqlx::PgPool::connect(&self.database.url).await?;
+        Ok(vesemir_core::store::Store::from_pool(pool))
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// POSTs a submit; returns the status and the JSON body.
+    pub async fn submit(&self, body: &Value) -> anyhow::Result<(u16, Value)> {
+        let response = self.client.post(self.url("/v1/deployments")).json(body).send().await?;
+        let status = response.status().as_u16();
+        Ok((status, response.json().await?))
+    }
+
+    /// Submits and expects a 202; returns the deployment id.
+    pub async fn deploy(&self, body: &Value) -> anyhow::Result<String> {
+        let (status, answer) = self.submit(body).await?;
+        if status != 202 {
+            bail!("submit answered {status}: {answer}");
+        }
+        Ok(answer["id"].as_str().context("no id")?.to_owned())
+    }
+
+    pub async fn get_json(&self, path: &str) -> anyhow::Result<(u16, Value)> {
+        let response = self.client.get(self.url(path)).send().await?;
+        let status = response.status().as_u16();
+        Ok((status, response.json().await?))
+    }
+
+    pub async fn deployment(&self, id: &str) -> anyhow::Result<Value> {
+        let (status, body) = self.get_json(&format!("/v1/deployments/{id}")).await?;
+        if status != 200 {
+            bail!("GET deployment answered {status}: {body}");
+        }
+        Ok(body)
+    }
+
+    /// Polls until the deployment reaches a final state.
+    pub async fn wait_final(&self, id: &str, timeout: Duration) -> anyhow::Result<Value> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let d = self.deployment(id).await?;
+            if matches!(d["state"].as_str(), Some("succeeded" | "failed" | "cancelled" | "planned")) {
+                return Ok(d);
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("deployment {id} did not finish within {timeout:?}: {d:#}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Every log line of a deployment.
+    pub async fn logs(&self, id: &str) -> anyhow::Result<Vec<Value>> {
+        let mut lines = Vec::new();
+        let mut after = 0;
+        loop {
+            let (_, page) = self.get_json(&format!("/v1/deployments/{id}/logs?after={after}")).await?;
+            let batch = page["lines"].as_array().cloned().unwrap_or_default();
+            if batch.is_empty() {
+                return Ok(lines);
+            }
+            after = page["next_after"].as_i64().context("no next_after")?;
+            lines.extend(batch);
+        }
+    }
+
+    /// Messages ready in the queue and in its dead-letter queue.
+    pub async fn queue_depths(&self) -> anyhow::Result<(u32, u32)> {
+        let (connection, channel) = vesemir_core::queue::open(&self.config.queue).await?;
+        let passive = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
+        let mut depths = Vec::new();
+        for queue in [self.config.queue.queue.clone(), format!("{}.dead", self.config.queue.queue)] {
+            let declared = channel.queue_declare(queue.as_str().into(), passive, Default::default()).await?;
+            depths.push(declared.message_count());
+        }
+        connection.close(200, "done".into()).await?;
+        Ok((depths[0], depths[1]))
+    }
+
+    pub async fn shut_down(mut self) {
+        for worker in std::mem::take(&mut self.workers) {
+            worker.shut_down().await;
+        }
+        if let Some(stop) = self.api_stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.api_task.take() {
+            let _ = task.await;
+        }
+        let _ = delete_queues(&self.config).await;
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(task) = &self.api_task {
+            task.abort();
+        }
+    }
+}
+
+async fn delete_queues(config: &Config) -> anyhow::Result<()> {
+    let (connection, channel) = vesemir_core::queue::open(&config.queue).await?;
+    for queue in [config.queue.queue.clone(), format!("{}.dead", config.queue.queue)] {
+        channel.queue_delete(queue.as_str().into(), Default::default()).await?;
+    }
+    connection.close(200, "done".into()).await?;
+    Ok(())
+}
+
+fn config_for(
+    database_url: &str,
+    control_dir: &ScratchDir,
+    fleet: Option<&Fleet>,
+    setup: &Setup,
+) -> anyhow::Result<(Config, String)> {
+    let queue = format!("vesemir.test.{}", Uuid::now_v7().simple());
+    let mut text = format!(
+        r#"
+[api]
+listen = "127.0.0.1:0"
+outbox_interval_ms = 300
+reap_after_seconds = {reap_after}
+
+[database]
+url = {database_url:?}
+max_connections = 8
+
+[queue]
+url = {amqp:?}
+queue = {queue:?}
+
+[worker]
+max_deployments = 4
+lease_seconds = {lease}
+playbooks_dir = {playbooks:?}
+ssh_control_dir = {control:?}
+ansible_playbook = {ansible_playbook:?}
+log_batch_ms = 50
+
+[services.demo]
+step_timeout_seconds = 60
+playbook = {playbook:?}
+[services.demo.vars]
+app = "/opt/sandbox-app"
+install_command = "{{{{app}}}}/bin/install {{{{version}}}}"
+restart_command = "{{{{app}}}}/bin/restart"
+[services.demo.health]
+url = "http://{{{{host.address}}}}:8080/health"
+retries = 3
+interval_ms = 200
+timeout_ms = 1000
+
+[services.lossy]
+step_timeout_seconds = 60
+playbook = {playbook:?}
+[services.lossy.vars]
+# On vm-02 the install kills the host's SSH sessions: the connection dies mid-step.
+install_command = "/opt/sandbox-app/bin/install {{{{version}}}} && if [ {{{{host.name}}}} = vm-02 ]; then pkill -9 -u deploy sshd; fi"
+restart_command = "/opt/sandbox-app/bin/restart"
+[services.lossy.health]
+url = "http://{{{{host.address}}}}:8080/health"
+retries = 3
+interval_ms = 200
+
+[services.noted]
+step_timeout_seconds = 60
+[services.noted.vars]
+install_command = "/opt/sandbox-app/bin/install {{{{version}}}} && echo note: {{{{vars.note}}}}"
+restart_command = "/opt/sandbox-app/bin/restart"
+[services.noted.health]
+url = "http://{{{{host.address}}}}:8080/health"
+"#,
+        amqp = setup.amqp_url,
+        lease = setup.lease_seconds,
+        reap_after = setup.reap_after_seconds,
+        playbooks = setup.playbooks_dir.clone().unwrap_or_else(|| repo_root().join("playbooks")),
+        playbook = setup.playbook,
+        control = control_dir.path(),
+        ansible_playbook = setup.ansible_playbook.as_deref().unwrap_or("ansible-playbook"),
+    );
+    if let Some(fleet) = fleet {
+        let hosts: Vec<String> =
+            fleet.hosts.iter().map(|(n, a)| format!("{{ name = {n:?}, address = {a:?} }}")).collect();
+        let known_hosts = setup.known_hosts.clone().unwrap_or_else(|| fleet.known_hosts());
+        text.push_str(&format!(
+            r#"
+[clusters.sandbox]
+hosts = [{hosts}]
+load_balancers = [{balancers}]
+[clusters.sandbox.ssh]
+user = "deploy"
+private_key = {key:?}
+known_hosts = {known_hosts:?}
+connect_timeout_seconds = 3
+"#,
+            hosts = hosts.join(", "),
+            key = fleet.key(),
+            balancers = setup.load_balancers.join(", "),
+        ));
+        if let Some(backend) = &setup.backend {
+            for service in ["demo", "lossy"] {
+                text.push_str(&format!(
+                    r#"
+[services.{service}.load_balancer]
+backend = {backend:?}
+drain_timeout_seconds = 10
+up_timeout_seconds = 20
+poll_interval_ms = 50
+"#
+                ));
+            }
+        }
+    } else {
+        // A cluster with hosts nobody runs, for tests that never reach a worker.
+        text.push_str(
+            r#"
+[clusters.sandbox]
+hosts = [{ name = "vm-01", address = "127.0.0.1" }, { name = "vm-02", address = "127.0.0.1" }]
+[clusters.sandbox.ssh]
+user = "deploy"
+private_key = "/nonexistent/key"
+known_hosts = "/nonexistent/known_hosts"
+"#,
+        );
+    }
+    text.push_str(&setup.extra_config);
+    let config = Config::parse(&text, Path::new("/")).map_err(anyhow::Error::msg)?;
+    config.validate()?;
+    Ok((config, text))
+}
+
+/// Empties the app's queue: every message in it is lost, as a dead channel or a dead
+/// letter would lose it.
+pub async fn purge_queue(app: &TestApp) -> anyhow::Result<u32> {
+    let (connection, channel) = vesemir_core::queue::open(&app.config.queue).await?;
+    let purged = channel.queue_purge(app.config.queue.queue.as_str().into(), Default::default()).await?;
+    connection.close(200, "done".into()).await?;
+    Ok(purged)
+}
