@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use toml::Table;
 use uuid::Uuid;
 use vesemir_core::access::Scope;
 use vesemir_core::config::Config;
@@ -305,120 +306,87 @@ fn config_for(
     fleet: Option<&Fleet>,
     setup: &Setup,
 ) -> anyhow::Result<(Config, String)> {
-    let queue = format!("vesemir.test.{}", Uuid::now_v7().simple());
-    let mut text = format!(
-        r#"
-[api]
-listen = "127.0.0.1:0"
-outbox_interval_ms = 300
-reap_after_seconds = {reap_after}
-
-[database]
-url = {database_url:?}
-max_connections = 8
-
-[queue]
-url = {amqp:?}
-queue = {queue:?}
-
-[worker]
-max_deployments = 4
-lease_seconds = {lease}
-playbooks_dir = {playbooks:?}
-ssh_control_dir = {control:?}
-ansible_playbook = {ansible_playbook:?}
-log_batch_ms = 50
-
-[services.demo]
-step_timeout_seconds = 60
-playbook = {playbook:?}
-[services.demo.vars]
-app = "/opt/sandbox-app"
-install_command = "{{{{app}}}}/bin/install {{{{version}}}}"
-restart_command = "{{{{app}}}}/bin/restart"
-[services.demo.health]
-url = "http://{{{{host.address}}}}:8080/health"
-retries = 3
-interval_ms = 200
-timeout_ms = 1000
-
-[services.lossy]
-step_timeout_seconds = 60
-playbook = {playbook:?}
-[services.lossy.vars]
-# On vm-02 the install kills the host's SSH sessions: the connection dies mid-step.
-install_command = "/opt/sandbox-app/bin/install {{{{version}}}} && if [ {{{{host.name}}}} = vm-02 ]; then pkill -9 -u deploy sshd; fi"
-restart_command = "/opt/sandbox-app/bin/restart"
-[services.lossy.health]
-url = "http://{{{{host.address}}}}:8080/health"
-retries = 3
-interval_ms = 200
-
-[services.noted]
-step_timeout_seconds = 60
-[services.noted.vars]
-install_command = "/opt/sandbox-app/bin/install {{{{version}}}} && echo note: {{{{vars.note}}}}"
-restart_command = "/opt/sandbox-app/bin/restart"
-[services.noted.health]
-url = "http://{{{{host.address}}}}:8080/health"
-"#,
-        amqp = setup.amqp_url,
-        lease = setup.lease_seconds,
-        reap_after = setup.reap_after_seconds,
-        playbooks = setup.playbooks_dir.clone().unwrap_or_else(|| repo_root().join("playbooks")),
-        playbook = setup.playbook,
-        control = control_dir.path(),
-        ansible_playbook = setup.ansible_playbook.as_deref().unwrap_or("ansible-playbook"),
-    );
+    let path = repo_root().join("tests/ground/vesemir.toml");
+    let mut doc: Table = std::fs::read_to_string(&path)?.parse().with_context(|| format!("{}", path.display()))?;
+    let playbooks = setup.playbooks_dir.clone().unwrap_or_else(|| repo_root().join("playbooks"));
+    let path_text = |p: &Path| p.to_string_lossy().into_owned();
+    set(&mut doc, "api.reap_after_seconds", i64::try_from(setup.reap_after_seconds)?)?;
+    set(&mut doc, "database.url", database_url)?;
+    set(&mut doc, "queue.url", setup.amqp_url.as_str())?;
+    set(&mut doc, "queue.queue", format!("vesemir.test.{}", Uuid::now_v7().simple()))?;
+    set(&mut doc, "worker.lease_seconds", i64::try_from(setup.lease_seconds)?)?;
+    set(&mut doc, "worker.playbooks_dir", path_text(&playbooks))?;
+    set(&mut doc, "worker.ssh_control_dir", path_text(control_dir.path()))?;
+    set(&mut doc, "worker.ansible_playbook", setup.ansible_playbook.as_deref().unwrap_or("ansible-playbook"))?;
+    for service in ["demo", "lossy"] {
+        set(&mut doc, &format!("services.{service}.playbook"), setup.playbook.as_str())?;
+    }
     if let Some(fleet) = fleet {
-        let hosts: Vec<String> =
-            fleet.hosts.iter().map(|(n, a)| format!("{{ name = {n:?}, address = {a:?} }}")).collect();
+        let hosts: Vec<toml::Value> = fleet
+            .hosts
+            .iter()
+            .map(|(name, address)| {
+                toml::Value::Table(Table::from_iter([
+                    ("name".into(), name.as_str().into()),
+                    ("address".into(), address.as_str().into()),
+                ]))
+            })
+            .collect();
+        let balancers =
+            setup.load_balancers.iter().map(|text| inline(text)).collect::<anyhow::Result<Vec<toml::Value>>>()?;
         let known_hosts = setup.known_hosts.clone().unwrap_or_else(|| fleet.known_hosts());
-        text.push_str(&format!(
-            r#"
-[clusters.sandbox]
-hosts = [{hosts}]
-load_balancers = [{balancers}]
-[clusters.sandbox.ssh]
-user = "deploy"
-private_key = {key:?}
-known_hosts = {known_hosts:?}
-connect_timeout_seconds = 3
-"#,
-            hosts = hosts.join(", "),
-            key = fleet.key(),
-            balancers = setup.load_balancers.join(", "),
-        ));
+        set(&mut doc, "clusters.sandbox.hosts", hosts)?;
+        set(&mut doc, "clusters.sandbox.load_balancers", balancers)?;
+        set(&mut doc, "clusters.sandbox.ssh.private_key", path_text(&fleet.key()))?;
+        set(&mut doc, "clusters.sandbox.ssh.known_hosts", path_text(&known_hosts))?;
+        set(&mut doc, "clusters.sandbox.ssh.connect_timeout_seconds", 3)?;
         if let Some(backend) = &setup.backend {
             for service in ["demo", "lossy"] {
-                text.push_str(&format!(
-                    r#"
-[services.{service}.load_balancer]
-backend = {backend:?}
-drain_timeout_seconds = 10
-up_timeout_seconds = 20
-poll_interval_ms = 50
-"#
-                ));
+                let at = |key: &str| format!("services.{service}.load_balancer.{key}");
+                set(&mut doc, &at("backend"), backend.as_str())?;
+                set(&mut doc, &at("drain_timeout_seconds"), 10)?;
+                set(&mut doc, &at("up_timeout_seconds"), 20)?;
+                set(&mut doc, &at("poll_interval_ms"), 50)?;
             }
         }
-    } else {
-        // A cluster with hosts nobody runs, for tests that never reach a worker.
-        text.push_str(
-            r#"
-[clusters.sandbox]
-hosts = [{ name = "vm-01", address = "127.0.0.1" }, { name = "vm-02", address = "127.0.0.1" }]
-[clusters.sandbox.ssh]
-user = "deploy"
-private_key = "/nonexistent/key"
-known_hosts = "/nonexistent/known_hosts"
-"#,
-        );
     }
-    text.push_str(&setup.extra_config);
+    let extra: Table = setup.extra_config.parse().context("Setup::extra_config")?;
+    merge(&mut doc, extra);
+    let text = toml::to_string(&doc)?;
     let config = Config::parse(&text, Path::new("/")).map_err(anyhow::Error::msg)?;
     config.validate()?;
     Ok((config, text))
+}
+
+/// Sets the value at a dotted path, making the tables on the way.
+fn set(doc: &mut Table, path: &str, value: impl Into<toml::Value>) -> anyhow::Result<()> {
+    let mut keys: Vec<&str> = path.split('.').collect();
+    let last = keys.pop().context("an empty path")?;
+    let mut table = doc;
+    for key in keys {
+        let entry = table.entry(key).or_insert_with(|| toml::Value::Table(Table::new()));
+        table = entry.as_table_mut().with_context(|| format!("{key} in {path} is not a table"))?;
+    }
+    table.insert(last.to_owned(), value.into());
+    Ok(())
+}
+
+/// Merges `extra` into `doc`, table by table; a value in `extra` replaces one in `doc`.
+fn merge(doc: &mut Table, extra: Table) {
+    for (key, value) in extra {
+        match (doc.get_mut(&key), value) {
+            (Some(toml::Value::Table(mine)), toml::Value::Table(theirs)) => merge(mine, theirs),
+            (_, value) => {
+                doc.insert(key, value);
+            }
+        }
+    }
+}
+
+/// A TOML inline table written as text (a load balancer's entry).
+fn inline(text: &str) -> anyhow::Result<toml::Value> {
+    let table: Table = format!("v = {text}").parse().with_context(|| format!("{text} is not an inline table"))?;
+    table.get("v").cloned().context("no value")
 }
 
 /// Empties the app's queue: every message in it is lost, as a dead channel or a dead
