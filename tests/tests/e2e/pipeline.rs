@@ -132,8 +132,13 @@ async fn a_duplicated_message_does_not_run_a_deployment_twice() {
     let done = app.wait_final(&id, FINISH).await.unwrap();
     assert_eq!(done["state"], "succeeded");
 
-    // Let the duplicates be consumed, then count what ran.
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    // Every duplicate is taken from the queue (none can run it now: a finished
+    // deployment cannot be claimed), and none was dead-lettered; then count what ran.
+    let deadline = tokio::time::Instant::now() + FINISH;
+    while app.queue_depths().await.unwrap() != (0, 0) {
+        assert!(tokio::time::Instant::now() < deadline, "the duplicates were never consumed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let logs = app.logs(&id).await.unwrap();
     let installs = logs.iter().filter(|l| l["line"] == "step install: started").count();
     assert_eq!(installs, 2, "each of the 2 hosts was installed exactly once");
