@@ -124,6 +124,11 @@ pub struct LoadReport {
 const MAX_REQUESTS_PER_CLIENT: u64 = 200_000;
 
 impl Load {
+    /// Requests answered so far.
+    pub fn served(&self) -> u64 {
+        self.ok.load(Ordering::Relaxed)
+    }
+
     pub fn start(frontend: &str, clients: usize) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let ok = Arc::new(AtomicU64::new(0));
