@@ -269,6 +269,15 @@ impl TestApp {
         Ok((depths[0], depths[1]))
     }
 
+    /// Lets the installs of a `gated` deployment go on: until then each waits on its
+    /// host, so a test acts while a host is certainly mid-playbook. (The sandbox VMs
+    /// share this machine's `/tmp`.) The gate is removed when the guard drops.
+    pub fn open_gate(&self, deployment_id: &str) -> anyhow::Result<Gate> {
+        let path = PathBuf::from(format!("/tmp/vesemir-gate-{deployment_id}"));
+        std::fs::write(&path, "")?;
+        Ok(Gate(path))
+    }
+
     pub async fn shut_down(mut self) {
         for worker in std::mem::take(&mut self.workers) {
             worker.shut_down().await;
@@ -300,6 +309,19 @@ async fn delete_queues(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An open gate of a `gated` deployment; closed (removed) on drop.
+#[derive(Debug)]
+pub struct Gate(PathBuf);
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// The services that run the setup's playbook and sit behind its load balancers.
+const BALANCED_SERVICES: [&str; 3] = ["demo", "lossy", "gated"];
+
 fn config_for(
     database_url: &str,
     control_dir: &ScratchDir,
@@ -318,7 +340,7 @@ fn config_for(
     set(&mut doc, "worker.playbooks_dir", path_text(&playbooks))?;
     set(&mut doc, "worker.ssh_control_dir", path_text(control_dir.path()))?;
     set(&mut doc, "worker.ansible_playbook", setup.ansible_playbook.as_deref().unwrap_or("ansible-playbook"))?;
-    for service in ["demo", "lossy"] {
+    for service in BALANCED_SERVICES {
         set(&mut doc, &format!("services.{service}.playbook"), setup.playbook.as_str())?;
     }
     if let Some(fleet) = fleet {
@@ -341,7 +363,7 @@ fn config_for(
         set(&mut doc, "clusters.sandbox.ssh.known_hosts", path_text(&known_hosts))?;
         set(&mut doc, "clusters.sandbox.ssh.connect_timeout_seconds", 3)?;
         if let Some(backend) = &setup.backend {
-            for service in ["demo", "lossy"] {
+            for service in BALANCED_SERVICES {
                 let at = |key: &str| format!("services.{service}.load_balancer.{key}");
                 set(&mut doc, &at("backend"), backend.as_str())?;
                 set(&mut doc, &at("drain_timeout_seconds"), 10)?;

@@ -24,7 +24,7 @@ mod fleet;
 mod process;
 mod services;
 
-pub use app::{Setup, TestApp, WorkerHandle, playbooks_with, purge_queue};
+pub use app::{Gate, Setup, TestApp, WorkerHandle, playbooks_with, purge_queue};
 pub use fleet::{Fleet, swapped_known_hosts};
 pub use process::{Process, SkewedApi};
 pub use services::{TestDatabase, Throwaway};

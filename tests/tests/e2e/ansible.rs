@@ -189,14 +189,18 @@ async fn a_worker_without_ansible_playbook_fails_the_hosts_saying_so() {
 async fn a_cancel_under_ansible_lets_the_wave_finish_and_leaves_nothing() {
     let fleet = Fleet::up(3).unwrap();
     let app = TestApp::start(Some(&fleet), Setup::default()).await.unwrap();
-    let id = app.deploy(&ansible("65.0.0")).await.unwrap();
+    let mut request = ansible("65.0.0");
+    request["service"] = json!("gated");
+    let id = app.deploy(&request).await.unwrap();
+    // The first host waits at its install until the gate opens.
     let deadline = tokio::time::Instant::now() + FINISH;
-    while app.deployment(&id).await.unwrap()["summary"]["running"] != 1 {
+    while !crate::operations::installing(&app.deployment(&id).await.unwrap()) {
         assert!(tokio::time::Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let response = app.client.post(app.url(&format!("/v1/deployments/{id}/cancel"))).send().await.unwrap();
     assert_eq!(response.status().as_u16(), 202);
+    let _gate = app.open_gate(&id).unwrap();
     let done = app.wait_final(&id, FINISH).await.unwrap();
     assert_eq!(done["state"], "cancelled", "{done:#}");
     let states = host_states(&done);

@@ -25,6 +25,14 @@ async fn wait_for(app: &TestApp, id: &str, what: impl Fn(&Value) -> bool) -> Val
     }
 }
 
+/// The first host is running its install step.
+pub(crate) fn installing(d: &Value) -> bool {
+    d["hosts"][0]["steps"]
+        .as_array()
+        .and_then(|s| s.last())
+        .is_some_and(|s| s["name"] == "install" && s["state"] == "running")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_mid_rollout_finishes_hosts_in_flight_and_skips_the_rest() {
     let fleet = Fleet::up(4).unwrap();
@@ -35,13 +43,15 @@ async fn a_cancel_mid_rollout_finishes_hosts_in_flight_and_skips_the_rest() {
     let load = Load::start(&lb.frontend, 4);
 
     let mut request = demo_request("40.0.0");
+    request["service"] = json!("gated");
     request["weight"] = json!(10);
-    request["sleep_seconds"] = json!(2);
     let deployer = client_with(&app.token("ci-payments", Role::Deployer).await.unwrap());
     let submitted = deployer.post(app.url("/v1/deployments")).json(&request).send().await.unwrap();
     assert_eq!(submitted.status().as_u16(), 202);
     let id = submitted.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
-    wait_for(&app, &id, |d| d["summary"]["running"] == 1).await;
+    // The first host waits at its install until the gate opens: the cancel surely
+    // lands while it is mid-playbook, drained.
+    wait_for(&app, &id, installing).await;
 
     // A deployer cancels only what it requested.
     let other = client_with(&app.token("ci-billing", Role::Deployer).await.unwrap());
@@ -52,6 +62,7 @@ async fn a_cancel_mid_rollout_finishes_hosts_in_flight_and_skips_the_rest() {
     let (status, cancelling) = post(&app, &deployer, &format!("/v1/deployments/{id}/cancel")).await;
     assert_eq!(status, 202, "{cancelling}");
     assert_eq!(cancelling["state"], "cancelling");
+    let _gate = app.open_gate(&id).unwrap();
     let done = app.wait_final(&id, FINISH).await.unwrap();
     let load = load.stop().await;
 
