@@ -3,7 +3,7 @@
 
 use crate::error_chain;
 use crate::executor::Journal;
-use crate::executor::native::OutputTail;
+use crate::executor::output::OutputTail;
 use std::time::Duration;
 use vesemir_core::config::HealthConfig;
 use vesemir_model::deployment::LogStream;

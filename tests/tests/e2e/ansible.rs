@@ -157,7 +157,7 @@ url = "http://{{host.address}}:8080/health"
     let done = app.wait_final(&id, FINISH).await.unwrap();
     assert_eq!(done["state"], "failed");
     let error = done["hosts"][0]["error"].as_str().unwrap();
-    assert!(error.contains("step install: timed out and was stopped on the host"), "{error}");
+    assert!(error.contains("step install: timed out after 1s and was stopped on the host"), "{error}");
     assert!(leftovers(&app).is_empty());
     // The whole process group went: no ansible-playbook and no sleep of this run is left.
     let inside = fleet.exec("vm-01", &["sh", "-c", "pgrep -f '^sleep 300$' || true"]).unwrap();
@@ -244,7 +244,7 @@ url = "http://{{host.address}}:8080/health"
     let done = app.wait_final(&id, FINISH).await.unwrap();
     assert_eq!(done["state"], "failed");
     let error = done["hosts"][0]["error"].as_str().unwrap();
-    assert!(error.contains("step install: timed out and was stopped on the host"), "{error}");
+    assert!(error.contains("step install: timed out after 1s and was stopped on the host"), "{error}");
     app.shut_down().await;
 }
 

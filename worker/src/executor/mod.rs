@@ -5,6 +5,7 @@
 
 pub mod ansible;
 pub mod native;
+pub mod output;
 pub mod rotation;
 
 use crate::lb::Balancers;

@@ -10,9 +10,10 @@
 //! out (`maint`) on purpose; a host that fails otherwise after it was taken out is
 //! health-checked, and put back only if it is healthy.
 
+use super::output::{OutputTail, exit_failure};
 use super::rotation::Rotation;
 use super::{
-    Executor, HostJob, HostReport, Journal, KILL_AFTER_SECONDS, LOCKED_EXIT, health_url, host_argv, lock_wait_seconds,
+    Executor, HostJob, HostReport, Journal, KILL_AFTER_SECONDS, health_url, host_argv, lock_wait_seconds,
     render_command, values,
 };
 use crate::health::{HealthCheck, HealthError};
@@ -28,19 +29,12 @@ use vesemir_core::config::Shell;
 use vesemir_core::template::{ShellCommand, TemplateError, Values, shell_quote};
 use vesemir_model::deployment::{HostState, LogStream, StepState};
 
-/// Exit statuses of coreutils `timeout`: the command timed out; it had to be killed.
-const TIMEOUT_EXIT: i32 = 124;
-const TIMEOUT_KILLED_EXIT: i32 = 137;
-
 /// The longest command line sent to a host: sshd hands it to the login shell as one
 /// argument, and Linux refuses a single argument over 128 KiB.
 const MAX_COMMAND_LINE_BYTES: usize = 120 * 1024;
 
 /// Longest line read from a remote command before it is split.
 const MAX_LINE_BYTES: usize = 16 * 1024;
-
-/// How much of a step's output is kept with the step (the whole output is in the log).
-const OUTPUT_TAIL_BYTES: usize = 4096;
 
 #[derive(Debug)]
 pub struct NativeExecutor {
@@ -291,18 +285,7 @@ async fn run_command(
     match status {
         Ok(status) => match status.code() {
             Some(0) => Ok(Some(0)),
-            Some(LOCKED_EXIT) => Err(StepFailure::Failed {
-                exit_code: Some(LOCKED_EXIT),
-                message: format!("another claim's command still held the host's lock after {lock_wait}s"),
-            }),
-            Some(code @ (TIMEOUT_EXIT | TIMEOUT_KILLED_EXIT)) => Err(StepFailure::Failed {
-                exit_code: Some(code),
-                message: format!("timed out after {secs}s and was stopped on the host"),
-            }),
-            Some(code) => Err(StepFailure::Failed {
-                exit_code: Some(code),
-                message: format!("command exited with status {code}"),
-            }),
+            Some(code) => Err(StepFailure::Failed { exit_code: Some(code), message: exit_failure(code, secs) }),
             None => Err(StepFailure::Failed { exit_code: None, message: "command was killed by a signal".to_owned() }),
         },
         Err(e) => Err(StepFailure::Lost(format!("connection lost while the command ran: {}", ssh::error_text(&e)))),
@@ -338,7 +321,7 @@ async fn stream_lines(reader: Option<impl AsyncRead + Unpin>, stream: LogStream,
             }
         }
     }
-    tail.lines
+    tail.into_lines()
 }
 
 /// Reads up to and including a newline, or `max` bytes of a longer line (the rest
@@ -369,36 +352,6 @@ async fn read_line_capped<R: AsyncBufRead + Unpin>(
     }
 }
 
-/// The last lines of a step's output, within [`OUTPUT_TAIL_BYTES`].
-#[derive(Debug, Default)]
-pub struct OutputTail {
-    lines: Vec<String>,
-    bytes: usize,
-    joined: String,
-}
-
-impl OutputTail {
-    pub fn push(&mut self, line: &str) {
-        self.lines.push(line.to_owned());
-        self.bytes += line.len() + 1;
-        while self.bytes > OUTPUT_TAIL_BYTES && self.lines.len() > 1 {
-            let dropped = self.lines.remove(0);
-            self.bytes -= dropped.len() + 1;
-        }
-    }
-
-    fn push_all(&mut self, lines: &[String]) {
-        for line in lines {
-            self.push(line);
-        }
-    }
-
-    pub fn text(&mut self) -> &str {
-        self.joined = self.lines.join("\n");
-        &self.joined
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -416,17 +369,5 @@ mod tests {
             lines.push(String::from_utf8(buf).unwrap());
         }
         assert_eq!(lines, ["short\n", "abcdef", "ghij\n", "end"]);
-    }
-
-    #[test]
-    fn the_output_tail_keeps_the_last_lines() {
-        let mut tail = OutputTail::default();
-        for i in 0..2000 {
-            tail.push(&format!("line {i}"));
-        }
-        let text = tail.text().to_owned();
-        assert!(text.ends_with("line 1999"));
-        assert!(text.len() <= OUTPUT_TAIL_BYTES);
-        assert!(!text.contains("line 0\n"));
     }
 }

@@ -2,7 +2,7 @@
 //! without cutting a connection, putting it back once healthy, and remembering what
 //! Vesemir did, so that no host is left out of rotation by accident.
 
-use super::native::OutputTail;
+use super::output::OutputTail;
 use super::{HostJob, HostReport, Journal};
 use crate::health::HealthCheck;
 use crate::lb::{Balancers, LbError};

@@ -1,7 +1,7 @@
 //! What the `vesemir_events` callback says about a run (one JSON line per event),
 //! recorded as it comes: steps, log lines, where each host was left, and outcomes.
 
-use super::super::native::OutputTail;
+use super::super::output::{OutputTail, exit_failure};
 use super::super::{HostReport, Journal};
 use serde_json::Value;
 use std::collections::HashMap;
@@ -22,6 +22,8 @@ pub(super) struct Play<'a> {
     /// form's task names are. Other tasks (the connection check, the rescue) are
     /// logged but are not steps.
     pub(super) steps: Vec<&'a str>,
+    /// Each step's timeout, by position: what a failed command's status is read against.
+    pub(super) timeouts: Vec<u64>,
 }
 
 /// What the callback said about one host.
@@ -122,7 +124,7 @@ async fn on_event(
             state.tail.push(&line);
             journal.log(LogStream::System, line).await;
         }
-        Some("result") => on_result(event, task, step, journal, state).await,
+        Some("result") => on_result(event, task, step, play, journal, state).await,
         Some("stats") => {
             let failures = event["failures"].as_i64().unwrap_or(0);
             let unreachable = event["unreachable"].as_i64().unwrap_or(0);
@@ -144,7 +146,14 @@ async fn on_event(
 }
 
 /// A task's result on one host: its output into the log, and for a step, the step's end.
-async fn on_result(event: &Value, task: &str, step: Option<usize>, journal: &Journal, state: &mut Seen) {
+async fn on_result(
+    event: &Value,
+    task: &str,
+    step: Option<usize>,
+    play: &Play<'_>,
+    journal: &Journal,
+    state: &mut Seen,
+) {
     let status = event["status"].as_str().unwrap_or_default();
     let msg = event["msg"].as_str().unwrap_or_default();
     for (stream, key) in [(LogStream::Stdout, "stdout"), (LogStream::Stderr, "stderr")] {
@@ -190,7 +199,12 @@ async fn on_result(event: &Value, task: &str, step: Option<usize>, journal: &Jou
         return;
     }
     let detail = match rc {
-        Some(124 | 137) => "timed out and was stopped on the host".to_owned(),
+        Some(code)
+            if code != 0
+                && let Some(timeout) = step.and_then(|p| play.timeouts.get(p)) =>
+        {
+            exit_failure(code, *timeout)
+        }
         _ if msg.is_empty() => format!("exit code {}", rc.unwrap_or(-1)),
         _ => msg.to_owned(),
     };

@@ -116,6 +116,12 @@ impl AnsibleExecutor {
         let play = Play {
             balanced: first.service.load_balancer.is_some() && !first.cluster.load_balancers.is_empty(),
             steps: first.playbook.steps.iter().map(|step| step.name.as_str()).collect(),
+            timeouts: first
+                .playbook
+                .steps
+                .iter()
+                .map(|step| first.playbook.timeout_of(&step.name, first.service))
+                .collect(),
         };
         let mut seen: HashMap<String, Seen> = HashMap::new();
         let limit = run_limit(first);
