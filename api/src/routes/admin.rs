@@ -4,6 +4,7 @@ use crate::AppState;
 use crate::auth::require_unscoped_admin;
 use crate::error::ApiError;
 use crate::extract::{Json, Path, Query};
+use crate::routes::page_limit;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -72,10 +73,7 @@ pub async fn audit(
     Query(params): Query<AuditParams>,
 ) -> Result<Response, ApiError> {
     require_unscoped_admin(&state, &caller, "reading the audit trail").await?;
-    let limit = params.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::bad_request("invalid_limit", "limit must be between 1 and 1000"));
-    }
+    let limit = page_limit(params.limit, 100, 1000)?;
     let entries = state.store.audit_log(params.after.unwrap_or(0), limit).await?;
     Ok(axum::Json(json!({ "entries": entries })).into_response())
 }

@@ -4,6 +4,7 @@ use crate::AppState;
 use crate::auth::{refuse, require, require_scope, require_scope_of};
 use crate::error::ApiError;
 use crate::extract::{Json, Path, Query};
+use crate::routes::page_limit;
 use crate::validate;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
@@ -106,10 +107,7 @@ pub async fn list(
     caller: Caller,
     Query(params): Query<ListParams>,
 ) -> Result<Response, ApiError> {
-    let limit = params.limit.unwrap_or(DEFAULT_PAGE);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::bad_request("invalid_limit", format!("limit must be between 1 and {MAX_PAGE}")));
-    }
+    let limit = page_limit(params.limit, DEFAULT_PAGE, MAX_PAGE)?;
     let deployment_state = params
         .state
         .as_deref()
@@ -168,10 +166,7 @@ pub async fn logs(
     if after < 0 {
         return Err(ApiError::bad_request("invalid_after", "after must be a sequence number, 0 or more"));
     }
-    let limit = params.limit.unwrap_or(DEFAULT_LOG_LINES);
-    if !(1..=MAX_LOG_LINES).contains(&limit) {
-        return Err(ApiError::bad_request("invalid_limit", format!("limit must be between 1 and {MAX_LOG_LINES}")));
-    }
+    let limit = page_limit(params.limit, DEFAULT_LOG_LINES, MAX_LOG_LINES)?;
     let host = match params.host {
         Some(h) if !is_host_name(&h) => {
             return Err(ApiError::bad_request("invalid_query", "host must match [A-Za-z0-9][A-Za-z0-9._-]*"));

@@ -5,6 +5,16 @@ pub mod openapi;
 
 use crate::error::ApiError;
 
+/// A page size from a query: `default` when absent, refused outside 1 to `max`.
+pub(crate) fn page_limit(limit: Option<i64>, default: i64, max: i64) -> Result<i64, ApiError> {
+    let limit = limit.unwrap_or(default);
+    if (1..=max).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(ApiError::bad_request("invalid_limit", format!("limit must be between 1 and {max}")))
+    }
+}
+
 pub async fn not_found() -> ApiError {
     ApiError::NotFound("no such endpoint".to_owned())
 }
