@@ -17,6 +17,7 @@
 pub mod balancing;
 pub mod chef;
 pub mod journal;
+pub mod openapi;
 pub mod proxy;
 
 mod app;

@@ -8,6 +8,7 @@ mod ansible;
 mod api;
 mod chef;
 mod cli;
+mod contract;
 mod events;
 mod guarantees;
 mod operations;
