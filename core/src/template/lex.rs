@@ -278,7 +278,7 @@ impl Lexer<'_> {
             }
             '`' => {
                 self.not_literal();
-                self.backquoted()
+                self.up_to('`', Refusal::Backquotes)
             }
             '$' => {
                 self.not_literal();
@@ -393,7 +393,7 @@ impl Lexer<'_> {
                 },
                 Tok::C('`') => {
                     self.not_literal();
-                    self.backquoted()?;
+                    self.up_to('`', Refusal::Backquotes)?;
                 }
                 Tok::C('$') => {
                     self.not_literal();
@@ -405,17 +405,18 @@ impl Lexer<'_> {
         Ok(())
     }
 
-    /// Backquotes end at the first unescaped backquote, whatever quotes are inside.
-    fn backquoted(&mut self) -> Result<(), TemplateError> {
+    /// Up to the first unescaped `close`, whatever quotes are inside (backquotes,
+    /// `$'…'`); no value may stand there.
+    fn up_to(&mut self, close: char, why: Refusal) -> Result<(), TemplateError> {
         while let Some(tok) = self.next() {
             match tok {
-                Tok::C('`') => return Ok(()),
+                Tok::C(c) if c == close => return Ok(()),
                 Tok::C('\\') => {
                     if let Some(Tok::V(slot)) = self.next() {
-                        return self.refuse(slot, Refusal::Backquotes);
+                        return self.refuse(slot, why);
                     }
                 }
-                Tok::V(slot) => return self.refuse(slot, Refusal::Backquotes),
+                Tok::V(slot) => return self.refuse(slot, why),
                 Tok::C(_) => {}
             }
         }
@@ -445,7 +446,7 @@ impl Lexer<'_> {
             }
             Some(Tok::C('\'')) if !in_double_quotes => {
                 self.i += 1;
-                self.ansi_c_quoted()
+                self.up_to('\'', Refusal::AnsiCQuotes)
             }
             Some(Tok::C('"')) if !in_double_quotes => {
                 self.i += 1;
@@ -492,22 +493,6 @@ impl Lexer<'_> {
                         return Ok(());
                     }
                 }
-                Tok::C(_) => {}
-            }
-        }
-        Ok(())
-    }
-
-    fn ansi_c_quoted(&mut self) -> Result<(), TemplateError> {
-        while let Some(tok) = self.next() {
-            match tok {
-                Tok::C('\'') => return Ok(()),
-                Tok::C('\\') => {
-                    if let Some(Tok::V(slot)) = self.next() {
-                        return self.refuse(slot, Refusal::AnsiCQuotes);
-                    }
-                }
-                Tok::V(slot) => return self.refuse(slot, Refusal::AnsiCQuotes),
                 Tok::C(_) => {}
             }
         }

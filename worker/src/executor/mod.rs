@@ -16,7 +16,7 @@ use futures_util::future::BoxFuture;
 use uuid::Uuid;
 use vesemir_core::config::{ClusterConfig, ServiceConfig, Shell};
 use vesemir_core::store::{RunHost, Store};
-use vesemir_core::template::{ShellCommand, ShellTemplate, TemplateError, UrlTemplate, Values};
+use vesemir_core::template::{NameTemplate, ShellCommand, ShellTemplate, TemplateError, UrlTemplate, Values};
 use vesemir_model::deployment::{AdminState, DeploymentRequest, HostState, LogStream, StepState};
 use vesemir_model::event::Event;
 
@@ -71,6 +71,16 @@ pub fn values(job: &HostJob<'_>) -> Values {
 /// A command template of the service, rendered for one host.
 pub fn render_command(job: &HostJob<'_>, values: &Values, template: &str) -> Result<ShellCommand, TemplateError> {
     ShellTemplate::parse(template, &job.service.vars)?.render(values)
+}
+
+/// The host's server name in the service's load balancers; None without a
+/// `load_balancer` section.
+pub fn server_name(job: &HostJob<'_>, values: &Values) -> Result<Option<String>, TemplateError> {
+    job.service
+        .load_balancer
+        .as_ref()
+        .map(|settings| NameTemplate::parse(&settings.server, &job.service.vars)?.render(values))
+        .transpose()
 }
 
 /// The service's health-check URL for one host.

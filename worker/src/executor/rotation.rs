@@ -3,13 +3,13 @@
 //! Vesemir did, so that no host is left out of rotation by accident.
 
 use super::output::OutputTail;
-use super::{HostJob, HostReport, Journal};
+use super::{HostJob, HostReport, Journal, server_name};
 use crate::health::HealthCheck;
 use crate::lb::{Balancers, LbError};
 use crate::playbook::LbOperation;
 use std::time::Duration;
 use vesemir_core::config::ServiceBalancing;
-use vesemir_core::template::{NameTemplate, TemplateError, Values};
+use vesemir_core::template::{TemplateError, Values};
 use vesemir_model::deployment::AdminState;
 use vesemir_model::deployment::LogStream;
 
@@ -36,7 +36,7 @@ impl<'a> Rotation<'a> {
         let target = match &job.service.load_balancer {
             Some(settings) if !job.balancers.is_empty() => Some(Target {
                 backend: &settings.backend,
-                server: NameTemplate::parse(&settings.server, &job.service.vars)?.render(values)?,
+                server: server_name(job, values)?.unwrap_or_default(),
                 settings,
             }),
             _ => None,

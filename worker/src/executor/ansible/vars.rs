@@ -1,10 +1,9 @@
 //! What an ansible run is given: an inventory of the wave's hosts and an extra-vars
 //! file with every command, URL and name rendered by Vesemir, all `!unsafe`.
 
-use super::super::{HostJob, Journal, health_url, host_argv, render_command, values};
+use super::super::{HostJob, Journal, health_url, host_argv, render_command, server_name, values};
 use std::path::Path;
 use vesemir_core::config::{ClusterConfig, RuntimeApi};
-use vesemir_core::template::NameTemplate;
 use vesemir_model::deployment::{is_address, is_host_name};
 
 /// A YAML scalar Ansible will not template, double-quoted with everything but
@@ -49,12 +48,7 @@ pub(super) fn extra_vars(jobs: &[(HostJob<'_>, Journal)], ssh_options: &Path) ->
                 .collect();
             Ok(format!("[{}]", argv.join(", ")))
         };
-        let server = match &job.service.load_balancer {
-            Some(settings) => NameTemplate::parse(&settings.server, &job.service.vars)
-                .and_then(|t| t.render(&values))
-                .map_err(host_error)?,
-            None => String::new(),
-        };
+        let server = server_name(job, &values).map_err(host_error)?.unwrap_or_default();
         yaml.push_str(&format!(
             "  {}:\n    install: {}\n    restart: {}\n    health_url: {}\n    server: {}\n",
             serde_json::to_string(&job.host.name).unwrap_or_default(),
