@@ -13,6 +13,8 @@
 use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::Path;
+use crate::routes::deployments::DeploymentId;
+use crate::routes::openapi::NotFound;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures_util::Stream;
@@ -25,6 +27,7 @@ use uuid::Uuid;
 use vesemir_core::access::Caller;
 use vesemir_core::retry::Backoff;
 use vesemir_core::store::{EVENTS_CHANNEL, Store, StoreError};
+use vesemir_model::api::ErrorBody;
 use vesemir_model::deployment::LogLine;
 use vesemir_model::event::Event;
 
@@ -250,12 +253,32 @@ fn resume_point(headers: &HeaderMap, after: Option<i64>) -> Result<i64, ApiError
     Ok(after)
 }
 
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct EventParams {
+    /// Start after this sequence number.
+    #[param(minimum = 0, default = 0)]
     after: Option<i64>,
 }
 
+/// Live events (Server-Sent Events)
+///
+/// A client that reconnects with `Last-Event-ID` (or first connects with `?after=SEQ`)
+/// gets every later event exactly once.
+#[utoipa::path(
+    get, path = "/v1/deployments/{id}/events", operation_id = "streamDeploymentEvents", tag = "deployments",
+    params(
+        DeploymentId,
+        ("Last-Event-ID" = Option<i64>, Header, minimum = 0, description = "The last event id received; takes precedence over `after`."),
+        EventParams,
+    ),
+    responses(
+        (status = 200, description = "An event stream: every log line, host result, step change and state change, in order. Each event has `id` = the line's `seq`, `event` = `log`, `step`, `host` or `state` (the line's event type, `log` for a plain line), and `data` = the LogLine as JSON. Keep-alive comments every 15 s; the stream ends after the final state.", body = String, content_type = "text/event-stream"),
+        (status = 400, description = "invalid_id, invalid_last_event_id (also for a negative `after`), or invalid_query.", body = ErrorBody),
+        (status = 404, response = NotFound),
+    )
+)]
 pub async fn events(
     axum::extract::State(state): axum::extract::State<AppState>,
     caller: Caller,

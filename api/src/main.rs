@@ -1,10 +1,10 @@
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use vesemir_core::access::Scope;
 use vesemir_core::config::Config;
 use vesemir_core::store::Store;
 use vesemir_model::access::Role;
+use vesemir_model::access::Scope;
 
 /// Vesemir's REST API.
 #[derive(Parser)]
@@ -26,6 +26,8 @@ enum Command {
     /// Manage API tokens directly in the database (how the first admin token is made).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Print the API's OpenAPI document (what `GET /openapi.json` serves) and exit.
+    Openapi,
 }
 
 #[derive(Subcommand)]
@@ -91,6 +93,10 @@ async fn token(store: &Store, command: TokenCommand) -> anyhow::Result<()> {
 async fn main() -> ExitCode {
     vesemir_core::telemetry::init("info,sqlx=warn,lapin=warn,tower_http=info");
     let args = Args::parse();
+    if let Some(Command::Openapi) = args.command {
+        println!("{}", vesemir_api::routes::openapi::document());
+        return ExitCode::SUCCESS;
+    }
     let result = async {
         let config = Config::load(&args.config)?;
         match args.command.unwrap_or(Command::Serve) {
@@ -109,6 +115,7 @@ async fn main() -> ExitCode {
                 store.migrate().await?;
                 token(&store, command).await?;
             }
+            Command::Openapi => {}
         }
         anyhow::Ok(())
     };

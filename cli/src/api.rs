@@ -1,10 +1,9 @@
 //! The API client: typed errors that say whether the API was unreachable or refused.
 
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use std::time::Duration;
-use uuid::Uuid;
-use vesemir_model::deployment::{Deployment, DeploymentRequest, DeploymentState, LogLine};
+use vesemir_model::api::{DeploymentPage, ErrorBody, LogPage};
+use vesemir_model::deployment::{Deployment, DeploymentRequest};
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ApiError {
@@ -14,21 +13,6 @@ pub(crate) enum ApiError {
     Refused { status: u16, code: String, message: String },
     #[error("the API answered something that is not JSON: {0}")]
     Garbled(String),
-}
-
-/// A page of `GET /v1/deployments`.
-#[derive(Debug, serde::Serialize, Deserialize)]
-pub(crate) struct Page {
-    pub(crate) deployments: Vec<Deployment>,
-    pub(crate) next_cursor: Option<Uuid>,
-}
-
-/// A page of `GET /v1/deployments/{id}/logs`.
-#[derive(Debug, serde::Serialize, Deserialize)]
-pub(crate) struct LogPage {
-    pub(crate) state: DeploymentState,
-    pub(crate) lines: Vec<LogLine>,
-    pub(crate) next_after: i64,
 }
 
 #[derive(Debug)]
@@ -87,8 +71,8 @@ impl Api {
             return Ok(response);
         }
         let status = response.status().as_u16();
-        let body: ErrorBody = response.json().await.unwrap_or_default();
-        Err(body.refused(status))
+        let body = response.bytes().await.unwrap_or_default();
+        Err(refused(status, &body))
     }
 
     pub(crate) async fn deployment(&self, id: &str) -> Result<Deployment, ApiError> {
@@ -110,7 +94,7 @@ impl Api {
         state: Option<&str>,
         limit: u32,
         cursor: Option<&str>,
-    ) -> Result<Page, ApiError> {
+    ) -> Result<DeploymentPage, ApiError> {
         let mut query = vec![("limit", limit.to_string())];
         for (name, value) in [("service", service), ("cluster", cluster), ("state", state), ("cursor", cursor)] {
             if let Some(value) = value {
@@ -134,32 +118,20 @@ impl Api {
         if status.is_success() {
             return serde_json::from_slice(&body).map_err(|e| ApiError::Garbled(e.to_string()));
         }
-        let error: ErrorBody = serde_json::from_slice(&body).map_err(|e| ApiError::Garbled(e.to_string()))?;
-        Err(error.refused(status.as_u16()))
+        Err(refused(status.as_u16(), &body))
     }
 }
 
-/// `{"error": {"code", "message"}}`, the API's every refusal.
-#[derive(Debug, Default, Deserialize)]
-struct ErrorBody {
-    #[serde(default)]
-    error: ErrorDetail,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct ErrorDetail {
-    #[serde(default)]
-    code: Option<String>,
-    #[serde(default)]
-    message: Option<String>,
-}
-
-impl ErrorBody {
-    fn refused(self, status: u16) -> ApiError {
-        ApiError::Refused {
-            status,
-            code: self.error.code.unwrap_or_else(|| "unknown".to_owned()),
-            message: self.error.message.unwrap_or_else(|| "no message".to_owned()),
+/// A refusal: the API's `{"error": {"code", "message"}}`, or what a proxy in between
+/// said instead.
+fn refused(status: u16, body: &[u8]) -> ApiError {
+    match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(ErrorBody { error }) => ApiError::Refused { status, code: error.code, message: error.message },
+        Err(_) => {
+            let text = String::from_utf8_lossy(body);
+            let message =
+                if text.trim().is_empty() { "no message".to_owned() } else { text.chars().take(200).collect() };
+            ApiError::Refused { status, code: "unknown".to_owned(), message }
         }
     }
 }

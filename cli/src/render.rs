@@ -1,8 +1,8 @@
 //! Text output for people: a status block with a host table, log lines, lists.
 
-use crate::api::Page;
 use chrono::SecondsFormat;
 use std::fmt::Write;
+use vesemir_model::api::DeploymentPage;
 use vesemir_model::deployment::{Deployment, HostState, LogLine, LogStream};
 
 pub(crate) fn progress(d: &Deployment) -> String {
@@ -94,7 +94,7 @@ pub(crate) fn log_line(l: &LogLine) -> String {
     format!("{:>6} {host} {stream} {}", l.seq, l.line)
 }
 
-pub(crate) fn list(page: &Page) -> String {
+pub(crate) fn list(page: &DeploymentPage) -> String {
     let mut out = String::new();
     for d in &page.deployments {
         let _ = writeln!(

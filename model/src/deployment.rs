@@ -2,6 +2,7 @@
 //! go through, and the rules an identifier must follow.
 
 use crate::event::Event;
+use crate::fields::fields_of;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::collections::BTreeMap;
@@ -106,7 +107,23 @@ impl<'de> Deserialize<'de> for Amount {
     }
 }
 
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for Amount {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+        OneOfBuilder::new()
+            .description(Some("A count of hosts (2) or a share of them (\"25%\"), rounding down."))
+            .item(ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(0)))
+            .item(ObjectBuilder::new().schema_type(Type::String).pattern(Some("^[0-9]{1,3}%$")))
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for Amount {}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ExecutorKind {
     #[default]
@@ -114,8 +131,11 @@ pub enum ExecutorKind {
     Ansible,
 }
 
-/// Chef search terms. Only clusters whose discovery is a search accept them.
+/// Chef search terms, ANDed with the cluster's own query. Only clusters discovered by
+/// search accept them; each value is one literal term.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
 pub struct Selector {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub roles: Vec<String>,
@@ -134,32 +154,50 @@ fn default_max_failures() -> Amount {
     Amount::Count(0)
 }
 
-/// A submit body, as accepted. Its serialized form is stored with the deployment and is
-/// what the worker reads its options from.
+/// A submit body. Unknown fields are refused, so a misspelt option is a 400 rather than
+/// a silent default; its serialized form is stored with the deployment and is what the
+/// worker reads its options from.
 ///
-/// Reading is lenient about unknown fields, so that a worker still reads what a newer
-/// API stored; submits are held to [`DeploymentRequest::unknown_field`] instead.
+/// What another version stored or returned may hold fields this one does not know:
+/// read it with [`DeploymentRequest::from_stored`] (or [`lenient`] in a serde field).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
 pub struct DeploymentRequest {
+    /// A configured service.
     pub service: String,
+    /// A configured cluster.
     pub cluster: String,
+    /// 1 to 128 letters, digits or `._+-`, starting with a letter or digit.
     pub version: String,
+    /// Chef search terms; only for clusters discovered by search.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<Selector>,
+    /// Only these hosts of the cluster (static clusters); none: all of them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hosts: Vec<String>,
+    /// Hosts in flight at once.
     #[serde(default = "default_concurrency")]
+    #[cfg_attr(feature = "openapi", schema(default = json!(1)))]
     pub concurrency: Amount,
+    /// Failed or unreachable hosts tolerated before the rollout stops.
     #[serde(default = "default_max_failures")]
+    #[cfg_attr(feature = "openapi", schema(default = json!(0)))]
     pub max_failures: Amount,
+    /// The reduced weight a host returns at, as a percentage of its full weight (1 to 100).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight: Option<u16>,
+    /// The pause at the reduced weight, at most 3600.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sleep_seconds: Option<u32>,
+    /// Overrides the service's executor.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub executor: Option<ExecutorKind>,
+    /// Values for `{{vars.NAME}}` in the service's templates (names are identifiers, at
+    /// most 64, each at most 4096 bytes).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub vars: BTreeMap<String, String>,
+    /// Discover and plan only; the deployment ends `planned`.
     #[serde(default)]
     pub dry_run: bool,
     /// A first wave of one host before the others.
@@ -168,29 +206,31 @@ pub struct DeploymentRequest {
 }
 
 impl DeploymentRequest {
-    pub const FIELDS: &'static [&'static str] = &[
-        "service",
-        "cluster",
-        "version",
-        "selector",
-        "hosts",
-        "concurrency",
-        "max_failures",
-        "weight",
-        "sleep_seconds",
-        "executor",
-        "vars",
-        "dry_run",
-        "canary",
-    ];
-    pub const SELECTOR_FIELDS: &'static [&'static str] = &["roles", "tags", "environment", "query"];
+    /// Reads a request that another version may have written: fields this version does
+    /// not know are dropped, so an older worker still runs what a newer API stored.
+    pub fn from_stored(mut value: serde_json::Value) -> Result<Self, serde_json::Error> {
+        retain_fields(&mut value, fields_of::<Self>());
+        if let Some(selector) = value.get_mut("selector") {
+            retain_fields(selector, fields_of::<Selector>());
+        }
+        serde_json::from_value(value)
+    }
+}
 
-    /// The first field of a submit body that this version does not know, if any.
-    pub fn unknown_field(body: &serde_json::Value) -> Option<String> {
-        let unknown = |object: &serde_json::Value, known: &[&str], prefix: &str| {
-            object.as_object()?.keys().find(|k| !known.contains(&k.as_str())).map(|k| format!("{prefix}{k}"))
-        };
-        unknown(body, Self::FIELDS, "").or_else(|| unknown(&body["selector"], Self::SELECTOR_FIELDS, "selector."))
+/// For `#[serde(deserialize_with = "lenient")]`: a request read as
+/// [`DeploymentRequest::from_stored`] reads it.
+pub fn lenient<'de, D: Deserializer<'de>>(d: D) -> Result<DeploymentRequest, D::Error> {
+    let value = serde_json::Value::deserialize(d)?;
+    DeploymentRequest::from_stored(value).map_err(serde::de::Error::custom)
+}
+
+/// A request as stored, read leniently (see [`DeploymentRequest::from_stored`]).
+#[derive(Debug, Clone, Deserialize)]
+pub struct StoredRequest(#[serde(deserialize_with = "lenient")] pub DeploymentRequest);
+
+fn retain_fields(value: &mut serde_json::Value, known: &[&str]) {
+    if let Some(object) = value.as_object_mut() {
+        object.retain(|key, _| known.contains(&key.as_str()));
     }
 }
 
@@ -198,6 +238,7 @@ macro_rules! string_enum {
     ($(#[$meta:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
         $(#[$meta])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
         #[serde(rename_all = "snake_case")]
         pub enum $name { $($variant),+ }
 
@@ -299,6 +340,7 @@ string_enum!(
 
 /// Per-state host counts of a deployment.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Summary {
     pub total: u32,
     pub pending: u32,
@@ -326,6 +368,7 @@ impl Summary {
 
 /// A deployment as the API returns it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Deployment {
     pub id: Uuid,
     pub service: String,
@@ -341,6 +384,7 @@ pub struct Deployment {
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     pub error: Option<String>,
+    #[serde(deserialize_with = "lenient")]
     pub request: DeploymentRequest,
     pub summary: Summary,
     /// Absent in lists, present when one deployment is fetched.
@@ -349,6 +393,7 @@ pub struct Deployment {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Host {
     pub name: String,
     pub address: String,
@@ -364,6 +409,7 @@ pub struct Host {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Step {
     pub name: String,
     pub state: StepState,
@@ -374,6 +420,7 @@ pub struct Step {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LogLine {
     pub seq: i64,
     pub host: Option<String>,
@@ -427,51 +474,30 @@ mod tests {
     }
 
     #[test]
-    fn submits_name_their_unknown_fields() {
-        let body = serde_json::json!({"service": "s", "cluster": "c", "version": "1", "concurency": 2});
-        assert_eq!(DeploymentRequest::unknown_field(&body), Some("concurency".to_owned()));
-        let body = serde_json::json!({"service": "s", "selector": {"role": ["x"]}});
-        assert_eq!(DeploymentRequest::unknown_field(&body), Some("selector.role".to_owned()));
-        let body = serde_json::json!({"service": "s", "selector": {"roles": ["x"]}, "dry_run": true});
-        assert_eq!(DeploymentRequest::unknown_field(&body), None);
-    }
-
-    #[test]
-    fn the_list_of_fields_is_every_field_of_a_request() {
-        let full = DeploymentRequest {
-            service: "s".into(),
-            cluster: "c".into(),
-            version: "1".into(),
-            selector: Some(Selector {
-                roles: vec!["r".into()],
-                tags: vec!["t".into()],
-                environment: Some("e".into()),
-                query: Some("q".into()),
-            }),
-            hosts: vec!["h".into()],
-            concurrency: Amount::Count(1),
-            max_failures: Amount::Count(0),
-            weight: Some(10),
-            sleep_seconds: Some(1),
-            executor: Some(ExecutorKind::Native),
-            vars: BTreeMap::from([("k".to_owned(), "v".to_owned())]),
-            dry_run: true,
-            canary: true,
-        };
-        let value = serde_json::to_value(&full).unwrap();
-        let keys: Vec<&str> = value.as_object().unwrap().keys().map(String::as_str).collect();
-        let mut fields = DeploymentRequest::FIELDS.to_vec();
-        fields.sort_unstable();
-        assert_eq!(keys, fields);
-        let selector: Vec<&str> = value["selector"].as_object().unwrap().keys().map(String::as_str).collect();
-        let mut selector_fields = DeploymentRequest::SELECTOR_FIELDS.to_vec();
-        selector_fields.sort_unstable();
-        assert_eq!(selector, selector_fields);
+    fn a_submit_with_an_unknown_field_is_refused_and_named() {
+        let err = serde_json::from_str::<DeploymentRequest>(
+            r#"{"service": "s", "cluster": "c", "version": "1", "concurency": 2}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("unknown field `concurency`") && err.contains("`concurrency`"), "{err}");
+        let err = serde_json::from_str::<DeploymentRequest>(
+            r#"{"service": "s", "cluster": "c", "version": "1", "selector": {"role": ["x"]}}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("unknown field `role`"), "{err}");
     }
 
     #[test]
     fn stored_requests_with_newer_fields_still_read() {
-        let stored = r#"{"service":"s","cluster":"c","version":"1","canary":true}"#;
-        assert!(serde_json::from_str::<DeploymentRequest>(stored).is_ok());
+        let stored = serde_json::json!({
+            "service": "s", "cluster": "c", "version": "1", "canary": true, "from_the_future": 1,
+            "selector": {"roles": ["web"], "zone": "a"}
+        });
+        let request = DeploymentRequest::from_stored(stored.clone()).unwrap();
+        assert!(request.canary);
+        assert_eq!(request.selector.unwrap().roles, ["web"]);
+        assert_eq!(serde_json::from_value::<StoredRequest>(stored).unwrap().0.version, "1");
     }
 }

@@ -5,6 +5,7 @@ use crate::deployment::{AdminState, DeploymentState, HostState, StepState};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
     /// The deployment changed state; a final state ends the stream.

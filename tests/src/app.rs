@@ -10,9 +10,9 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use toml::Table;
 use uuid::Uuid;
-use vesemir_core::access::Scope;
 use vesemir_core::config::Config;
 use vesemir_model::access::Role;
+use vesemir_model::access::Scope;
 
 /// A playbooks directory with the shipped `rolling.toml` (every configured service
 /// needs its playbook for a worker to start) and one playbook of a test's own.

@@ -1,10 +1,10 @@
 //! Checks real answers against the API's OpenAPI document: that the status is one the
 //! operation documents, and that a JSON body matches the documented schema (the
-//! subset of JSON Schema the document uses: `$ref`, `allOf`, `oneOf`, `type` with
-//! `nullable`, `properties`, `required`, `additionalProperties: false`, `items`,
-//! `enum`; formats and patterns are not checked).
+//! subset of JSON Schema 2020-12 the document uses: `$ref`, `allOf`, `oneOf`, `type`
+//! as a name or a list of names, `properties`, `required`, `additionalProperties`,
+//! `items`, `enum`; formats, patterns and bounds are not checked).
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 #[derive(Debug)]
 pub struct Contract {
@@ -45,61 +45,29 @@ impl Contract {
 
     fn validate(&self, value: &Value, schema: &Value, at: &str) -> Result<(), String> {
         let schema = self.resolve(schema);
-        if let Some(all) = schema["allOf"].as_array() {
-            for part in all {
-                self.validate(value, part, at)?;
-            }
+        if let Some(parts) = schema["allOf"].as_array() {
+            return self.validate(value, &self.merge(parts), at);
         }
         if let Some(one) = schema["oneOf"].as_array()
             && !one.iter().any(|part| self.validate(value, part, at).is_ok())
         {
             return Err(format!("{at}: {value} matches none of oneOf"));
         }
-        if value.is_null() {
-            return if schema["nullable"] == true || schema["type"].is_null() {
-                Ok(())
-            } else {
-                Err(format!("{at} is null, which is not nullable"))
-            };
-        }
         if let Some(allowed) = schema["enum"].as_array()
             && !allowed.contains(value)
         {
             return Err(format!("{at}: {value} is not one of {allowed:?}"));
         }
-        let type_ok = match schema["type"].as_str() {
-            None => true,
-            Some("object") => value.is_object(),
-            Some("array") => value.is_array(),
-            Some("string") => value.is_string(),
-            Some("integer") => value.is_i64() || value.is_u64(),
-            Some("number") => value.is_number(),
-            Some("boolean") => value.is_boolean(),
-            Some(other) => return Err(format!("{at}: the document uses type {other}, which this check does not know")),
+        let types: Vec<&str> = match &schema["type"] {
+            Value::String(one) => vec![one.as_str()],
+            Value::Array(many) => many.iter().filter_map(Value::as_str).collect(),
+            _ => Vec::new(),
         };
-        if !type_ok {
+        if !types.is_empty() && !types.iter().any(|t| is_of_type(value, t)) {
             return Err(format!("{at}: {value} is not of type {}", schema["type"]));
         }
         if let Some(object) = value.as_object() {
-            let properties = schema["properties"].as_object();
-            for name in schema["required"].as_array().into_iter().flatten().filter_map(Value::as_str) {
-                if !object.contains_key(name) {
-                    return Err(format!("{at}: required {name} is missing"));
-                }
-            }
-            for (name, field) in object {
-                match properties.and_then(|p| p.get(name)) {
-                    Some(property) => self.validate(field, property, &format!("{at}.{name}"))?,
-                    None if schema["additionalProperties"] == false => {
-                        return Err(format!("{at}: {name} is not documented"));
-                    }
-                    None => {
-                        if let Some(extra) = schema["additionalProperties"].as_object() {
-                            self.validate(field, &Value::Object(extra.clone()), &format!("{at}.{name}"))?;
-                        }
-                    }
-                }
-            }
+            self.validate_object(object, schema, at)?;
         }
         if let Some(items) = value.as_array() {
             for (i, item) in items.iter().enumerate() {
@@ -107,6 +75,59 @@ impl Contract {
             }
         }
         Ok(())
+    }
+
+    /// An object with documented properties is closed unless its schema says
+    /// otherwise: a field the document does not name is an error, so that the API
+    /// cannot send what its document does not describe.
+    fn validate_object(&self, object: &Map<String, Value>, schema: &Value, at: &str) -> Result<(), String> {
+        for name in schema["required"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+            if !object.contains_key(name) {
+                return Err(format!("{at}: required {name} is missing"));
+            }
+        }
+        let properties = schema["properties"].as_object();
+        for (name, field) in object {
+            let at = format!("{at}.{name}");
+            match (properties.and_then(|p| p.get(name)), &schema["additionalProperties"]) {
+                (Some(property), _) => self.validate(field, property, &at)?,
+                (None, Value::Object(extra)) => self.validate(field, &Value::Object(extra.clone()), &at)?,
+                (None, Value::Bool(true)) => {}
+                (None, Value::Null) if properties.is_none() => {}
+                (None, _) => return Err(format!("{at} is not documented")),
+            }
+        }
+        Ok(())
+    }
+
+    /// The parts of an `allOf` describe one object together: one schema with every
+    /// part's properties and required fields.
+    fn merge(&self, parts: &[Value]) -> Value {
+        let mut properties = Map::new();
+        let mut required = Vec::new();
+        for part in parts {
+            let part = self.resolve(part);
+            let part = match part["allOf"].as_array() {
+                Some(inner) => self.merge(inner),
+                None => part.clone(),
+            };
+            properties.extend(part["properties"].as_object().cloned().unwrap_or_default());
+            required.extend(part["required"].as_array().cloned().unwrap_or_default());
+        }
+        serde_json::json!({"type": "object", "properties": properties, "required": required})
+    }
+}
+
+fn is_of_type(value: &Value, name: &str) -> bool {
+    match name {
+        "object" => value.is_object(),
+        "array" => value.is_array(),
+        "string" => value.is_string(),
+        "integer" => value.is_i64() || value.is_u64(),
+        "number" => value.is_number(),
+        "boolean" => value.is_boolean(),
+        "null" => value.is_null(),
+        _ => false,
     }
 }
 
@@ -119,24 +140,38 @@ mod tests {
     fn contract() -> Contract {
         Contract::new(json!({
             "paths": {"/x": {"get": {"responses": {"200": {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/X"}}}}}}}},
-            "components": {"schemas": {"X": {
-                "type": "object", "additionalProperties": false, "required": ["id"],
-                "properties": {"id": {"type": "integer"}, "state": {"type": "string", "enum": ["a", "b"]}, "note": {"type": "string", "nullable": true}}
-            }}}
+            "components": {"schemas": {
+                "X": {"allOf": [{"$ref": "#/components/schemas/Base"}, {
+                    "type": "object", "required": ["id"],
+                    "properties": {
+                        "id": {"type": "integer"},
+                        "state": {"type": "string", "enum": ["a", "b"]},
+                        "note": {"type": ["string", "null"]},
+                        "kind": {"oneOf": [{"type": "null"}, {"$ref": "#/components/schemas/Kind"}]},
+                        "free": {"type": "object"}
+                    }
+                }]},
+                "Base": {"type": "object", "properties": {"tags": {"type": "array", "items": {"type": "string"}}}},
+                "Kind": {"type": "string", "enum": ["k"]}
+            }}
         }))
     }
 
     #[test]
     fn answers_that_differ_from_the_document_are_caught() {
         let c = contract();
-        assert!(c.check("GET", "/x", 200, Some(&json!({"id": 1, "state": "a", "note": null}))).is_ok());
+        let full = json!({"id": 1, "state": "a", "note": null, "kind": "k", "tags": ["t"], "free": {"any": 1}});
+        assert_eq!(c.check("GET", "/x", 200, Some(&full)), Ok(()));
+        assert_eq!(c.check("GET", "/x", 200, Some(&json!({"id": 1, "kind": null}))), Ok(()));
         for (status, body, why) in [
             (404, json!({}), "does not document"),
             (200, json!({"state": "a"}), "required id is missing"),
             (200, json!({"id": "1"}), "is not of type"),
             (200, json!({"id": 1, "state": "c"}), "is not one of"),
             (200, json!({"id": 1, "extra": true}), "extra is not documented"),
-            (200, json!({"id": null}), "not nullable"),
+            (200, json!({"id": null}), "is not of type"),
+            (200, json!({"id": 1, "kind": "j"}), "matches none of oneOf"),
+            (200, json!({"id": 1, "tags": [1]}), "$.tags[0]"),
         ] {
             let err = c.check("GET", "/x", status, Some(&body)).unwrap_err();
             assert!(err.contains(why), "{body}: {err}");

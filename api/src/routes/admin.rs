@@ -4,28 +4,30 @@ use crate::AppState;
 use crate::auth::require_unscoped_admin;
 use crate::error::ApiError;
 use crate::extract::{Json, Path, Query};
+use crate::routes::openapi::{PayloadTooLarge, UnsupportedMediaType};
 use crate::routes::page_limit;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use serde_json::json;
-use vesemir_core::access::{Caller, Scope};
-use vesemir_model::access::Role;
+use utoipa::IntoParams;
+use vesemir_core::access::Caller;
+use vesemir_model::access::Scope;
+use vesemir_model::api::{AuditPage, CreatedToken, ErrorBody, NewToken, TokenList};
 use vesemir_model::deployment::is_identifier;
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NewToken {
-    name: String,
-    role: Role,
-    /// Exact names or globs; none: any.
-    #[serde(default)]
-    services: Vec<String>,
-    #[serde(default)]
-    clusters: Vec<String>,
-}
-
+/// Create a token (admin)
+#[utoipa::path(
+    post, path = "/v1/tokens", operation_id = "createToken", tag = "admin",
+    request_body = NewToken,
+    responses(
+        (status = 201, description = "The token, shown only this once, and its record.", body = CreatedToken),
+        (status = 400, description = "malformed_json, invalid_body, invalid_name or invalid_scope.", body = ErrorBody),
+        (status = 409, description = "A live token has this name (code conflict).", body = ErrorBody),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+    )
+)]
 pub async fn create_token(
     State(state): State<AppState>,
     caller: Caller,
@@ -39,14 +41,30 @@ pub async fn create_token(
     scope.validate().map_err(|e| ApiError::bad_request("invalid_scope", e))?;
     let (info, token) = state.store.create_token(&new.name, new.role, &scope, &caller.name).await?;
     // The only time the token is shown: it is not stored.
-    Ok((StatusCode::CREATED, axum::Json(json!({ "token": token, "info": info }))).into_response())
+    Ok((StatusCode::CREATED, axum::Json(CreatedToken { token, info })).into_response())
 }
 
+/// List tokens (admin)
+#[utoipa::path(
+    get, path = "/v1/tokens", operation_id = "listTokens", tag = "admin",
+    responses(
+        (status = 200, description = "Every token, by name; never a secret.", body = TokenList),
+    )
+)]
 pub async fn list_tokens(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
     require_unscoped_admin(&state, &caller, "listing tokens").await?;
-    Ok(axum::Json(json!({ "tokens": state.store.tokens().await? })).into_response())
+    Ok(axum::Json(TokenList { tokens: state.store.tokens().await? }).into_response())
 }
 
+/// Revoke a token (admin)
+#[utoipa::path(
+    delete, path = "/v1/tokens/{name}", operation_id = "revokeToken", tag = "admin",
+    params(("name" = String, Path, description = "The token's name.")),
+    responses(
+        (status = 204, description = "Revoked."),
+        (status = 404, description = "No live token has this name (code not_found).", body = ErrorBody),
+    )
+)]
 pub async fn revoke_token(
     State(state): State<AppState>,
     caller: Caller,
@@ -60,13 +78,27 @@ pub async fn revoke_token(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AuditParams {
+    /// Only entries with a greater `id`.
+    #[param(minimum = 0, default = 0)]
     after: Option<i64>,
+    /// Entries per page.
+    #[param(minimum = 1, maximum = 1000, default = 100)]
     limit: Option<i64>,
 }
 
+/// Read the audit trail (admin)
+#[utoipa::path(
+    get, path = "/v1/audit", operation_id = "readAudit", tag = "admin",
+    params(AuditParams),
+    responses(
+        (status = 200, description = "Entries after `after`, oldest first.", body = AuditPage),
+        (status = 400, description = "invalid_limit, or invalid_query (an unknown or malformed parameter).", body = ErrorBody),
+    )
+)]
 pub async fn audit(
     State(state): State<AppState>,
     caller: Caller,
@@ -75,5 +107,5 @@ pub async fn audit(
     require_unscoped_admin(&state, &caller, "reading the audit trail").await?;
     let limit = page_limit(params.limit, 100, 1000)?;
     let entries = state.store.audit_log(params.after.unwrap_or(0), limit).await?;
-    Ok(axum::Json(json!({ "entries": entries })).into_response())
+    Ok(axum::Json(AuditPage { entries }).into_response())
 }

@@ -4,18 +4,20 @@ use crate::AppState;
 use crate::auth::{refuse, require, require_scope, require_scope_of};
 use crate::error::ApiError;
 use crate::extract::{Json, Path, Query};
+use crate::routes::openapi::{NotFound, PayloadTooLarge, UnsupportedMediaType};
 use crate::routes::page_limit;
 use crate::validate;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use serde_json::json;
+use utoipa::IntoParams;
 use uuid::Uuid;
-use vesemir_core::access::{self, Caller};
+use vesemir_core::access::Caller;
 use vesemir_core::store::{Cancel, ListFilter, NewDeployment, RetryPlan, Submitted};
-use vesemir_model::access::Role;
-use vesemir_model::deployment::{DeploymentRequest, DeploymentState, is_host_name, is_identifier};
+use vesemir_model::access::{Role, glob};
+use vesemir_model::api::{DeploymentPage, ErrorBody, LogPage};
+use vesemir_model::deployment::{Deployment, DeploymentRequest, DeploymentState, is_host_name, is_identifier};
 
 const DEFAULT_PAGE: i64 = 20;
 const MAX_PAGE: i64 = 100;
@@ -38,20 +40,30 @@ fn parse_id(text: &str) -> Result<Uuid, ApiError> {
         .map_err(|_| ApiError::bad_request("invalid_id", format!("{text:?} is not a deployment id (a UUID)")))
 }
 
+/// Submit a deployment
+///
+/// Answered once the deployment and its outbox row are committed; the id is then
+/// published to the queue.
+#[utoipa::path(
+    post, path = "/v1/deployments", operation_id = "submitDeployment", tag = "deployments",
+    request_body = DeploymentRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retried submit safe: the same key from the same token with the same body returns the first deployment (200); with another body, 422. A key belongs to the token that sent it: another token's use of it is a new submit.")),
+    responses(
+        (status = 200, description = "A repeat of an earlier submit with the same Idempotency-Key and body: that deployment, as it is now.", body = Deployment),
+        (status = 202, description = "Accepted: recorded and queued; `state` is `queued` and `hosts` is empty.", body = Deployment,
+            headers(("Location" = String, description = "The deployment's URL."))),
+        (status = 400, description = "malformed_json, invalid_body (not an object, an unknown field, a wrong type), invalid_idempotency_key, or a refused value: unknown_service, unknown_cluster, unknown_host, invalid_version, invalid_hosts, invalid_selector, invalid_executor, invalid_concurrency, invalid_weight, invalid_sleep_seconds, invalid_vars.", body = ErrorBody),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, description = "The Idempotency-Key was already used with a different request (code idempotency_key_reused).", body = ErrorBody),
+    )
+)]
 pub async fn submit(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
-    Json(body): Json<serde_json::Value>,
+    Json(request): Json<DeploymentRequest>,
 ) -> Result<Response, ApiError> {
-    if !body.is_object() {
-        return Err(ApiError::bad_request("invalid_body", "the body must be a JSON object"));
-    }
-    if let Some(field) = DeploymentRequest::unknown_field(&body) {
-        return Err(ApiError::bad_request("invalid_body", format!("unknown field {field:?}")));
-    }
-    let request: DeploymentRequest = serde_json::from_value(body)
-        .map_err(|e| ApiError::bad_request("invalid_body", format!("invalid request: {e}")))?;
     require_scope(&state, &caller, (&request.service, &request.cluster), "deploying", None).await?;
     let key = match headers.get("idempotency-key") {
         None => None,
@@ -83,6 +95,16 @@ pub async fn submit(
     Ok((status, [(header::LOCATION, location)], axum::Json(deployment)).into_response())
 }
 
+/// A deployment with its summary, hosts and steps
+#[utoipa::path(
+    get, path = "/v1/deployments/{id}", operation_id = "getDeployment", tag = "deployments",
+    params(DeploymentId),
+    responses(
+        (status = 200, description = "The deployment, with `hosts`.", body = Deployment),
+        (status = 400, description = "invalid_id.", body = ErrorBody),
+        (status = 404, response = NotFound),
+    )
+)]
 pub async fn get(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     require_scope_of(&state, &caller, id, "reading a deployment").await?;
@@ -92,16 +114,43 @@ pub async fn get(State(state): State<AppState>, caller: Caller, Path(id): Path<S
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// `{id}` in a deployment's paths.
+#[derive(Debug, IntoParams)]
+#[into_params(names("id"), parameter_in = Path)]
+pub struct DeploymentId(
+    /// A deployment id (else 400 invalid_id).
+    #[allow(dead_code)]
+    Uuid,
+);
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListParams {
+    /// Only this service's deployments.
     service: Option<String>,
+    /// Only this cluster's.
     cluster: Option<String>,
+    /// Only deployments in this state.
+    #[param(value_type = Option<DeploymentState>)]
     state: Option<String>,
+    /// Deployments per page.
+    #[param(minimum = 1, maximum = 100, default = 20)]
     limit: Option<i64>,
+    /// A `next_cursor` from an earlier page: deployments older than it.
+    #[param(value_type = Option<Uuid>)]
     cursor: Option<String>,
 }
 
+/// List deployments, newest first
+#[utoipa::path(
+    get, path = "/v1/deployments", operation_id = "listDeployments", tag = "deployments",
+    params(ListParams),
+    responses(
+        (status = 200, description = "A page of deployments, without their hosts.", body = DeploymentPage),
+        (status = 400, description = "invalid_limit, invalid_state, invalid_cursor, or invalid_query (a filter that is not an identifier, an unknown or malformed parameter).", body = ErrorBody),
+    )
+)]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -135,7 +184,7 @@ pub async fn list(
         scope: caller.scope.clone(),
     };
     let outside = |patterns: &[String], name: &Option<String>| {
-        name.as_deref().is_some_and(|n| !patterns.is_empty() && !patterns.iter().any(|p| access::glob(p, n)))
+        name.as_deref().is_some_and(|n| !patterns.is_empty() && !patterns.iter().any(|p| glob(p, n)))
     };
     if outside(&caller.scope.services, &filter.service) || outside(&caller.scope.clusters, &filter.cluster) {
         let message = format!("listing beyond the scope of token {}: {}", caller.name, caller.scope);
@@ -143,17 +192,33 @@ pub async fn list(
     }
     let deployments = state.store.list(&filter).await?;
     let next_cursor = (deployments.len() as i64 == limit).then(|| deployments.last().map(|d| d.id)).flatten();
-    Ok(axum::Json(json!({ "deployments": deployments, "next_cursor": next_cursor })).into_response())
+    Ok(axum::Json(DeploymentPage { deployments, next_cursor }).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct LogParams {
+    /// Only lines with a greater `seq`.
+    #[param(minimum = 0, default = 0)]
     after: Option<i64>,
+    /// Only this host's lines.
     host: Option<String>,
+    /// Lines per page.
+    #[param(minimum = 1, maximum = 5000, default = 1000)]
     limit: Option<i64>,
 }
 
+/// Log lines after a sequence number
+#[utoipa::path(
+    get, path = "/v1/deployments/{id}/logs", operation_id = "getDeploymentLogs", tag = "deployments",
+    params(DeploymentId, LogParams),
+    responses(
+        (status = 200, description = "The deployment's state and the lines after `after`, oldest first.", body = LogPage),
+        (status = 400, description = "invalid_id, invalid_after, invalid_limit, or invalid_query (a bad host name, an unknown or malformed parameter).", body = ErrorBody),
+        (status = 404, response = NotFound),
+    )
+)]
 pub async fn logs(
     State(state): State<AppState>,
     caller: Caller,
@@ -179,10 +244,24 @@ pub async fn logs(
     };
     let lines = state.store.logs(id, after, host.as_deref(), limit).await?;
     let next_after = lines.last().map_or(after, |l| l.seq);
-    Ok(axum::Json(json!({ "state": deployment_state, "lines": lines, "next_after": next_after })).into_response())
+    Ok(axum::Json(LogPage { state: deployment_state, lines, next_after }).into_response())
 }
 
-/// `POST /v1/deployments/{id}/cancel`: no new host starts; hosts in flight finish.
+/// Cancel a deployment
+///
+/// No new host starts; hosts in flight finish. A deployer cancels only deployments it
+/// requested; an admin may cancel any. Records `cancelled_by`.
+#[utoipa::path(
+    post, path = "/v1/deployments/{id}/cancel", operation_id = "cancelDeployment", tag = "deployments",
+    params(DeploymentId),
+    responses(
+        (status = 202, description = "The deployment, now `cancelled` (it was queued) or `cancelling` (running: no new host starts, hosts in flight finish, the rest are skipped). Also the answer when it was already cancelling.", body = Deployment),
+        (status = 400, description = "invalid_id.", body = ErrorBody),
+        (status = 403, description = "A deployer cancelling a deployment another token requested, or one outside the token's scope (code forbidden).", body = ErrorBody),
+        (status = 404, response = NotFound),
+        (status = 409, description = "The deployment is already over (code conflict).", body = ErrorBody),
+    )
+)]
 pub async fn cancel(
     State(state): State<AppState>,
     caller: Caller,
@@ -207,8 +286,21 @@ pub async fn cancel(
     Ok((StatusCode::ACCEPTED, axum::Json(deployment)).into_response())
 }
 
-/// `POST /v1/deployments/{id}/retry` (admin): a new deployment of the same request on
-/// the hosts that failed, were unreachable or were skipped.
+/// Retry a deployment's failed, unreachable and skipped hosts (admin)
+///
+/// A new deployment of the same request, narrowed to the hosts that failed, were
+/// unreachable or were skipped.
+#[utoipa::path(
+    post, path = "/v1/deployments/{id}/retry", operation_id = "retryDeployment", tag = "deployments",
+    params(DeploymentId),
+    responses(
+        (status = 202, description = "The new deployment, `queued`, with `retry_of` and `attempt`.", body = Deployment,
+            headers(("Location" = String, description = "The new deployment's URL."))),
+        (status = 400, description = "invalid_id.", body = ErrorBody),
+        (status = 404, response = NotFound),
+        (status = 409, description = "Still running, a dry run, or no host failed, was unreachable or was skipped (code conflict).", body = ErrorBody),
+    )
+)]
 pub async fn retry(
     State(state): State<AppState>,
     caller: Caller,

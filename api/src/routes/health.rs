@@ -2,14 +2,25 @@
 
 use crate::AppState;
 use crate::error::ApiError;
+use crate::routes::openapi::{Internal, Unavailable};
 use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
+use vesemir_model::api::{Health, Readiness, ReadyState};
 
-/// Prometheus metrics (text format): deployments by state, the outbox backlog, hosts
-/// in flight. Read from the database, so every replica reports the same.
+/// Prometheus metrics
+///
+/// Deployments by state, the outbox backlog, hosts in flight: read from the database,
+/// so every replica reports the same.
+#[utoipa::path(
+    get, path = "/metrics", operation_id = "metrics", tag = "health", security(()),
+    responses(
+        (status = 200, description = "Prometheus text format (`text/plain; version=0.0.4`): `vesemir_deployments{state}`, `vesemir_outbox_pending`, `vesemir_hosts_running`.", body = String, content_type = "text/plain"),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let gauges = state.store.gauges().await?;
     let mut out = String::new();
@@ -27,14 +38,26 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
 }
 
-/// The process is up and serving.
-pub async fn healthz() -> Json<Value> {
-    Json(json!({ "status": "ok" }))
+/// Liveness
+#[utoipa::path(
+    get, path = "/healthz", operation_id = "healthz", tag = "health", security(()),
+    responses((status = 200, description = "The process is up and serving.", body = Health))
+)]
+pub async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok".to_owned() })
 }
 
-/// The database and the broker are reachable: this replica can accept work. The
-/// answer names what is down; the errors themselves go to the log, not to anyone who
-/// asks.
+/// Readiness
+///
+/// The database and the broker are reachable: this replica can accept work. The answer
+/// names what is down; the errors themselves go to the log, not to anyone who asks.
+#[utoipa::path(
+    get, path = "/readyz", operation_id = "readyz", tag = "health", security(()),
+    responses(
+        (status = 200, description = "The database and the broker are reachable.", body = Readiness),
+        (status = 503, description = "The database or the broker is not reachable: the body says which.", body = Readiness),
+    )
+)]
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let (database, broker) = tokio::join!(state.store.ping(), state.publisher.check());
     if let Err(e) = &database {
@@ -43,13 +66,12 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     if let Err(e) = &broker {
         tracing::warn!(error = %e, "not ready: the broker is unreachable");
     }
-    let up = |ok: bool| if ok { "up" } else { "down" };
     let (database, broker) = (database.is_ok(), broker.is_ok());
-    let status = if database && broker { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    let body = json!({
-        "status": if status == StatusCode::OK { "ready" } else { "unavailable" },
-        "database": up(database),
-        "broker": up(broker),
-    });
+    let (status, ready) = if database && broker {
+        (StatusCode::OK, ReadyState::Ready)
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, ReadyState::Unavailable)
+    };
+    let body = Readiness { status: ready, database: database.into(), broker: broker.into() };
     (status, Json(body)).into_response()
 }

@@ -1,36 +1,12 @@
 //! Tokens and the audit trail.
 
 use super::{Store, StoreError, parse};
-use crate::access::{NewToken, Scope};
+use crate::access::NewToken;
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 use serde_json::Value;
 use sqlx::PgConnection;
 use uuid::Uuid;
-use vesemir_model::access::Role;
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct TokenInfo {
-    pub id: Uuid,
-    pub name: String,
-    pub role: Role,
-    /// Empty lists: any service, any cluster.
-    #[serde(flatten)]
-    pub scope: Scope,
-    pub created_by: String,
-    pub created_at: DateTime<Utc>,
-    pub revoked_at: Option<DateTime<Utc>>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct AuditEntry {
-    pub id: i64,
-    pub at: DateTime<Utc>,
-    pub actor: String,
-    pub action: String,
-    pub deployment_id: Option<Uuid>,
-    pub detail: Value,
-}
+use vesemir_model::access::{AuditEntry, Role, Scope, TokenInfo};
 
 #[derive(sqlx::FromRow)]
 struct TokenRow {

@@ -10,7 +10,9 @@ use super::{Store, StoreError, is_unique_violation, parse};
 use chrono::{DateTime, Utc};
 use std::time::Duration;
 use uuid::Uuid;
-use vesemir_model::deployment::{AdminState, DeploymentRequest, DeploymentState, HostState, LogStream, StepState};
+use vesemir_model::deployment::{
+    AdminState, DeploymentRequest, DeploymentState, HostState, LogStream, StepState, StoredRequest,
+};
 use vesemir_model::event::Event;
 
 /// A deployment this worker now holds.
@@ -69,7 +71,7 @@ impl Store {
     /// deployment, if its target is free and no deployment of that target was
     /// submitted before it and still waits.
     pub async fn claim(&self, id: Uuid, token: &str, lease_seconds: u64) -> Result<Claim, StoreError> {
-        let claimed = sqlx::query_as::<_, (sqlx::types::Json<DeploymentRequest>,)>(concat!(
+        let claimed = sqlx::query_as::<_, (sqlx::types::Json<StoredRequest>,)>(concat!(
             "UPDATE deployments SET worker_id = $2, \
                  lease_expires_at = now() + make_interval(secs => $3), \
                  state = CASE WHEN state = 'queued' THEN 'running' ELSE state END, \
@@ -93,7 +95,7 @@ impl Store {
             Ok(Some((request,))) => {
                 return Ok(Claim::Claimed(Box::new(ClaimedDeployment {
                     id,
-                    request: request.0,
+                    request: request.0.0,
                     token: token.to_owned(),
                 })));
             }

@@ -4,7 +4,7 @@ use super::{Store, StoreError, access, parse};
 use crate::access::Caller;
 use uuid::Uuid;
 use vesemir_model::access::Role;
-use vesemir_model::deployment::{DeploymentRequest, DeploymentState, HostState};
+use vesemir_model::deployment::{DeploymentRequest, DeploymentState, HostState, StoredRequest};
 use vesemir_model::event::Event;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,7 +114,7 @@ impl Store {
     /// The hosts a retry of `id` would deploy to: those that failed, were unreachable
     /// or were skipped.
     pub async fn retry_plan(&self, id: Uuid) -> Result<RetryPlan, StoreError> {
-        let row: Option<(String, sqlx::types::Json<DeploymentRequest>, i32)> =
+        let row: Option<(String, sqlx::types::Json<StoredRequest>, i32)> =
             sqlx::query_as("SELECT state, request, attempt FROM deployments WHERE id = $1")
                 .bind(id)
                 .fetch_optional(&self.pool)
@@ -144,7 +144,7 @@ impl Store {
                 "deployment {id} has no host that failed, was unreachable or was skipped: nothing to retry"
             )));
         }
-        Ok(RetryPlan::Hosts { request: Box::new(request.0), hosts: again, attempt: attempt + 1 })
+        Ok(RetryPlan::Hosts { request: Box::new(request.0.0), hosts: again, attempt: attempt + 1 })
     }
 
     /// Whether someone asked to cancel the deployment (read by its worker).

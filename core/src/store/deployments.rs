@@ -1,12 +1,14 @@
 //! Submitting, reading and listing deployments.
 
 use super::{Store, StoreError, parse};
-use crate::access::Scope;
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use uuid::Uuid;
-use vesemir_model::deployment::{Deployment, DeploymentRequest, DeploymentState, Host, HostState, Step, Summary};
+use vesemir_model::access::Scope;
+use vesemir_model::deployment::{
+    Deployment, DeploymentRequest, DeploymentState, Host, HostState, Step, StoredRequest, Summary,
+};
 
 /// What the API asks the store to record.
 #[derive(Debug)]
@@ -44,7 +46,7 @@ struct DeploymentRow {
     service: String,
     cluster: String,
     version: String,
-    request: sqlx::types::Json<DeploymentRequest>,
+    request: sqlx::types::Json<StoredRequest>,
     state: String,
     requested_by: String,
     cancelled_by: Option<String>,
@@ -79,7 +81,7 @@ impl DeploymentRow {
             started_at: self.started_at,
             finished_at: self.finished_at,
             error: self.error,
-            request: self.request.0,
+            request: self.request.0.0,
             summary,
             hosts,
         })

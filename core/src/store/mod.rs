@@ -49,7 +49,6 @@ mod deployments;
 mod logs;
 mod outbox;
 
-pub use access::{AuditEntry, TokenInfo};
 pub use claims::{Claim, ClaimedDeployment, PlannedHost, RunHost};
 pub use control::{Cancel, RetryPlan};
 pub use deployments::{Gauges, ListFilter, NewDeployment, Submitted};

@@ -3,9 +3,8 @@
 
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
-use vesemir_core::access::Scope;
 use vesemir_model::access::Role;
-use vesemir_model::deployment::DeploymentRequest;
+use vesemir_model::access::Scope;
 use vesemir_tests::{Setup, TestApp, Throwaway, client_with, demo_request};
 
 async fn app() -> TestApp {
@@ -382,12 +381,12 @@ fn routed_paths() -> BTreeSet<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_openapi_document_describes_every_route_and_the_submit_body() {
+async fn the_openapi_document_describes_every_route() {
     let app = app().await;
     let response = reqwest::get(app.url("/openapi.json")).await.unwrap();
     assert_eq!(response.status().as_u16(), 200, "readable without a token");
     let document: Value = response.json().await.unwrap();
-    assert_eq!(document["openapi"], "3.0.3");
+    assert_eq!(document["openapi"], "3.1.0");
 
     let paths = document["paths"].as_object().unwrap();
     let documented: BTreeSet<String> = paths.keys().cloned().collect();
@@ -417,12 +416,6 @@ async fn the_openapi_document_describes_every_route_and_the_submit_body() {
         }
     }
 
-    // The submit body lists exactly the fields a submit accepts.
-    let schema = &document["components"]["schemas"]["DeploymentRequest"];
-    let properties: BTreeSet<&str> = schema["properties"].as_object().unwrap().keys().map(String::as_str).collect();
-    let accepted: BTreeSet<&str> = DeploymentRequest::FIELDS.iter().copied().collect();
-    assert_eq!(properties, accepted);
-    assert_eq!(schema["additionalProperties"], false);
     app.shut_down().await;
 }
 

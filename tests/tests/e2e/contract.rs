@@ -4,8 +4,8 @@
 
 use serde_json::{Value, json};
 use std::time::Duration;
-use vesemir_core::access::Scope;
 use vesemir_model::access::Role;
+use vesemir_model::access::Scope;
 use vesemir_tests::openapi::Contract;
 use vesemir_tests::{Fleet, Setup, TestApp, client_with, demo_request};
 
