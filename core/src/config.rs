@@ -4,7 +4,10 @@
 //! Relative paths in the file (keys, known_hosts, the playbooks directory) are resolved
 //! against the directory that holds the file, so a configuration can be moved as a unit.
 
+mod position;
+
 use crate::template;
+pub use position::Position;
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -19,8 +22,30 @@ pub enum ConfigError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("configuration file {path} is not valid: {message}")]
     Parse { path: PathBuf, message: String },
-    #[error("configuration is not valid: {0}")]
-    Invalid(String),
+    /// A value that parsed but is refused: `key` is its dotted path, `at` where it is
+    /// written (or where its nearest parent is, for a default).
+    #[error(
+        "configuration is not valid: {key}{}: {message}",
+        at.map(|p| format!(" (line {}, column {})", p.line, p.column)).unwrap_or_default()
+    )]
+    Invalid { key: String, message: String, at: Option<Position> },
+}
+
+impl ConfigError {
+    fn invalid(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Invalid { key: key.into(), message: message.into(), at: None }
+    }
+
+    /// Points a refusal at where its key is written in `text`.
+    fn located(self, text: &str) -> Self {
+        match self {
+            Self::Invalid { key, message, at: None } => {
+                let at = position::locate(text, &key);
+                Self::Invalid { key, message, at }
+            }
+            other => other,
+        }
+    }
 }
 
 /// A value that must never appear in logs or `Debug` output.
@@ -333,15 +358,18 @@ impl ServiceConfig {
     /// Checks the templates the configuration itself names (the health check, the
     /// server name, the commands the ansible executor runs); a playbook's steps are
     /// checked by the worker, which loads the playbooks. The error names the template.
-    pub fn check_templates(&self) -> Result<(), String> {
-        template::UrlTemplate::parse(&self.health.url, &self.vars).map_err(|e| format!("health.url: {e}"))?;
+    /// Checks the service's templates; a refusal names the key (under the service)
+    /// whose template it is.
+    pub fn check_templates(&self) -> Result<(), (String, template::TemplateError)> {
+        template::UrlTemplate::parse(&self.health.url, &self.vars).map_err(|e| ("health.url".to_owned(), e))?;
         if let Some(lb) = &self.load_balancer {
-            template::NameTemplate::parse(&lb.server, &self.vars).map_err(|e| format!("load_balancer.server: {e}"))?;
+            template::NameTemplate::parse(&lb.server, &self.vars)
+                .map_err(|e| ("load_balancer.server".to_owned(), e))?;
         }
         for name in ANSIBLE_COMMANDS {
             if self.vars.contains_key(name) {
                 template::ShellTemplate::parse(&format!("{{{{{name}}}}}"), &self.vars)
-                    .map_err(|e| format!("{name}: {e}"))?;
+                    .map_err(|e| (format!("vars.{name}"), e))?;
             }
         }
         Ok(())
@@ -437,7 +465,7 @@ impl Config {
         let mut config =
             Self::parse(&text, base).map_err(|message| ConfigError::Parse { path: path.to_owned(), message })?;
         config.apply_env(|name| std::env::var(name).ok());
-        config.validate()?;
+        config.validate().map_err(|e| e.located(&text))?;
         Ok(config)
     }
 
@@ -466,31 +494,38 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        let invalid = |key: String, m: String| Err(ConfigError::invalid(key, m));
         for (name, cluster) in &self.clusters {
+            let key = |rest: &str| {
+                if rest.is_empty() { format!("clusters.{name}") } else { format!("clusters.{name}.{rest}") }
+            };
             if !is_identifier(name) {
-                return invalid(format!("cluster name {name:?} must match [a-z0-9][a-z0-9._-]*"));
+                return invalid(key(""), "a cluster name must match [a-z0-9][a-z0-9._-]*".to_owned());
             }
             match (cluster.discovery, &cluster.chef) {
                 (DiscoveryKind::Chef, None) => {
-                    return invalid(format!(
-                        "cluster {name}: discovery = \"chef\" needs a [clusters.{name}.chef] section"
-                    ));
+                    return invalid(
+                        key("discovery"),
+                        format!("discovery = \"chef\" needs a [clusters.{name}.chef] section"),
+                    );
                 }
                 (DiscoveryKind::Chef, Some(chef)) => {
                     if !["1.0", "1.1", "1.3"].contains(&chef.sign_version.as_str()) {
-                        return invalid(format!("cluster {name}: chef.sign_version must be 1.0, 1.1 or 1.3"));
+                        return invalid(key("chef.sign_version"), "must be 1.0, 1.1 or 1.3".to_owned());
                     }
                     if chef.page_size == 0 || chef.page_size > 10_000 {
-                        return invalid(format!("cluster {name}: chef.page_size must be 1 to 10000"));
+                        return invalid(key("chef.page_size"), "must be 1 to 10000".to_owned());
                     }
                 }
                 (DiscoveryKind::Static, _) => {}
             }
             let mut balancers = BTreeSet::new();
-            for lb in &cluster.load_balancers {
+            for (i, lb) in cluster.load_balancers.iter().enumerate() {
                 if !is_identifier(&lb.name) || !balancers.insert(&lb.name) {
-                    return invalid(format!("cluster {name}: load balancer name {:?} is invalid or repeated", lb.name));
+                    return invalid(
+                        key(&format!("load_balancers.{i}.name")),
+                        format!("{:?} is invalid or repeated", lb.name),
+                    );
                 }
                 let socket = match &lb.runtime_api {
                     RuntimeApi::Unix { path } => Some(path.as_path()),
@@ -498,60 +533,66 @@ impl Config {
                     RuntimeApi::Tcp { .. } => None,
                 };
                 if socket.is_some_and(|path| !path.is_absolute()) {
-                    return invalid(format!(
-                        "cluster {name}: load balancer {}: the socket path must be absolute",
-                        lb.name
-                    ));
+                    return invalid(
+                        key(&format!("load_balancers.{i}.runtime_api")),
+                        "the socket path must be absolute".to_owned(),
+                    );
                 }
             }
             let mut seen = BTreeSet::new();
-            for host in &cluster.hosts {
+            for (i, host) in cluster.hosts.iter().enumerate() {
                 if !is_address(&host.address) {
-                    return invalid(format!(
-                        "cluster {name}: host {} has an invalid address {:?}",
-                        host.name, host.address
-                    ));
+                    return invalid(
+                        key(&format!("hosts.{i}.address")),
+                        format!("host {} has an invalid address {:?}", host.name, host.address),
+                    );
                 }
                 if !is_host_name(&host.name) {
-                    return invalid(format!(
-                        "cluster {name}: host name {:?} must match [A-Za-z0-9][A-Za-z0-9._-]*",
-                        host.name
-                    ));
+                    return invalid(
+                        key(&format!("hosts.{i}.name")),
+                        format!("host name {:?} must match [A-Za-z0-9][A-Za-z0-9._-]*", host.name),
+                    );
                 }
                 if !seen.insert(&host.name) {
-                    return invalid(format!("cluster {name}: host {} is listed twice", host.name));
+                    return invalid(key(&format!("hosts.{i}")), format!("host {} is listed twice", host.name));
                 }
             }
         }
         for (name, service) in &self.services {
+            let key = |rest: &str| {
+                if rest.is_empty() { format!("services.{name}") } else { format!("services.{name}.{rest}") }
+            };
             if !is_identifier(name) {
-                return invalid(format!("service name {name:?} must match [a-z0-9][a-z0-9._-]*"));
+                return invalid(key(""), "a service name must match [a-z0-9][a-z0-9._-]*".to_owned());
             }
             if let Some(lb) = &service.load_balancer
                 && !is_haproxy_name(&lb.backend)
             {
-                return invalid(format!("service {name}: backend {:?} is not a valid HAProxy name", lb.backend));
+                return invalid(key("load_balancer.backend"), format!("{:?} is not a valid HAProxy name", lb.backend));
             }
             if !is_identifier(&service.playbook) {
-                return invalid(format!("service {name}: playbook name {:?} is not valid", service.playbook));
+                return invalid(key("playbook"), format!("{:?} is not a valid playbook name", service.playbook));
             }
             if service.executor == ExecutorKind::Ansible && service.playbook != ANSIBLE_PLAYBOOK {
-                return invalid(format!(
-                    "service {name}: the ansible executor runs the Ansible form of the {ANSIBLE_PLAYBOOK} playbook \
-                     (playbooks/ansible/{ANSIBLE_PLAYBOOK}.yml); playbook = {:?} runs only with executor = \"native\"",
-                    service.playbook
-                ));
+                return invalid(
+                    key("executor"),
+                    format!(
+                        "the ansible executor runs the Ansible form of the {ANSIBLE_PLAYBOOK} playbook \
+                         (playbooks/ansible/{ANSIBLE_PLAYBOOK}.yml); playbook = {:?} runs only with executor = \"native\"",
+                        service.playbook
+                    ),
+                );
             }
-            service.check_templates().map_err(|e| ConfigError::Invalid(format!("service {name}: {e}")))?;
+            service.check_templates().map_err(|(field, e)| ConfigError::invalid(key(&field), e.to_string()))?;
         }
         if self.worker.max_deployments == 0 {
-            return invalid("worker.max_deployments must be at least 1".to_owned());
+            return invalid("worker.max_deployments".to_owned(), "must be at least 1".to_owned());
         }
         if self.api.reap_after_seconds == 0 {
-            return invalid("api.reap_after_seconds must be at least 1".to_owned());
+            return invalid("api.reap_after_seconds".to_owned(), "must be at least 1".to_owned());
         }
         if self.worker.lease_seconds < 3 {
-            return invalid("worker.lease_seconds must be at least 3".to_owned());
+            return invalid("worker.lease_seconds".to_owned(), "must be at least 3".to_owned());
         }
         Ok(())
     }
@@ -602,6 +643,32 @@ mod tests {
         );
         let config = Config::parse(&text, Path::new(".")).expect("parses");
         assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn a_refused_value_is_named_by_its_key_and_its_line_and_column_in_the_file() {
+        let dir = std::env::temp_dir().join(format!("vesemir-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("vesemir.toml");
+        let text = MINIMAL.replace(r#"address = "127.0.20.1""#, r#"address = "-oProxyCommand=x""#);
+        std::fs::write(&path, &text).unwrap();
+        let err = Config::load(&path).unwrap_err().to_string();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(err.contains("clusters.sandbox.hosts.0.address (line 4, column 36)"), "{err}");
+        assert!(err.contains("invalid address"), "{err}");
+
+        let bad_template = MINIMAL.replace("http://{{host.address}}", "ftp://{{host.address}}");
+        let err = Config::parse(&bad_template, Path::new(".")).unwrap().validate().unwrap_err();
+        let ConfigError::Invalid { key, .. } = &err else { panic!("{err}") };
+        assert_eq!(key, "services.demo.health.url");
+        let err = err.located(&bad_template).to_string();
+        assert!(err.contains("services.demo.health.url (line 8, column 20)"), "{err}");
+    }
+
+    #[test]
+    fn a_syntax_error_names_its_line_and_column() {
+        let err = Config::parse("[api]\nlisten = \n", Path::new(".")).unwrap_err();
+        assert!(err.contains("line 2, column 10"), "{err}");
     }
 
     #[test]

@@ -4,6 +4,7 @@ use crate::discovery;
 use crate::executor::Executor;
 use crate::lb::{self, Balancers};
 use crate::lease::LeaseKeeper;
+use crate::ledger::Ledger;
 use crate::log_pump::{LogPump, LogSink};
 use crate::playbook::Playbook;
 use crate::rollout::{Outcome, Rollout, Stop, plan_waves};
@@ -37,15 +38,15 @@ pub struct Runner {
 
 impl Runner {
     pub async fn run(&self, claim: ClaimedDeployment) -> Disposition {
-        let lease =
-            LeaseKeeper::start(self.store.clone(), claim.id, claim.token.clone(), self.config.worker.lease_seconds);
+        let ledger: Arc<dyn Ledger> = Arc::new(self.store.clone());
+        let lease = LeaseKeeper::start(ledger.clone(), claim.id, claim.token.clone(), self.config.worker.lease_seconds);
         let (logs, pump) = LogPump::start(
-            self.store.clone(),
+            ledger.clone(),
             claim.id,
             self.config.worker.log_batch_lines,
             Duration::from_millis(self.config.worker.log_batch_ms),
         );
-        let result = self.run_claimed(&claim, &logs, &lease).await;
+        let result = self.run_claimed(&claim, &ledger, &logs, &lease).await;
         // Logs are committed before the outcome, so whoever sees the final state can
         // read every line.
         pump.finish(logs).await;
@@ -86,6 +87,7 @@ impl Runner {
     async fn run_claimed(
         &self,
         claim: &ClaimedDeployment,
+        ledger: &Arc<dyn Ledger>,
         logs: &LogSink,
         lease: &LeaseKeeper,
     ) -> Result<Step, StoreError> {
@@ -137,7 +139,7 @@ impl Runner {
             ),
         };
         let rollout = Rollout {
-            store: &self.store,
+            ledger,
             deployment_id: claim.id,
             token: &claim.token,
             request,

@@ -7,6 +7,7 @@
 //! off from the database, or one that was stalled, stops acting by itself, whether or
 //! not the renewal task ran meanwhile.
 
+use crate::ledger::Ledger;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -14,7 +15,6 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{Instrument, warn};
 use uuid::Uuid;
-use vesemir_core::store::Store;
 
 /// The claim as this worker can vouch for it.
 #[derive(Debug, Clone)]
@@ -92,7 +92,7 @@ pub struct LeaseKeeper {
 
 impl LeaseKeeper {
     /// Starts renewing a claim just taken (its lease runs from about now).
-    pub fn start(store: Store, id: Uuid, token: String, lease_seconds: u64) -> Self {
+    pub fn start(ledger: Arc<dyn Ledger>, id: Uuid, token: String, lease_seconds: u64) -> Self {
         let (gone_tx, gone) = watch::channel(false);
         let lease = Duration::from_secs(lease_seconds);
         let fence = Fence::new(lease / 2, gone);
@@ -103,7 +103,7 @@ impl LeaseKeeper {
                 loop {
                     tokio::time::sleep(every).await;
                     let sent = Instant::now();
-                    let renewal = tokio::time::timeout(every, store.renew_lease(id, &token, lease_seconds)).await;
+                    let renewal = tokio::time::timeout(every, ledger.renew_lease(id, &token, lease_seconds)).await;
                     match renewal {
                         Ok(Ok(true)) => keeper.renewed_at(sent),
                         Ok(Ok(false)) => {
@@ -140,23 +140,29 @@ impl Drop for LeaseKeeper {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ledger::memory::MemoryLedger;
 
-    #[tokio::test]
+    const LEASE_SECONDS: u64 = 30;
+
+    fn keeper(ledger: &Arc<MemoryLedger>) -> LeaseKeeper {
+        LeaseKeeper::start(ledger.clone(), Uuid::nil(), "worker-1".to_owned(), LEASE_SECONDS)
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_fence_falls_half_a_lease_after_the_last_renewal_and_not_before() {
         let (_tx, gone) = watch::channel(false);
-        let fence = Fence::new(Duration::from_millis(300), gone);
-        assert!(fence.held());
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        let fence = Fence::new(Duration::from_secs(15), gone);
+        tokio::time::sleep(Duration::from_secs(10)).await;
         let renewed = Instant::now();
         fence.renewed_at(renewed);
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_secs(10)).await;
         assert!(fence.held(), "a renewal moved the deadline");
         fence.lost().await;
-        assert!(renewed.elapsed() >= Duration::from_millis(300), "never before the margin ran out");
+        assert_eq!(renewed.elapsed(), Duration::from_secs(15), "exactly when the margin ran out");
         assert_eq!(fence.check(), Err(ClaimLost));
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_fence_falls_at_once_when_the_database_says_the_claim_is_gone() {
         let (tx, gone) = watch::channel(false);
         let fence = Fence::new(Duration::from_secs(3600), gone);
@@ -164,8 +170,41 @@ mod tests {
             let fence = fence.clone();
             async move { fence.lost().await }
         });
+        let start = Instant::now();
         tx.send(true).unwrap();
         waiter.await.unwrap();
         assert!(!fence.held());
+        assert_eq!(start.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_kept_lease_is_renewed_every_third_of_it_and_holds_for_as_long_as_renewals_do() {
+        let ledger = Arc::new(MemoryLedger::new("worker-1", Vec::new()));
+        let keeper = keeper(&ledger);
+        tokio::time::sleep(Duration::from_secs(10 * LEASE_SECONDS + 5)).await;
+        assert!(keeper.fence().held());
+        assert_eq!(ledger.read().renewals, 30, "one renewal each 10 s of 305 s");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_renewal_drops_the_fence_at_that_renewal() {
+        let ledger = Arc::new(MemoryLedger::new("worker-1", Vec::new()));
+        let keeper = keeper(&ledger);
+        let start = Instant::now();
+        ledger.take_over("worker-2");
+        keeper.fence().lost().await;
+        assert_eq!(start.elapsed(), Duration::from_secs(10), "the first renewal is refused");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn renewals_that_never_answer_drop_the_fence_half_a_lease_after_the_last_one_that_did() {
+        let ledger = Arc::new(MemoryLedger::new("worker-1", Vec::new()));
+        let keeper = keeper(&ledger);
+        let start = Instant::now();
+        tokio::time::sleep(Duration::from_secs(25)).await;
+        ledger.read().stalled = true;
+        keeper.fence().lost().await;
+        // Renewed at 10 s and 20 s; the one at 30 s hangs: the fence falls at 20 + 15 s.
+        assert_eq!(start.elapsed(), Duration::from_secs(35));
     }
 }

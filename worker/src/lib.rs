@@ -21,6 +21,7 @@ pub mod executor;
 pub mod health;
 pub mod lb;
 pub mod lease;
+pub mod ledger;
 pub mod log_pump;
 pub mod playbook;
 pub mod rollout;

@@ -2,14 +2,16 @@
 //! to one task that writes them in batches, so a chatty install costs a few INSERTs
 //! a second, not one per line.
 
+use crate::ledger::Ledger;
 use chrono::Utc;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{Instrument, warn};
 use uuid::Uuid;
 use vesemir_core::retry::Backoff;
-use vesemir_core::store::{NewLogLine, Store};
+use vesemir_core::store::NewLogLine;
 use vesemir_model::deployment::LogStream;
 use vesemir_model::event::Event;
 
@@ -53,9 +55,9 @@ pub struct LogPump {
 }
 
 impl LogPump {
-    pub fn start(store: Store, id: Uuid, batch_lines: usize, batch_wait: Duration) -> (LogSink, LogPump) {
+    pub fn start(ledger: Arc<dyn Ledger>, id: Uuid, batch_lines: usize, batch_wait: Duration) -> (LogSink, LogPump) {
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
-        let handle = tokio::spawn(pump(store, id, rx, batch_lines.max(1), batch_wait).in_current_span());
+        let handle = tokio::spawn(pump(ledger, id, rx, batch_lines.max(1), batch_wait).in_current_span());
         (LogSink { tx }, LogPump { handle })
     }
 
@@ -68,7 +70,13 @@ impl LogPump {
     }
 }
 
-async fn pump(store: Store, id: Uuid, mut rx: mpsc::Receiver<NewLogLine>, batch_lines: usize, wait: Duration) {
+async fn pump(
+    ledger: Arc<dyn Ledger>,
+    id: Uuid,
+    mut rx: mpsc::Receiver<NewLogLine>,
+    batch_lines: usize,
+    wait: Duration,
+) {
     let mut batch = Vec::with_capacity(batch_lines);
     loop {
         // Block for the first line, then gather more for at most `wait`.
@@ -81,15 +89,15 @@ async fn pump(store: Store, id: Uuid, mut rx: mpsc::Receiver<NewLogLine>, batch_
                 Ok(None) | Err(_) => break,
             }
         }
-        write(&store, id, &batch).await;
+        write(ledger.as_ref(), id, &batch).await;
         batch.clear();
     }
 }
 
-async fn write(store: &Store, id: Uuid, batch: &[NewLogLine]) {
+async fn write(ledger: &dyn Ledger, id: Uuid, batch: &[NewLogLine]) {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
     for attempt in 1..=WRITE_ATTEMPTS {
-        match store.append_logs(id, batch).await {
+        match ledger.append_logs(id, batch).await {
             Ok(()) => return,
             Err(e) if attempt < WRITE_ATTEMPTS => {
                 warn!(error = %e, attempt, "writing log lines failed; retrying");
@@ -97,5 +105,34 @@ async fn write(store: &Store, id: Uuid, batch: &[NewLogLine]) {
             }
             Err(e) => warn!(error = %e, lines = batch.len(), "log lines lost"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::memory::MemoryLedger;
+
+    #[tokio::test(start_paused = true)]
+    async fn lines_are_written_in_batches_of_at_most_batch_lines_and_a_lone_line_after_the_wait() {
+        let ledger = Arc::new(MemoryLedger::new("worker-1", Vec::new()));
+        let (sink, pump) = LogPump::start(ledger.clone(), Uuid::nil(), 3, Duration::from_millis(100));
+        for i in 0..7 {
+            sink.system(None, format!("line {i}")).await;
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert_eq!(ledger.read().batches, [3, 3, 1], "full batches at once, the rest after the wait");
+
+        sink.system(Some("vm-01"), "late").await;
+        tokio::time::sleep(Duration::from_millis(99)).await;
+        assert_eq!(ledger.read().batches.len(), 3, "a lone line waits for company");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        assert_eq!(ledger.read().batches, [3, 3, 1, 1]);
+
+        sink.system(None, "last").await;
+        pump.finish(sink).await;
+        let lines: Vec<String> = ledger.read().lines.iter().map(|l| l.line.clone()).collect();
+        assert_eq!(lines.len(), 9, "finish flushes what is left: {lines:?}");
+        assert_eq!(lines[..2], ["line 0", "line 1"], "in order");
     }
 }

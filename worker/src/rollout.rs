@@ -8,12 +8,14 @@ use crate::discovery::DiscoveredHost;
 use crate::executor::{Executor, HostJob, HostReport, Journal};
 use crate::lb::Balancers;
 use crate::lease::Fence;
+use crate::ledger::Ledger;
 use crate::log_pump::LogSink;
 use crate::playbook::Playbook;
+use std::sync::Arc;
 use tokio::sync::watch;
 use uuid::Uuid;
 use vesemir_core::config::{ClusterConfig, ServiceConfig};
-use vesemir_core::store::{PlannedHost, RunHost, Store, StoreError};
+use vesemir_core::store::{PlannedHost, RunHost, StoreError};
 use vesemir_model::deployment::{Amount, DeploymentRequest, HostState};
 use vesemir_model::event::Event;
 
@@ -96,7 +98,7 @@ impl Stop {
 /// One deployment's rollout over its stored hosts.
 #[derive(Debug)]
 pub struct Rollout<'a> {
-    pub store: &'a Store,
+    pub ledger: &'a Arc<dyn Ledger>,
     pub deployment_id: Uuid,
     pub token: &'a str,
     pub request: &'a DeploymentRequest,
@@ -126,7 +128,7 @@ impl Rollout<'_> {
                 return Ok(Outcome::Interrupted);
             }
             let stopping =
-                threshold.exceeded(failures) || self.store.cancel_requested(self.deployment_id).await?.is_some();
+                threshold.exceeded(failures) || self.ledger.cancel_requested(self.deployment_id).await?.is_some();
             if stopping {
                 // No new host starts; but a host an earlier holder left mid-way is in
                 // flight, maybe out of rotation: it finishes its playbook like any other.
@@ -144,15 +146,15 @@ impl Rollout<'_> {
             failures += reports.iter().filter(|r| r.state.is_failure()).count();
         }
 
-        if let Some(by) = self.store.cancel_requested(self.deployment_id).await? {
-            let skipped = self.store.skip_pending_hosts(self.deployment_id).await?;
+        if let Some(by) = self.ledger.cancel_requested(self.deployment_id).await? {
+            let skipped = self.ledger.skip_pending_hosts(self.deployment_id).await?;
             let message = format!("cancelled by {by}; {skipped} hosts not started were skipped");
             self.logs.system(None, &message).await;
             return Ok(Outcome::Cancelled(message));
         }
         let exceeded = threshold.exceeded(failures);
         if exceeded {
-            let skipped = self.store.skip_pending_hosts(self.deployment_id).await?;
+            let skipped = self.ledger.skip_pending_hosts(self.deployment_id).await?;
             self.logs
                 .system(
                     None,
@@ -160,7 +162,7 @@ impl Rollout<'_> {
                 )
                 .await;
         }
-        let hosts = self.store.run_hosts(self.deployment_id).await?;
+        let hosts = self.ledger.run_hosts(self.deployment_id).await?;
         Ok(outcome(&hosts, exceeded))
     }
 
@@ -173,7 +175,7 @@ impl Rollout<'_> {
     ) -> Result<Option<Vec<HostReport>>, StoreError> {
         let mut jobs = Vec::with_capacity(hosts.len());
         for host in hosts {
-            if !self.store.start_host(self.deployment_id, self.token, &host.name).await? {
+            if !self.ledger.start_host(self.deployment_id, self.token, &host.name).await? {
                 return Ok(None);
             }
             let started = Event::Host {
@@ -184,14 +186,14 @@ impl Rollout<'_> {
                 load_balancer: None,
             };
             self.logs.event(Some(&host.name), format!("started (wave {})", host.wave + 1), started).await;
-            let journal = Journal::new(
-                self.store.clone(),
-                self.deployment_id,
-                self.token.to_owned(),
-                host.name.clone(),
-                self.logs.clone(),
-                self.stop.fence.clone(),
-            );
+            let journal = Journal {
+                ledger: self.ledger.clone(),
+                deployment_id: self.deployment_id,
+                token: self.token.to_owned(),
+                host: host.name.clone(),
+                logs: self.logs.clone(),
+                fence: self.stop.fence.clone(),
+            };
             let job = HostJob {
                 deployment_id: self.deployment_id,
                 host,
@@ -212,7 +214,7 @@ impl Rollout<'_> {
             }
             journal.host_event(report).await;
             claim_held &= self
-                .store
+                .ledger
                 .finish_host(
                     self.deployment_id,
                     self.token,
@@ -228,63 +230,4 @@ impl Rollout<'_> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn hosts(names: &[&str]) -> Vec<DiscoveredHost> {
-        names.iter().map(|n| DiscoveredHost { name: (*n).into(), address: format!("10.0.0.{}", n.len()) }).collect()
-    }
-
-    fn waves(planned: &[PlannedHost]) -> Vec<(&str, i32)> {
-        planned.iter().map(|h| (h.name.as_str(), h.wave)).collect()
-    }
-
-    #[test]
-    fn hosts_are_ordered_by_name_into_waves_of_concurrency() {
-        let planned = plan_waves(hosts(&["c", "a", "e", "b", "d"]), Amount::Count(2), false);
-        assert_eq!(waves(&planned), [("a", 0), ("b", 0), ("c", 1), ("d", 1), ("e", 2)]);
-    }
-
-    #[test]
-    fn a_percentage_rounds_down_but_never_below_one_host() {
-        let planned = plan_waves(hosts(&["a", "b", "c"]), Amount::Percent(10), false);
-        assert_eq!(waves(&planned), [("a", 0), ("b", 1), ("c", 2)]);
-        let planned = plan_waves(hosts(&["a", "b", "c", "d"]), Amount::Percent(50), false);
-        assert_eq!(waves(&planned), [("a", 0), ("b", 0), ("c", 1), ("d", 1)]);
-    }
-
-    #[test]
-    fn a_canary_goes_first_alone() {
-        let planned = plan_waves(hosts(&["a", "b", "c", "d", "e"]), Amount::Count(2), true);
-        assert_eq!(waves(&planned), [("a", 0), ("b", 1), ("c", 1), ("d", 2), ("e", 2)]);
-        assert!(plan_waves(Vec::new(), Amount::Count(2), true).is_empty());
-    }
-
-    #[test]
-    fn the_threshold_is_exceeded_only_past_max_failures() {
-        let none = Threshold::new(Amount::Count(0), 10);
-        assert!(!none.exceeded(0));
-        assert!(none.exceeded(1));
-        let quarter = Threshold::new(Amount::Percent(25), 10);
-        assert!(!quarter.exceeded(2));
-        assert!(quarter.exceeded(3));
-    }
-
-    fn run_host(name: &str, state: HostState) -> RunHost {
-        RunHost { name: name.into(), address: "a".into(), wave: 0, state, load_balancer: None }
-    }
-
-    #[test]
-    fn every_host_succeeding_is_success_and_anything_else_is_failure() {
-        let ok = [run_host("a", HostState::Succeeded), run_host("b", HostState::Succeeded)];
-        assert_eq!(outcome(&ok, false), Outcome::Succeeded);
-        let bad = [
-            run_host("a", HostState::Succeeded),
-            run_host("b", HostState::Unreachable),
-            run_host("c", HostState::Skipped),
-        ];
-        let Outcome::Failed(message) = outcome(&bad, true) else { panic!("expected a failure") };
-        assert!(message.contains("b (unreachable)"), "{message}");
-        assert!(message.contains("1 hosts skipped"), "{message}");
-    }
-}
+mod tests;

@@ -10,12 +10,14 @@ pub mod rotation;
 
 use crate::lb::Balancers;
 use crate::lease::{ClaimLost, Fence};
+use crate::ledger::{Ledger, StepResult};
 use crate::log_pump::LogSink;
 use crate::playbook::Playbook;
 use futures_util::future::BoxFuture;
+use std::sync::Arc;
 use uuid::Uuid;
 use vesemir_core::config::{ClusterConfig, ServiceConfig, Shell};
-use vesemir_core::store::{RunHost, Store};
+use vesemir_core::store::RunHost;
 use vesemir_core::template::{NameTemplate, ShellCommand, ShellTemplate, TemplateError, UrlTemplate, Values};
 use vesemir_model::deployment::{AdminState, DeploymentRequest, HostState, LogStream, StepState};
 use vesemir_model::event::Event;
@@ -144,29 +146,17 @@ pub trait Executor: Send + Sync + std::fmt::Debug {
 /// Records one host's steps and log lines.
 #[derive(Debug, Clone)]
 pub struct Journal {
-    store: Store,
-    deployment_id: Uuid,
+    pub ledger: Arc<dyn Ledger>,
+    pub deployment_id: Uuid,
     /// The claim token: step writes of a worker that lost its claim are refused.
-    token: String,
-    host: String,
-    logs: LogSink,
-    fence: Fence,
+    pub token: String,
+    pub host: String,
+    pub logs: LogSink,
+    /// The claim every remote action on this host is fenced on.
+    pub fence: Fence,
 }
 
 impl Journal {
-    pub fn new(store: Store, deployment_id: Uuid, token: String, host: String, logs: LogSink, fence: Fence) -> Self {
-        Self { store, deployment_id, token, host, logs, fence }
-    }
-
-    pub fn host(&self) -> &str {
-        &self.host
-    }
-
-    /// The claim every remote action on this host is fenced on.
-    pub fn fence(&self) -> &Fence {
-        &self.fence
-    }
-
     /// The host-side lock every command of this deployment holds while it runs on the
     /// host: a new holder's command waits there for one an old holder left running.
     /// (Named after the host too, for hosts that share a /tmp.)
@@ -179,7 +169,7 @@ impl Journal {
     /// the deployment next knows the host may be out. Refused once the claim is lost.
     pub async fn record_load_balancer(&self, state: AdminState) -> Result<(), ClaimLost> {
         self.fence.check()?;
-        match self.store.record_load_balancer(self.deployment_id, &self.token, &self.host, state).await {
+        match self.ledger.record_load_balancer(self.deployment_id, &self.token, &self.host, state).await {
             Ok(true) => Ok(()),
             Ok(false) => Err(ClaimLost),
             Err(e) => {
@@ -219,7 +209,7 @@ impl Journal {
             exit_code: None,
         };
         self.logs.event(Some(&self.host), format!("step {name}: started"), event).await;
-        if let Err(e) = self.store.start_step(self.deployment_id, &self.token, &self.host, position as i32, name).await
+        if let Err(e) = self.ledger.start_step(self.deployment_id, &self.token, &self.host, position as i32, name).await
         {
             tracing::warn!(host = %self.host, step = name, error = %e, "recording a step start failed");
         }
@@ -237,8 +227,14 @@ impl Journal {
         let event = Event::Step { host: self.host.clone(), step: name.to_owned(), position, state, exit_code };
         self.logs.event(Some(&self.host), format!("step {name}: {state}{code}"), event).await;
         if let Err(e) = self
-            .store
-            .finish_step(self.deployment_id, &self.token, &self.host, position as i32, state, exit_code, output)
+            .ledger
+            .finish_step(
+                self.deployment_id,
+                &self.token,
+                &self.host,
+                position as i32,
+                StepResult { state, exit_code, output },
+            )
             .await
         {
             tracing::warn!(host = %self.host, step = name, error = %e, "recording a step result failed");

@@ -106,7 +106,7 @@ impl NativeExecutor {
             Err((step, e)) => return HostReport::failed(format!("step {step}: {e}")),
         };
 
-        if journal.fence().check().is_err() {
+        if journal.fence.check().is_err() {
             return HostReport::left();
         }
         let ssh = &job.cluster.ssh;
@@ -128,7 +128,7 @@ impl NativeExecutor {
                 (report, false)
             }
         };
-        if !journal.fence().held() {
+        if !journal.fence.held() {
             // Whoever holds the deployment now runs this host again and puts it back.
             return HostReport::left();
         }
@@ -154,7 +154,7 @@ impl NativeExecutor {
     ) -> (HostReport, bool) {
         for (position, (name, step)) in steps.iter().enumerate() {
             // Fenced: a worker that lost its claim starts no further step.
-            if journal.fence().check().is_err() {
+            if journal.fence.check().is_err() {
                 return (HostReport::left(), false);
             }
             journal.step_started(position, name).await;
@@ -209,7 +209,7 @@ async fn pause(seconds: Option<u32>, journal: &Journal, tail: &mut OutputTail) -
             journal.log(LogStream::System, format!("pausing {s}s")).await;
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(u64::from(s))) => {}
-                _ = journal.fence().lost() => return Err(StepFailure::Failed {
+                _ = journal.fence.lost() => return Err(StepFailure::Failed {
                     exit_code: None,
                     message: "the pause was cut short: this worker lost its claim".to_owned(),
                 }),
@@ -267,7 +267,7 @@ async fn run_command(
         finished = tokio::time::timeout(backstop, run) => finished,
         // Stop waiting; the command ends on the host by its own `timeout`, and the
         // next holder's commands wait for it at the lock.
-        _ = journal.fence().lost() => return Err(StepFailure::Failed {
+        _ = journal.fence.lost() => return Err(StepFailure::Failed {
             exit_code: None,
             message: "abandoned: this worker lost its claim".to_owned(),
         }),

@@ -99,7 +99,7 @@ impl AnsibleExecutor {
             Err(e) => return fail_all(e),
         };
         let dir = run_dir.0.as_path();
-        if first_journal.fence().check().is_err() {
+        if first_journal.fence.check().is_err() {
             return jobs.iter().map(|_| HostReport::left()).collect();
         }
         let mut child = match self.command(first, dir, &ssh_options, jobs.len()).spawn() {
@@ -127,7 +127,7 @@ impl AnsibleExecutor {
         let limit = run_limit(first);
         let finished = tokio::select! {
             finished = tokio::time::timeout(limit, follow(&mut child, &play, &journals, &mut seen)) => Some(finished),
-            () = first_journal.fence().lost() => None,
+            () = first_journal.fence.lost() => None,
         };
         let Some(finished) = finished else {
             // Fenced: a worker that lost its claim stops the play where it is; whoever

@@ -1,0 +1,170 @@
+//! One deployment's ledger in memory, for unit tests: its hosts, steps and log lines,
+//! the token of its live claim, and a cancel someone may request.
+
+use super::{Ledger, Recorded, StepResult};
+use std::sync::{Mutex, MutexGuard};
+use uuid::Uuid;
+use vesemir_core::store::{NewLogLine, RunHost};
+use vesemir_model::deployment::{AdminState, HostState, StepState};
+
+#[derive(Debug, Default)]
+pub(crate) struct MemoryLedger {
+    state: Mutex<Book>,
+}
+
+/// What was recorded, as the tests read it.
+#[derive(Debug, Default)]
+pub(crate) struct Book {
+    /// The live claim's token; writes with another one are refused.
+    pub(crate) token: String,
+    pub(crate) hosts: Vec<RunHost>,
+    pub(crate) cancelled_by: Option<String>,
+    /// (host, position, step, state) in the order they were recorded.
+    pub(crate) steps: Vec<(String, i32, String, StepState)>,
+    pub(crate) lines: Vec<NewLogLine>,
+    /// The size of each batch of lines appended.
+    pub(crate) batches: Vec<usize>,
+    pub(crate) renewals: u32,
+    /// Renewals never answer, as with a database that stopped responding.
+    pub(crate) stalled: bool,
+}
+
+impl MemoryLedger {
+    pub(crate) fn new(token: &str, hosts: Vec<RunHost>) -> Self {
+        let state = Book { token: token.to_owned(), hosts, ..Book::default() };
+        Self { state: Mutex::new(state) }
+    }
+
+    pub(crate) fn read(&self) -> MutexGuard<'_, Book> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Another worker takes the deployment over.
+    pub(crate) fn take_over(&self, token: &str) {
+        self.read().token = token.to_owned();
+    }
+
+    pub(crate) fn cancel(&self, by: &str) {
+        self.read().cancelled_by = Some(by.to_owned());
+    }
+
+    pub(crate) fn host_states(&self) -> Vec<(String, HostState)> {
+        self.read().hosts.iter().map(|h| (h.name.clone(), h.state)).collect()
+    }
+
+    /// Applies `change` to the host if `token` holds the claim.
+    fn host_write(&self, token: &str, host: &str, change: impl FnOnce(&mut RunHost)) -> bool {
+        let mut state = self.read();
+        if state.token != token {
+            return false;
+        }
+        match state.hosts.iter_mut().find(|h| h.name == host) {
+            Some(found) => {
+                change(found);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+fn ready<'a, T: Send + 'a>(value: T) -> Recorded<'a, T> {
+    Box::pin(std::future::ready(Ok(value)))
+}
+
+impl Ledger for MemoryLedger {
+    fn renew_lease<'a>(&'a self, _: Uuid, token: &'a str, _: u64) -> Recorded<'a, bool> {
+        let mut state = self.read();
+        state.renewals += 1;
+        if state.stalled {
+            return Box::pin(std::future::pending());
+        }
+        ready(state.token == token)
+    }
+
+    fn cancel_requested(&self, _: Uuid) -> Recorded<'_, Option<String>> {
+        ready(self.read().cancelled_by.clone())
+    }
+
+    fn run_hosts(&self, _: Uuid) -> Recorded<'_, Vec<RunHost>> {
+        ready(self.read().hosts.clone())
+    }
+
+    fn skip_pending_hosts(&self, _: Uuid) -> Recorded<'_, u64> {
+        let mut state = self.read();
+        let pending = state.hosts.iter_mut().filter(|h| h.state == HostState::Pending);
+        let mut skipped = 0;
+        for host in pending {
+            host.state = HostState::Skipped;
+            skipped += 1;
+        }
+        ready(skipped)
+    }
+
+    fn start_host<'a>(&'a self, _: Uuid, token: &'a str, host: &'a str) -> Recorded<'a, bool> {
+        ready(self.host_write(token, host, |h| h.state = HostState::Running))
+    }
+
+    fn finish_host<'a>(
+        &'a self,
+        _: Uuid,
+        token: &'a str,
+        host: &'a str,
+        state: HostState,
+        _: Option<&'a str>,
+        load_balancer: Option<AdminState>,
+    ) -> Recorded<'a, bool> {
+        ready(self.host_write(token, host, |h| {
+            h.state = state;
+            h.load_balancer = load_balancer.or(h.load_balancer);
+        }))
+    }
+
+    fn record_load_balancer<'a>(
+        &'a self,
+        _: Uuid,
+        token: &'a str,
+        host: &'a str,
+        state: AdminState,
+    ) -> Recorded<'a, bool> {
+        ready(self.host_write(token, host, |h| h.load_balancer = Some(state)))
+    }
+
+    fn start_step<'a>(
+        &'a self,
+        _: Uuid,
+        token: &'a str,
+        host: &'a str,
+        position: i32,
+        name: &'a str,
+    ) -> Recorded<'a, ()> {
+        let mut state = self.read();
+        if state.token == token {
+            state.steps.push((host.to_owned(), position, name.to_owned(), StepState::Running));
+        }
+        ready(())
+    }
+
+    fn finish_step<'a>(
+        &'a self,
+        _: Uuid,
+        token: &'a str,
+        host: &'a str,
+        position: i32,
+        result: StepResult<'a>,
+    ) -> Recorded<'a, ()> {
+        let mut state = self.read();
+        if state.token == token {
+            let name = state.steps.iter().rev().find(|s| s.0 == host && s.1 == position).map(|s| s.2.clone());
+            state.steps.push((host.to_owned(), position, name.unwrap_or_default(), result.state));
+        }
+        ready(())
+    }
+
+    fn append_logs<'a>(&'a self, _: Uuid, lines: &'a [NewLogLine]) -> Recorded<'a, ()> {
+        let mut state = self.read();
+        state.batches.push(lines.len());
+        state.lines.extend_from_slice(lines);
+        ready(())
+    }
+}

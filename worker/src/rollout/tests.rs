@@ -1,0 +1,308 @@
+//! The rollout's rules, run in memory: a scripted executor in place of hosts and a
+//! [`MemoryLedger`] in place of the database.
+
+use super::*;
+use crate::executor::{HostJob, HostReport, Journal};
+use crate::lease::Fence;
+use crate::ledger::memory::MemoryLedger;
+use crate::log_pump::LogPump;
+use futures_util::future::BoxFuture;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+use vesemir_core::config::Config;
+use vesemir_model::deployment::StepState;
+
+fn hosts(names: &[&str]) -> Vec<DiscoveredHost> {
+    names.iter().map(|n| DiscoveredHost { name: (*n).into(), address: format!("10.0.0.{}", n.len()) }).collect()
+}
+
+fn waves(planned: &[PlannedHost]) -> Vec<(&str, i32)> {
+    planned.iter().map(|h| (h.name.as_str(), h.wave)).collect()
+}
+
+#[test]
+fn hosts_are_ordered_by_name_into_waves_of_concurrency() {
+    let planned = plan_waves(hosts(&["c", "a", "e", "b", "d"]), Amount::Count(2), false);
+    assert_eq!(waves(&planned), [("a", 0), ("b", 0), ("c", 1), ("d", 1), ("e", 2)]);
+}
+
+#[test]
+fn a_percentage_rounds_down_but_never_below_one_host() {
+    let planned = plan_waves(hosts(&["a", "b", "c"]), Amount::Percent(10), false);
+    assert_eq!(waves(&planned), [("a", 0), ("b", 1), ("c", 2)]);
+    let planned = plan_waves(hosts(&["a", "b", "c", "d"]), Amount::Percent(50), false);
+    assert_eq!(waves(&planned), [("a", 0), ("b", 0), ("c", 1), ("d", 1)]);
+}
+
+#[test]
+fn a_canary_goes_first_alone() {
+    let planned = plan_waves(hosts(&["a", "b", "c", "d", "e"]), Amount::Count(2), true);
+    assert_eq!(waves(&planned), [("a", 0), ("b", 1), ("c", 1), ("d", 2), ("e", 2)]);
+    assert!(plan_waves(Vec::new(), Amount::Count(2), true).is_empty());
+}
+
+#[test]
+fn the_threshold_is_exceeded_only_past_max_failures() {
+    let none = Threshold::new(Amount::Count(0), 10);
+    assert!(!none.exceeded(0));
+    assert!(none.exceeded(1));
+    let quarter = Threshold::new(Amount::Percent(25), 10);
+    assert!(!quarter.exceeded(2));
+    assert!(quarter.exceeded(3));
+}
+
+fn run_host(name: &str, state: HostState) -> RunHost {
+    RunHost { name: name.into(), address: "a".into(), wave: 0, state, load_balancer: None }
+}
+
+#[test]
+fn every_host_succeeding_is_success_and_anything_else_is_failure() {
+    let ok = [run_host("a", HostState::Succeeded), run_host("b", HostState::Succeeded)];
+    assert_eq!(outcome(&ok, false), Outcome::Succeeded);
+    let bad =
+        [run_host("a", HostState::Succeeded), run_host("b", HostState::Unreachable), run_host("c", HostState::Skipped)];
+    let Outcome::Failed(message) = outcome(&bad, true) else { panic!("expected a failure") };
+    assert!(message.contains("b (unreachable)"), "{message}");
+    assert!(message.contains("1 hosts skipped"), "{message}");
+}
+
+const ID: Uuid = Uuid::from_u128(7);
+const TOKEN: &str = "worker-1";
+
+/// The example configuration: the rollout reads its service and cluster settings.
+fn example() -> Config {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    Config::parse(&std::fs::read_to_string(dir.join("vesemir.example.toml")).unwrap(), &dir).unwrap()
+}
+
+/// What the scripted executor does to the world after a wave ran, before it reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Then {
+    Nothing,
+    Cancel,
+    /// Another worker takes the deployment over.
+    TakeOver,
+    Shutdown,
+}
+
+/// Runs no command: every host records one step and ends as scripted (succeeded
+/// unless told otherwise); each wave is remembered.
+#[derive(Debug)]
+struct Scripted {
+    ledger: Arc<MemoryLedger>,
+    shutdown: watch::Sender<bool>,
+    failing: Vec<&'static str>,
+    /// After which wave (counting from 0), and what.
+    then: (usize, Then),
+    waves: Mutex<Vec<Vec<String>>>,
+}
+
+impl Scripted {
+    fn new(ledger: &Arc<MemoryLedger>) -> Self {
+        let (shutdown, _) = watch::channel(false);
+        Self {
+            ledger: ledger.clone(),
+            shutdown,
+            failing: Vec::new(),
+            then: (0, Then::Nothing),
+            waves: Mutex::default(),
+        }
+    }
+
+    fn failing(mut self, hosts: &[&'static str]) -> Self {
+        self.failing = hosts.to_vec();
+        self
+    }
+
+    fn then(mut self, after_wave: usize, then: Then) -> Self {
+        self.then = (after_wave, then);
+        self
+    }
+
+    fn waves(&self) -> Vec<Vec<String>> {
+        self.waves.lock().unwrap().clone()
+    }
+}
+
+impl Executor for Scripted {
+    fn run_wave<'a>(&'a self, jobs: &'a [(HostJob<'a>, Journal)]) -> BoxFuture<'a, Vec<HostReport>> {
+        Box::pin(async move {
+            let mut reports = Vec::new();
+            for (job, journal) in jobs {
+                journal.step_started(0, "install").await;
+                let failed = self.failing.contains(&job.host.name.as_str());
+                let state = if failed { StepState::Failed } else { StepState::Succeeded };
+                journal.step_finished(0, "install", state, Some(i32::from(failed)), "").await;
+                reports.push(if failed { HostReport::failed("install exited 1") } else { HostReport::succeeded() });
+            }
+            let wave = {
+                let mut waves = self.waves.lock().unwrap();
+                waves.push(jobs.iter().map(|(job, _)| job.host.name.clone()).collect());
+                waves.len() - 1
+            };
+            if wave == self.then.0 {
+                match self.then.1 {
+                    Then::Nothing => {}
+                    Then::Cancel => self.ledger.cancel("alice"),
+                    Then::TakeOver => self.ledger.take_over("worker-2"),
+                    Then::Shutdown => {
+                        let _ = self.shutdown.send(true);
+                    }
+                }
+            }
+            reports
+        })
+    }
+}
+
+fn stored(hosts: &[(&str, i32, HostState)]) -> Arc<MemoryLedger> {
+    let hosts = hosts
+        .iter()
+        .map(|(name, wave, state)| RunHost {
+            name: (*name).to_owned(),
+            address: "127.0.0.1".to_owned(),
+            wave: *wave,
+            state: *state,
+            load_balancer: None,
+        })
+        .collect();
+    Arc::new(MemoryLedger::new(TOKEN, hosts))
+}
+
+/// Hosts `a`, `b`, … in waves of `per_wave`, none started.
+fn planned(count: usize, per_wave: usize) -> Arc<MemoryLedger> {
+    let names = ["a", "b", "c", "d", "e", "f", "g", "h"];
+    let hosts: Vec<(&str, i32, HostState)> =
+        names[..count].iter().enumerate().map(|(i, n)| (*n, (i / per_wave) as i32, HostState::Pending)).collect();
+    stored(&hosts)
+}
+
+fn request(max_failures: Amount) -> DeploymentRequest {
+    serde_json::from_value(serde_json::json!({"service": "payments-api", "cluster": "production", "version": "1.0.0"}))
+        .map(|r: DeploymentRequest| DeploymentRequest { max_failures, ..r })
+        .unwrap()
+}
+
+/// Runs the rollout over what the ledger holds; the outcome, and every log line.
+async fn roll(ledger: &Arc<MemoryLedger>, request: &DeploymentRequest, executor: &Scripted) -> (Outcome, Vec<String>) {
+    let config = example();
+    let playbook = Playbook::parse("[[steps]]\nname = \"install\"\naction = \"run\"\ncommand = \"true\"").unwrap();
+    let fence = Fence::unfenced();
+    let balancers = crate::lb::Balancers::new(Vec::new(), Duration::ZERO, fence.clone());
+    let shared: Arc<dyn Ledger> = ledger.clone();
+    let (logs, pump) = LogPump::start(shared.clone(), ID, 100, Duration::from_millis(1));
+    let rollout = Rollout {
+        ledger: &shared,
+        deployment_id: ID,
+        token: TOKEN,
+        request,
+        service: &config.services["payments-api"],
+        cluster: &config.clusters["production"],
+        playbook: &playbook,
+        balancers: &balancers,
+        logs: &logs,
+        stop: Stop { shutdown: executor.shutdown.subscribe(), fence },
+    };
+    let hosts = ledger.read().hosts.clone();
+    let outcome = rollout.run(executor, hosts).await.unwrap();
+    pump.finish(logs).await;
+    let lines = ledger.read().lines.iter().map(|l| l.line.clone()).collect();
+    (outcome, lines)
+}
+
+fn states(ledger: &MemoryLedger) -> Vec<(String, HostState)> {
+    ledger.host_states()
+}
+
+fn named(list: &[(&str, HostState)]) -> Vec<(String, HostState)> {
+    list.iter().map(|(n, s)| ((*n).to_owned(), *s)).collect()
+}
+
+use HostState::{Failed as F, Pending as P, Running as R, Skipped as K, Succeeded as S};
+
+#[tokio::test]
+async fn waves_run_in_order_and_each_ends_before_the_next_begins() {
+    let ledger = planned(5, 2);
+    let executor = Scripted::new(&ledger);
+    let (outcome, lines) = roll(&ledger, &request(Amount::Count(0)), &executor).await;
+    assert_eq!(outcome, Outcome::Succeeded);
+    assert_eq!(executor.waves(), [vec!["a", "b"], vec!["c", "d"], vec!["e"]]);
+    assert_eq!(states(&ledger), named(&[("a", S), ("b", S), ("c", S), ("d", S), ("e", S)]));
+    assert!(lines.contains(&"wave 2: c, d".to_owned()), "{lines:?}");
+    let steps = ledger.read().steps.clone();
+    assert_eq!(steps.len(), 10, "each host's step started and ended: {steps:?}");
+}
+
+#[tokio::test]
+async fn no_wave_starts_once_more_hosts_failed_than_max_failures_allows() {
+    let ledger = planned(6, 2);
+    let executor = Scripted::new(&ledger).failing(&["b"]);
+    let (outcome, _) = roll(&ledger, &request(Amount::Count(0)), &executor).await;
+    assert_eq!(executor.waves(), [vec!["a", "b"]]);
+    assert_eq!(states(&ledger), named(&[("a", S), ("b", F), ("c", K), ("d", K), ("e", K), ("f", K)]));
+    let Outcome::Failed(message) = outcome else { panic!("{outcome:?}") };
+    assert!(message.contains("b (failed)") && message.contains("4 hosts skipped"), "{message}");
+}
+
+#[tokio::test]
+async fn failures_up_to_max_failures_let_every_wave_run() {
+    let ledger = planned(6, 2);
+    let executor = Scripted::new(&ledger).failing(&["b", "e"]);
+    let (outcome, _) = roll(&ledger, &request(Amount::Percent(34)), &executor).await;
+    assert_eq!(executor.waves().len(), 3, "two failures of six are within 34%");
+    assert!(matches!(outcome, Outcome::Failed(ref m) if !m.contains("skipped")), "{outcome:?}");
+    assert_eq!(states(&ledger).iter().filter(|(_, s)| *s == S).count(), 4);
+}
+
+#[tokio::test]
+async fn a_cancel_between_waves_skips_every_host_not_started() {
+    let ledger = planned(5, 2);
+    let executor = Scripted::new(&ledger).then(0, Then::Cancel);
+    let (outcome, _) = roll(&ledger, &request(Amount::Count(0)), &executor).await;
+    assert_eq!(executor.waves(), [vec!["a", "b"]], "the wave in flight finished; no other began");
+    assert_eq!(outcome, Outcome::Cancelled("cancelled by alice; 3 hosts not started were skipped".to_owned()));
+    assert_eq!(states(&ledger), named(&[("a", S), ("b", S), ("c", K), ("d", K), ("e", K)]));
+}
+
+#[tokio::test]
+async fn a_resumed_rollout_leaves_finished_hosts_alone_and_runs_a_host_left_running_again() {
+    let ledger = stored(&[("a", 0, S), ("b", 0, R), ("c", 1, P), ("d", 1, F)]);
+    let executor = Scripted::new(&ledger);
+    let (outcome, _) = roll(&ledger, &request(Amount::Count(1)), &executor).await;
+    assert_eq!(executor.waves(), [vec!["b"], vec!["c"]]);
+    assert_eq!(states(&ledger), named(&[("a", S), ("b", S), ("c", S), ("d", F)]));
+    assert!(matches!(outcome, Outcome::Failed(ref m) if m.contains("d (failed)")), "{outcome:?}");
+}
+
+#[tokio::test]
+async fn a_host_left_mid_way_finishes_its_playbook_even_when_the_rollout_is_stopping() {
+    let ledger = stored(&[("a", 0, S), ("b", 0, R), ("c", 1, P)]);
+    ledger.cancel("alice");
+    let executor = Scripted::new(&ledger);
+    let (outcome, _) = roll(&ledger, &request(Amount::Count(0)), &executor).await;
+    assert_eq!(executor.waves(), [vec!["b"]], "b may be out of rotation: it finishes; c never starts");
+    assert_eq!(states(&ledger), named(&[("a", S), ("b", S), ("c", K)]));
+    assert!(matches!(outcome, Outcome::Cancelled(_)), "{outcome:?}");
+}
+
+#[tokio::test]
+async fn a_worker_that_lost_its_claim_stops_and_records_nothing_more() {
+    let ledger = planned(4, 2);
+    let executor = Scripted::new(&ledger).then(0, Then::TakeOver);
+    let (outcome, _) = roll(&ledger, &request(Amount::Count(0)), &executor).await;
+    assert_eq!(outcome, Outcome::Interrupted);
+    assert_eq!(executor.waves(), [vec!["a", "b"]]);
+    // Its hosts' results now belong to the new holder, which runs them again.
+    assert_eq!(states(&ledger), named(&[("a", R), ("b", R), ("c", P), ("d", P)]));
+}
+
+#[tokio::test]
+async fn a_shutdown_stops_the_rollout_between_waves_and_leaves_the_rest_for_another_worker() {
+    let ledger = planned(4, 2);
+    let executor = Scripted::new(&ledger).then(0, Then::Shutdown);
+    let (outcome, _) = roll(&ledger, &request(Amount::Count(0)), &executor).await;
+    assert_eq!(outcome, Outcome::Interrupted);
+    assert_eq!(executor.waves(), [vec!["a", "b"]]);
+    assert_eq!(states(&ledger), named(&[("a", S), ("b", S), ("c", P), ("d", P)]));
+}
