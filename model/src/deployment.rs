@@ -432,6 +432,25 @@ pub struct LogLine {
     pub event: Option<Event>,
 }
 
+impl Deployment {
+    /// Its hosts: none in a list's deployments, which come without them.
+    pub fn hosts(&self) -> &[Host] {
+        self.hosts.as_deref().unwrap_or_default()
+    }
+
+    /// The host named `name`, if the deployment has it.
+    pub fn host(&self, name: &str) -> Option<&Host> {
+        self.hosts().iter().find(|h| h.name == name)
+    }
+}
+
+impl Host {
+    /// The step named `name`, if the host ran it.
+    pub fn step(&self, name: &str) -> Option<&Step> {
+        self.steps.iter().find(|s| s.name == name)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

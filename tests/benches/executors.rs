@@ -12,6 +12,7 @@
 
 use serde_json::json;
 use std::time::{Duration, Instant};
+use vesemir_model::deployment::DeploymentState;
 use vesemir_tests::balancing::{BACKEND, Haproxy};
 use vesemir_tests::{Fleet, Setup, TestApp};
 
@@ -51,7 +52,7 @@ async fn main() {
         let (cpu0, machine0, t0) = (cpu_seconds(), machine_cpu_seconds(), Instant::now());
         let id = app.deploy(&request).await.unwrap();
         let done = app.wait_final(&id, Duration::from_secs(900)).await.unwrap();
-        assert_eq!(done["state"], "succeeded", "{executor}: {done:#}");
+        assert_eq!(done.state, DeploymentState::Succeeded, "{executor}: {done:#?}");
         rows.push((executor, t0.elapsed().as_secs_f64(), cpu_seconds() - cpu0, machine_cpu_seconds() - machine0));
     }
 

@@ -6,9 +6,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // A benchmark that cannot set up should stop loudly.
 
-use chrono::DateTime;
+use chrono::{DateTime, Utc};
 use serde_json::json;
 use std::time::Duration;
+use vesemir_model::deployment::DeploymentState;
 use vesemir_tests::{Fleet, Setup, TestApp, playbooks_with};
 
 const HOSTS: usize = 20;
@@ -19,9 +20,8 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-fn seconds(value: &serde_json::Value) -> f64 {
-    let at = DateTime::parse_from_rfc3339(value.as_str().unwrap()).unwrap();
-    at.timestamp_micros() as f64 / 1e6
+fn seconds(at: Option<DateTime<Utc>>) -> f64 {
+    at.unwrap().timestamp_micros() as f64 / 1e6
 }
 
 #[tokio::main]
@@ -41,19 +41,17 @@ async fn main() {
     let request = json!({"service": "demo", "cluster": "sandbox", "version": "1.0.0", "concurrency": CONCURRENCY});
     let id = app.deploy(&request).await.unwrap();
     let done = app.wait_final(&id, Duration::from_secs(600)).await.unwrap();
-    assert_eq!(done["state"], "succeeded", "{done:#}");
+    assert_eq!(done.state, DeploymentState::Succeeded, "{done:#?}");
 
     let waves = HOSTS.div_ceil(CONCURRENCY);
     let ideal = waves as f64 * STEP_SECONDS;
-    let hosts = done["hosts"].as_array().unwrap();
-    let first_start = hosts.iter().map(|h| seconds(&h["started_at"])).fold(f64::MAX, f64::min);
-    let last_end = hosts.iter().map(|h| seconds(&h["finished_at"])).fold(f64::MIN, f64::max);
+    let hosts = done.hosts();
+    let first_start = hosts.iter().map(|h| seconds(h.started_at)).fold(f64::MAX, f64::min);
+    let last_end = hosts.iter().map(|h| seconds(h.finished_at)).fold(f64::MIN, f64::max);
     let rollout = last_end - first_start;
-    let claim_to_end = seconds(&done["finished_at"]) - seconds(&done["started_at"]);
-    let mut overheads: Vec<f64> = hosts
-        .iter()
-        .map(|h| (seconds(&h["finished_at"]) - seconds(&h["started_at"]) - STEP_SECONDS) * 1000.0)
-        .collect();
+    let claim_to_end = seconds(done.finished_at) - seconds(done.started_at);
+    let mut overheads: Vec<f64> =
+        hosts.iter().map(|h| (seconds(h.finished_at) - seconds(h.started_at) - STEP_SECONDS) * 1000.0).collect();
     overheads.sort_by(f64::total_cmp);
 
     println!(

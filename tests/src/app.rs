@@ -3,6 +3,7 @@
 
 use crate::{DEFAULT_AMQP_URL, Fleet, ScratchDir, TestDatabase, client_with, repo_root};
 use anyhow::{Context, bail};
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -13,6 +14,8 @@ use uuid::Uuid;
 use vesemir_core::config::Config;
 use vesemir_model::access::Role;
 use vesemir_model::access::Scope;
+use vesemir_model::api::LogPage;
+use vesemir_model::deployment::{Deployment, LogLine};
 
 /// A playbooks directory with the shipped `rolling.toml` (every configured service
 /// needs its playbook for a worker to start) and one playbook of a test's own.
@@ -218,41 +221,47 @@ impl TestApp {
         Ok((status, response.json().await?))
     }
 
-    pub async fn deployment(&self, id: &str) -> anyhow::Result<Value> {
-        let (status, body) = self.get_json(&format!("/v1/deployments/{id}")).await?;
+    /// GETs `path` and reads the answer as `T`; anything but a 200 is an error.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        let response = self.client.get(self.url(path)).send().await?;
+        let status = response.status().as_u16();
+        let text = response.text().await?;
         if status != 200 {
-            bail!("GET deployment answered {status}: {body}");
+            bail!("GET {path} answered {status}: {text}");
         }
-        Ok(body)
+        serde_json::from_str(&text).with_context(|| format!("GET {path}: {text}"))
+    }
+
+    pub async fn deployment(&self, id: &str) -> anyhow::Result<Deployment> {
+        self.get(&format!("/v1/deployments/{id}")).await
     }
 
     /// Polls until the deployment reaches a final state.
-    pub async fn wait_final(&self, id: &str, timeout: Duration) -> anyhow::Result<Value> {
+    pub async fn wait_final(&self, id: &str, timeout: Duration) -> anyhow::Result<Deployment> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let d = self.deployment(id).await?;
-            if matches!(d["state"].as_str(), Some("succeeded" | "failed" | "cancelled" | "planned")) {
+            if d.state.is_final() {
                 return Ok(d);
             }
             if tokio::time::Instant::now() > deadline {
-                bail!("deployment {id} did not finish within {timeout:?}: {d:#}");
+                bail!("deployment {id} did not finish within {timeout:?}: {d:#?}");
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 
     /// Every log line of a deployment.
-    pub async fn logs(&self, id: &str) -> anyhow::Result<Vec<Value>> {
+    pub async fn logs(&self, id: &str) -> anyhow::Result<Vec<LogLine>> {
         let mut lines = Vec::new();
         let mut after = 0;
         loop {
-            let (_, page) = self.get_json(&format!("/v1/deployments/{id}/logs?after={after}")).await?;
-            let batch = page["lines"].as_array().cloned().unwrap_or_default();
-            if batch.is_empty() {
+            let page: LogPage = self.get(&format!("/v1/deployments/{id}/logs?after={after}")).await?;
+            if page.lines.is_empty() {
                 return Ok(lines);
             }
-            after = page["next_after"].as_i64().context("no next_after")?;
-            lines.extend(batch);
+            after = page.next_after;
+            lines.extend(page.lines);
         }
     }
 

@@ -35,6 +35,7 @@ use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use uuid::Uuid;
+use vesemir_model::deployment::{Deployment, Host, HostState, StepState};
 
 pub const ADMIN_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -128,27 +129,11 @@ pub fn rolling_steps() -> anyhow::Result<Vec<String>> {
 }
 
 /// A host's steps as (name, state), in order.
-pub fn step_states(host: &Value) -> Vec<(String, String)> {
-    host["steps"]
-        .as_array()
-        .map(|steps| {
-            steps
-                .iter()
-                .map(|s| (s["name"].as_str().unwrap_or("").to_owned(), s["state"].as_str().unwrap_or("").to_owned()))
-                .collect()
-        })
-        .unwrap_or_default()
+pub fn step_states(host: &Host) -> Vec<(&str, StepState)> {
+    host.steps.iter().map(|s| (s.name.as_str(), s.state)).collect()
 }
 
 /// Per-host states of a deployment, by name.
-pub fn host_states(deployment: &Value) -> Vec<(String, String)> {
-    deployment["hosts"]
-        .as_array()
-        .map(|hosts| {
-            hosts
-                .iter()
-                .map(|h| (h["name"].as_str().unwrap_or("").to_owned(), h["state"].as_str().unwrap_or("").to_owned()))
-                .collect()
-        })
-        .unwrap_or_default()
+pub fn host_states(deployment: &Deployment) -> Vec<(&str, HostState)> {
+    deployment.hosts().iter().map(|h| (h.name.as_str(), h.state)).collect()
 }

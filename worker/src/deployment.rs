@@ -1,7 +1,7 @@
 //! Runs one claimed deployment: discovery, the wave plan, the rollout, the outcome.
 
 use crate::discovery;
-use crate::executor::Executor;
+use crate::executor::{Executor, Release};
 use crate::lb::{self, Balancers};
 use crate::lease::LeaseKeeper;
 use crate::ledger::Ledger;
@@ -140,13 +140,15 @@ impl Runner {
         };
         let rollout = Rollout {
             ledger,
-            deployment_id: claim.id,
             token: &claim.token,
-            request,
-            service,
-            cluster,
-            playbook: &playbook,
-            balancers: &balancers,
+            release: Release {
+                deployment_id: claim.id,
+                request,
+                service,
+                cluster,
+                playbook: &playbook,
+                balancers: &balancers,
+            },
             logs,
             stop: Stop { shutdown: self.shutdown.clone(), fence: lease.fence() },
         };

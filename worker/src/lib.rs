@@ -173,12 +173,6 @@ async fn drain(tasks: &mut JoinSet<()>) {
 
 /// An error with its causes, on one line: what a deployment's log and error show.
 pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text.replace('\n', " ").trim().to_owned()
+    let causes: Vec<String> = std::iter::successors(Some(error), |e| e.source()).map(ToString::to_string).collect();
+    causes.join(": ").replace('\n', " ").trim().to_owned()
 }

@@ -5,18 +5,14 @@
 //! that was running when its worker died is run again from its first step.
 
 use crate::discovery::DiscoveredHost;
-use crate::executor::{Executor, HostJob, HostReport, Journal};
-use crate::lb::Balancers;
+use crate::executor::{Executor, HostJob, HostReport, Journal, Release};
 use crate::lease::Fence;
 use crate::ledger::Ledger;
 use crate::log_pump::LogSink;
-use crate::playbook::Playbook;
 use std::sync::Arc;
 use tokio::sync::watch;
-use uuid::Uuid;
-use vesemir_core::config::{ClusterConfig, ServiceConfig};
 use vesemir_core::store::{PlannedHost, RunHost, StoreError};
-use vesemir_model::deployment::{Amount, DeploymentRequest, HostState};
+use vesemir_model::deployment::{Amount, HostState};
 use vesemir_model::event::Event;
 
 /// Orders hosts by name and cuts them into waves of `concurrency` (at least one host);
@@ -99,20 +95,15 @@ impl Stop {
 #[derive(Debug)]
 pub struct Rollout<'a> {
     pub ledger: &'a Arc<dyn Ledger>,
-    pub deployment_id: Uuid,
     pub token: &'a str,
-    pub request: &'a DeploymentRequest,
-    pub service: &'a ServiceConfig,
-    pub cluster: &'a ClusterConfig,
-    pub playbook: &'a Playbook,
-    pub balancers: &'a Balancers,
+    pub release: Release<'a>,
     pub logs: &'a LogSink,
     pub stop: Stop,
 }
 
 impl Rollout<'_> {
     pub async fn run(&self, executor: &dyn Executor, hosts: Vec<RunHost>) -> Result<Outcome, StoreError> {
-        let threshold = Threshold::new(self.request.max_failures, hosts.len());
+        let threshold = Threshold::new(self.release.request.max_failures, hosts.len());
         let mut failures = hosts.iter().filter(|h| h.state.is_failure()).count();
         let last_wave = hosts.iter().map(|h| h.wave).max().unwrap_or(0);
 
@@ -127,8 +118,8 @@ impl Rollout<'_> {
             if self.stop.requested() {
                 return Ok(Outcome::Interrupted);
             }
-            let stopping =
-                threshold.exceeded(failures) || self.ledger.cancel_requested(self.deployment_id).await?.is_some();
+            let stopping = threshold.exceeded(failures)
+                || self.ledger.cancel_requested(self.release.deployment_id).await?.is_some();
             if stopping {
                 // No new host starts; but a host an earlier holder left mid-way is in
                 // flight, maybe out of rotation: it finishes its playbook like any other.
@@ -146,15 +137,15 @@ impl Rollout<'_> {
             failures += reports.iter().filter(|r| r.state.is_failure()).count();
         }
 
-        if let Some(by) = self.ledger.cancel_requested(self.deployment_id).await? {
-            let skipped = self.ledger.skip_pending_hosts(self.deployment_id).await?;
+        if let Some(by) = self.ledger.cancel_requested(self.release.deployment_id).await? {
+            let skipped = self.ledger.skip_pending_hosts(self.release.deployment_id).await?;
             let message = format!("cancelled by {by}; {skipped} hosts not started were skipped");
             self.logs.system(None, &message).await;
             return Ok(Outcome::Cancelled(message));
         }
         let exceeded = threshold.exceeded(failures);
         if exceeded {
-            let skipped = self.ledger.skip_pending_hosts(self.deployment_id).await?;
+            let skipped = self.ledger.skip_pending_hosts(self.release.deployment_id).await?;
             self.logs
                 .system(
                     None,
@@ -162,7 +153,7 @@ impl Rollout<'_> {
                 )
                 .await;
         }
-        let hosts = self.ledger.run_hosts(self.deployment_id).await?;
+        let hosts = self.ledger.run_hosts(self.release.deployment_id).await?;
         Ok(outcome(&hosts, exceeded))
     }
 
@@ -175,7 +166,7 @@ impl Rollout<'_> {
     ) -> Result<Option<Vec<HostReport>>, StoreError> {
         let mut jobs = Vec::with_capacity(hosts.len());
         for host in hosts {
-            if !self.ledger.start_host(self.deployment_id, self.token, &host.name).await? {
+            if !self.ledger.start_host(self.release.deployment_id, self.token, &host.name).await? {
                 return Ok(None);
             }
             let started = Event::Host {
@@ -188,21 +179,13 @@ impl Rollout<'_> {
             self.logs.event(Some(&host.name), format!("started (wave {})", host.wave + 1), started).await;
             let journal = Journal {
                 ledger: self.ledger.clone(),
-                deployment_id: self.deployment_id,
+                deployment_id: self.release.deployment_id,
                 token: self.token.to_owned(),
                 host: host.name.clone(),
                 logs: self.logs.clone(),
                 fence: self.stop.fence.clone(),
             };
-            let job = HostJob {
-                deployment_id: self.deployment_id,
-                host,
-                request: self.request,
-                service: self.service,
-                cluster: self.cluster,
-                playbook: self.playbook,
-                balancers: self.balancers,
-            };
+            let job = HostJob { release: self.release, host };
             jobs.push((job, journal));
         }
         let reports = executor.run_wave(&jobs).await;
@@ -216,7 +199,7 @@ impl Rollout<'_> {
             claim_held &= self
                 .ledger
                 .finish_host(
-                    self.deployment_id,
+                    self.release.deployment_id,
                     self.token,
                     &job.host.name,
                     report.state,

@@ -18,9 +18,10 @@
 //! `chaos [TRIALS] [SEED] [FAULT]` (default 20 trials, a seed from the clock, any fault).
 
 use anyhow::{Context, bail};
-use serde_json::{Value, json};
+use serde_json::json;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
+use vesemir_model::deployment::DeploymentState;
 use vesemir_tests::balancing::{BACKEND, Haproxy, Load};
 use vesemir_tests::journal::HostJournal;
 use vesemir_tests::proxy::CutProxy;
@@ -184,19 +185,21 @@ async fn trial(ground: &Ground, n: usize, fault: &str, at: Duration) -> anyhow::
         eprintln!("--- trial {n}, failed requests, e.g. {:?}", report.examples);
     }
     if let [first, second] = finals.as_slice() {
-        let first_end = times(first, "finished_at").into_iter().max();
-        let second_start = times(second, "started_at").into_iter().min();
+        let first_end = first.hosts().iter().filter_map(|h| h.finished_at).max();
+        let second_start = second.hosts().iter().filter_map(|h| h.started_at).min();
         counts.rolled_twice = usize::from(matches!((first_end, second_start), (Some(e), Some(s)) if s < e));
     }
     let names: Vec<String> = ground.fleet.hosts.iter().map(|(n, _)| n.clone()).collect();
     let servers = ground.lb.servers(&names).await?;
     counts.left_out = servers.values().filter(|s| !s.in_rotation() || s.weight != s.initial_weight).count();
     counts.two_claims = names.iter().map(|host| journal.overlaps(host)).sum();
-    let states: Vec<&str> = finals.iter().map(|d| d["state"].as_str().unwrap_or("?")).collect();
-    for done in finals.iter().filter(|d| d["state"] != "succeeded") {
-        eprintln!("--- trial {n}: {} ended {}: {}", done["id"], done["state"], done["error"]);
-        for host in done["hosts"].as_array().into_iter().flatten().filter(|h| !h["error"].is_null()) {
-            eprintln!("---   {}: {}", host["name"], host["error"]);
+    let states: Vec<&str> = finals.iter().map(|d| d.state.as_str()).collect();
+    for done in finals.iter().filter(|d| d.state != DeploymentState::Succeeded) {
+        eprintln!("--- trial {n}: {} ended {}: {:?}", done.id, done.state, done.error);
+        for host in done.hosts() {
+            if let Some(error) = &host.error {
+                eprintln!("---   {}: {error}", host.name);
+            }
         }
     }
     let note = format!("{note}; ended {}", states.join(" and "));
@@ -263,13 +266,4 @@ async fn holder_pid(app: &TestApp) -> anyhow::Result<Option<u32>> {
             .await?;
     pool.close().await;
     Ok(holder.and_then(|(token,)| token.split(['/', ':']).nth(1).and_then(|pid| pid.parse().ok())))
-}
-
-fn times(deployment: &Value, field: &str) -> Vec<chrono::DateTime<chrono::FixedOffset>> {
-    deployment["hosts"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|h| h[field].as_str().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok()))
-        .collect()
 }

@@ -3,6 +3,7 @@
 
 use serde_json::json;
 use std::time::Duration;
+use vesemir_model::deployment::{DeploymentState, HostState, LogStream, StepState};
 use vesemir_tests::{Fleet, Setup, TestApp, demo_request, host_states, rolling_steps, step_states};
 
 const FINISH: Duration = Duration::from_secs(180);
@@ -37,23 +38,24 @@ async fn ansible_rolls_out_waves_and_tells_unreachable_from_failed() {
     let id = app.deploy(&request).await.unwrap();
     let done = app.wait_final(&id, FINISH).await.unwrap();
 
-    assert_eq!(done["state"], "failed", "{done:#}");
-    let states = host_states(&done);
-    let states: Vec<(&str, &str)> = states.iter().map(|(n, s)| (n.as_str(), s.as_str())).collect();
-    assert_eq!(states, [("vm-01", "succeeded"), ("vm-02", "unreachable"), ("vm-03", "succeeded")]);
+    assert_eq!(done.state, DeploymentState::Failed, "{done:#?}");
+    assert_eq!(
+        host_states(&done),
+        [("vm-01", HostState::Succeeded), ("vm-02", HostState::Unreachable), ("vm-03", HostState::Succeeded)]
+    );
     for name in ["vm-01", "vm-03"] {
         assert_eq!(fleet.served_version(name).await.unwrap(), "60.0.0", "{name}");
     }
-    let vm1 = &done["hosts"][0];
+    let vm1 = &done.hosts()[0];
     // The same steps as the native executor's, the load-balancer ones with nothing to do.
-    let expected: Vec<(String, String)> =
-        rolling_steps().unwrap().into_iter().map(|n| (n, "succeeded".to_owned())).collect();
+    let steps = rolling_steps().unwrap();
+    let expected: Vec<(&str, StepState)> = steps.iter().map(|n| (n.as_str(), StepState::Succeeded)).collect();
     assert_eq!(step_states(vm1), expected);
-    assert_eq!(vm1["steps"][3]["exit_code"], 0);
+    assert_eq!(vm1.steps[3].exit_code, Some(0));
     let logs = app.logs(&id).await.unwrap();
     assert!(
         logs.iter()
-            .any(|l| l["host"] == "vm-01" && l["stream"] == "stdout" && l["line"].as_str().unwrap().contains("60.0.0")),
+            .any(|l| l.host.as_deref() == Some("vm-01") && l.stream == LogStream::Stdout && l.line.contains("60.0.0")),
         "the remote output is in the log"
     );
     assert!(leftovers(&app).is_empty(), "temporary files left: {:?}", leftovers(&app));
@@ -66,11 +68,10 @@ async fn a_failed_health_check_under_ansible_stops_the_rollout() {
     let app = TestApp::start(Some(&fleet), Setup::default()).await.unwrap();
     let id = app.deploy(&ansible("broken-61")).await.unwrap();
     let done = app.wait_final(&id, FINISH).await.unwrap();
-    assert_eq!(done["state"], "failed");
-    let states = host_states(&done);
-    assert_eq!(states, [("vm-01".to_owned(), "failed".to_owned()), ("vm-02".to_owned(), "skipped".to_owned())]);
-    let health = done["hosts"][0]["steps"].as_array().unwrap().iter().find(|s| s["name"] == "health").unwrap().clone();
-    assert_eq!(health["state"], "failed", "{health}");
+    assert_eq!(done.state, DeploymentState::Failed);
+    assert_eq!(host_states(&done), [("vm-01", HostState::Failed), ("vm-02", HostState::Skipped)]);
+    let health = done.hosts()[0].step("health").unwrap();
+    assert_eq!(health.state, StepState::Failed, "{health:?}");
     assert!(leftovers(&app).is_empty());
     app.shut_down().await;
 }
@@ -90,12 +91,9 @@ async fn a_hostile_variable_reaches_neither_ansible_nor_a_shell() {
         let request = json!({"service": "noted", "cluster": "sandbox", "version": "62.0.0", "executor": "ansible", "vars": {"note": payload}});
         let id = app.deploy(&request).await.unwrap();
         let done = app.wait_final(&id, FINISH).await.unwrap();
-        assert_eq!(done["state"], "succeeded", "{done:#}");
+        assert_eq!(done.state, DeploymentState::Succeeded, "{done:#?}");
         let logs = app.logs(&id).await.unwrap();
-        assert!(
-            logs.iter().any(|l| l["line"].as_str().unwrap() == format!("note: {payload}")),
-            "printed literally: {payload}"
-        );
+        assert!(logs.iter().any(|l| l.line == format!("note: {payload}")), "printed literally: {payload}");
     }
     assert!(!std::path::Path::new(&marker).exists(), "a payload ran");
     assert!(leftovers(&app).is_empty());
@@ -146,8 +144,8 @@ url = "http://{{host.address}}:8080/health"
     let app = TestApp::start(Some(&fleet), broken).await.unwrap();
     let id = app.deploy(&ansible("63.0.0")).await.unwrap();
     let done = app.wait_final(&id, FINISH).await.unwrap();
-    assert_eq!(done["state"], "failed");
-    let error = done["hosts"][0]["error"].as_str().unwrap();
+    assert_eq!(done.state, DeploymentState::Failed);
+    let error = done.hosts()[0].error.as_deref().unwrap();
     assert!(error.contains("ansible-playbook ended") && error.contains("exit code 4"), "{error}");
     assert!(leftovers(&app).is_empty());
     app.shut_down().await;
@@ -155,8 +153,8 @@ url = "http://{{host.address}}:8080/health"
     let app = TestApp::start(Some(&fleet), Setup { extra_config: slow.to_owned(), ..Setup::default() }).await.unwrap();
     let id = app.deploy(&json!({"service": "slow", "cluster": "sandbox", "version": "64.0.0"})).await.unwrap();
     let done = app.wait_final(&id, FINISH).await.unwrap();
-    assert_eq!(done["state"], "failed");
-    let error = done["hosts"][0]["error"].as_str().unwrap();
+    assert_eq!(done.state, DeploymentState::Failed);
+    let error = done.hosts()[0].error.as_deref().unwrap();
     assert!(error.contains("step install: timed out after 1s and was stopped on the host"), "{error}");
     assert!(leftovers(&app).is_empty());
     // The whole process group went: no ansible-playbook and no sleep of this run is left.
@@ -177,8 +175,8 @@ async fn a_worker_without_ansible_playbook_fails_the_hosts_saying_so() {
     let app = TestApp::start(Some(&fleet), setup).await.unwrap();
     let id = app.deploy(&ansible("66.0.0")).await.unwrap();
     let done = app.wait_final(&id, FINISH).await.unwrap();
-    assert_eq!(done["state"], "failed");
-    let error = done["hosts"][0]["error"].as_str().unwrap();
+    assert_eq!(done.state, DeploymentState::Failed);
+    let error = done.hosts()[0].error.as_deref().unwrap();
     assert!(error.contains("/nonexistent/bin/ansible-playbook is not installed on this worker"), "{error}");
     assert_eq!(fleet.served_version("vm-01").await.unwrap(), "none", "nothing ran");
     assert!(leftovers(&app).is_empty());
@@ -202,10 +200,10 @@ async fn a_cancel_under_ansible_lets_the_wave_finish_and_leaves_nothing() {
     assert_eq!(response.status().as_u16(), 202);
     let _gate = app.open_gate(&id).unwrap();
     let done = app.wait_final(&id, FINISH).await.unwrap();
-    assert_eq!(done["state"], "cancelled", "{done:#}");
+    assert_eq!(done.state, DeploymentState::Cancelled, "{done:#?}");
     let states = host_states(&done);
-    assert_eq!(states[0].1, "succeeded", "the wave in flight finished");
-    assert!(states[1..].iter().all(|(_, s)| s == "skipped"), "{states:?}");
+    assert_eq!(states[0].1, HostState::Succeeded, "the wave in flight finished");
+    assert!(states[1..].iter().all(|(_, s)| *s == HostState::Skipped), "{states:?}");
     assert!(leftovers(&app).is_empty());
     app.shut_down().await;
 }
@@ -242,8 +240,8 @@ url = "http://{{host.address}}:8080/health"
     let app = TestApp::start(Some(&fleet), setup).await.unwrap();
     let id = app.deploy(&json!({"service": "patient", "cluster": "sandbox", "version": "67.0.0"})).await.unwrap();
     let done = app.wait_final(&id, FINISH).await.unwrap();
-    assert_eq!(done["state"], "failed");
-    let error = done["hosts"][0]["error"].as_str().unwrap();
+    assert_eq!(done.state, DeploymentState::Failed);
+    let error = done.hosts()[0].error.as_deref().unwrap();
     assert!(error.contains("step install: timed out after 1s and was stopped on the host"), "{error}");
     app.shut_down().await;
 }
@@ -263,7 +261,7 @@ url = "http://{{host.address}}:8080/health"
     let config = vesemir_core::config::Config::parse(text, std::path::Path::new("/")).unwrap();
     let err = config.validate().unwrap_err().to_string();
     assert!(
-        err.contains("service custom: the ansible executor runs the Ansible form of the rolling playbook"),
+        err.contains("services.custom.executor: the ansible executor runs the Ansible form of the rolling playbook"),
         "{err}"
     );
 }

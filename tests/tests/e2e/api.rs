@@ -5,6 +5,8 @@ use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use vesemir_model::access::Role;
 use vesemir_model::access::Scope;
+use vesemir_model::api::DeploymentPage;
+use vesemir_model::deployment::{Amount, Deployment, DeploymentState};
 use vesemir_tests::{Setup, TestApp, Throwaway, client_with, demo_request};
 
 async fn app() -> TestApp {
@@ -22,14 +24,14 @@ async fn a_submit_is_recorded_queued_and_readable() {
         .await
         .unwrap();
     assert_eq!(status, 202, "{body}");
-    assert_eq!(body["state"], "queued");
-    assert_eq!(body["request"]["concurrency"], "50%");
-    assert_eq!(body["requested_by"], "test-admin", "the token's name is who requested it");
+    let submitted: Deployment = serde_json::from_value(body).unwrap();
+    assert_eq!(submitted.state, DeploymentState::Queued);
+    assert_eq!(submitted.request.concurrency, Amount::Percent(50));
+    assert_eq!(submitted.requested_by, "test-admin", "the token's name is who requested it");
 
-    let id = body["id"].as_str().unwrap();
-    let fetched = app.deployment(id).await.unwrap();
-    assert_eq!(fetched["version"], "2024.06.01-3f9c2a1");
-    assert_eq!(fetched["summary"]["total"], 0);
+    let fetched = app.deployment(&submitted.id.to_string()).await.unwrap();
+    assert_eq!(fetched.version, "2024.06.01-3f9c2a1");
+    assert_eq!(fetched.summary.total, 0);
     app.shut_down().await;
 }
 
@@ -94,19 +96,17 @@ async fn lists_are_newest_first_filtered_and_paged() {
     for v in ["1", "2", "3", "4", "5"] {
         ids.push(app.deploy(&demo_request(v)).await.unwrap());
     }
-    let (_, page) = app.get_json("/v1/deployments?limit=2").await.unwrap();
-    let got: Vec<&str> = page["deployments"].as_array().unwrap().iter().map(|d| d["id"].as_str().unwrap()).collect();
-    assert_eq!(got, [ids[4].as_str(), ids[3].as_str()]);
-    let cursor = page["next_cursor"].as_str().unwrap();
-    let (_, page) = app.get_json(&format!("/v1/deployments?limit=2&cursor={cursor}")).await.unwrap();
-    let got: Vec<&str> = page["deployments"].as_array().unwrap().iter().map(|d| d["id"].as_str().unwrap()).collect();
-    assert_eq!(got, [ids[2].as_str(), ids[1].as_str()]);
+    let ids_of = |page: &DeploymentPage| page.deployments.iter().map(|d| d.id.to_string()).collect::<Vec<_>>();
+    let page: DeploymentPage = app.get("/v1/deployments?limit=2").await.unwrap();
+    assert_eq!(ids_of(&page), [ids[4].as_str(), ids[3].as_str()]);
+    let cursor = page.next_cursor.unwrap();
+    let page: DeploymentPage = app.get(&format!("/v1/deployments?limit=2&cursor={cursor}")).await.unwrap();
+    assert_eq!(ids_of(&page), [ids[2].as_str(), ids[1].as_str()]);
 
-    let (_, page) = app.get_json("/v1/deployments?state=queued&service=demo&cluster=sandbox").await.unwrap();
-    assert_eq!(page["deployments"].as_array().unwrap().len(), 5);
-    let (_, page) = app.get_json("/v1/deployments?state=succeeded").await.unwrap();
-    assert_eq!(page["deployments"].as_array().unwrap().len(), 0);
-    assert!(page["next_cursor"].is_null());
+    let page: DeploymentPage = app.get("/v1/deployments?state=queued&service=demo&cluster=sandbox").await.unwrap();
+    assert_eq!(page.deployments.len(), 5);
+    let page: DeploymentPage = app.get("/v1/deployments?state=succeeded").await.unwrap();
+    assert!(page.deployments.is_empty() && page.next_cursor.is_none());
     app.shut_down().await;
 }
 

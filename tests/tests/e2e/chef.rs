@@ -3,6 +3,7 @@
 
 use serde_json::{Value, json};
 use std::time::Duration;
+use vesemir_model::deployment::{Deployment, DeploymentState};
 use vesemir_tests::chef::{ChefServer, node_json};
 use vesemir_tests::{Fleet, Setup, TestApp};
 
@@ -57,8 +58,8 @@ fn request(cluster: &str, selector: Value, dry_run: bool) -> Value {
     json!({"service": "demo", "cluster": cluster, "version": "30.0.0", "selector": selector, "dry_run": dry_run})
 }
 
-fn host_names(deployment: &Value) -> Vec<String> {
-    deployment["hosts"].as_array().unwrap().iter().map(|h| h["name"].as_str().unwrap().to_owned()).collect()
+fn host_names(deployment: &Deployment) -> Vec<String> {
+    deployment.hosts().iter().map(|h| h.name.clone()).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -73,7 +74,7 @@ async fn a_signed_search_picks_the_hosts_a_deployment_touches() {
     let id = app.deploy(&request("production", json!({"roles": ["web"], "tags": ["blue"]}), false)).await.unwrap();
     let done = app.wait_final(&id, FINISH).await.unwrap();
 
-    assert_eq!(done["state"], "succeeded", "{done:#}");
+    assert_eq!(done.state, DeploymentState::Succeeded, "{done:#?}");
     assert_eq!(host_names(&done), ["vm-01", "vm-04"]);
     for (name, expected) in
         [("vm-01", "30.0.0"), ("vm-02", "none"), ("vm-03", "none"), ("vm-04", "30.0.0"), ("vm-05", "none")]
@@ -81,7 +82,7 @@ async fn a_signed_search_picks_the_hosts_a_deployment_touches() {
         assert_eq!(fleet.served_version(name).await.unwrap(), expected, "{name}");
     }
     let logs = app.logs(&id).await.unwrap();
-    assert!(logs.iter().any(|l| l["line"] == "discovered 2 hosts in 2 waves"));
+    assert!(logs.iter().any(|l| l.line == "discovered 2 hosts in 2 waves"));
     app.shut_down().await;
 }
 
@@ -114,25 +115,25 @@ async fn searches_page_sign_with_every_protocol_and_fail_with_what_to_fix() {
 
     // A dry run discovers and plans, touching no host.
     let planned = plan("partial", json!({"roles": ["web"], "environment": "production"})).await;
-    assert_eq!(planned["state"], "planned", "{planned:#}");
+    assert_eq!(planned.state, DeploymentState::Planned, "{planned:#?}");
     assert_eq!(host_names(&planned), ["vm-01", "vm-02", "vm-04"]);
 
     // Full search over pages of 2: three matches (a short last page), and four (an
     // exact multiple, ended by an empty page).
     let paged = plan("paged", json!({"roles": ["web"], "environment": "production"})).await;
-    assert_eq!(host_names(&paged), ["vm-01", "vm-02", "vm-04"], "{paged:#}");
+    assert_eq!(host_names(&paged), ["vm-01", "vm-02", "vm-04"], "{paged:#?}");
     let paged = plan("paged", json!({"roles": ["web"]})).await;
-    assert_eq!(host_names(&paged), ["vm-01", "vm-02", "vm-04", "vm-05"], "{paged:#}");
+    assert_eq!(host_names(&paged), ["vm-01", "vm-02", "vm-04", "vm-05"], "{paged:#?}");
 
     // Older signing protocols.
     for cluster in ["old10", "old11"] {
         let planned = plan(cluster, json!({"tags": ["blue"]})).await;
-        assert_eq!(host_names(&planned), ["vm-01", "vm-03", "vm-04", "vm-05"], "{cluster}: {planned:#}");
+        assert_eq!(host_names(&planned), ["vm-01", "vm-03", "vm-04", "vm-05"], "{cluster}: {planned:#?}");
     }
 
     // Free terms narrow, inside the cluster's base query.
     let narrowed = plan("fenced", json!({"query": "tags:blue OR tags:green"})).await;
-    assert_eq!(host_names(&narrowed), ["vm-01", "vm-02", "vm-03", "vm-04"], "{narrowed:#}");
+    assert_eq!(host_names(&narrowed), ["vm-01", "vm-02", "vm-03", "vm-04"], "{narrowed:#?}");
 
     let failures = [
         ("partial", json!({"roles": ["nothing-here"]}), "no hosts matched the Chef search \"roles:nothing\\\\-here\""),
@@ -142,8 +143,8 @@ async fn searches_page_sign_with_every_protocol_and_fail_with_what_to_fix() {
     ];
     for (cluster, selector, expected) in failures {
         let failed = plan(cluster, selector.clone()).await;
-        assert_eq!(failed["state"], "failed", "{cluster} {selector}");
-        let error = failed["error"].as_str().unwrap();
+        assert_eq!(failed.state, DeploymentState::Failed, "{cluster} {selector}");
+        let error = failed.error.as_deref().unwrap();
         assert!(error.contains(expected), "{cluster} {selector}: {error}");
     }
 
@@ -261,8 +262,8 @@ async fn an_unknown_client_a_server_down_and_a_malformed_query_fail_clearly() {
     for (cluster, selector, expected) in cases {
         let id = app.deploy(&request(cluster, selector, true)).await.unwrap();
         let failed = app.wait_final(&id, FINISH).await.unwrap();
-        assert_eq!(failed["state"], "failed");
-        let error = failed["error"].as_str().unwrap();
+        assert_eq!(failed.state, DeploymentState::Failed);
+        let error = failed.error.as_deref().unwrap();
         assert!(error.contains(expected), "{cluster}: {error}");
     }
     app.shut_down().await;

@@ -2,6 +2,8 @@
 //! the exit codes scripts rely on.
 
 use std::process::Output;
+use vesemir_model::api::DeploymentPage;
+use vesemir_model::deployment::{Deployment, DeploymentState};
 use vesemir_tests::{Fleet, Setup, TestApp};
 
 async fn vesemir(api: &str, token: &str, args: &[&str]) -> Output {
@@ -42,9 +44,9 @@ async fn deploy_wait_status_logs_and_list_with_their_exit_codes() {
     let failed =
         vesemir(&app.base, &app.admin_token, &["deploy", "demo", "sandbox", "broken-8", "--wait", "--json"]).await;
     assert_eq!(failed.status.code(), Some(1), "a failed deployment exits 1");
-    let failed: serde_json::Value = serde_json::from_slice(&failed.stdout).unwrap();
-    assert_eq!(failed["state"], "failed");
-    let id = failed["id"].as_str().unwrap();
+    let failed: Deployment = serde_json::from_slice(&failed.stdout).unwrap();
+    assert_eq!(failed.state, DeploymentState::Failed);
+    let id = &failed.id.to_string();
 
     let status = vesemir(&app.base, &app.admin_token, &["status", id]).await;
     assert_eq!(status.status.code(), Some(1));
@@ -56,8 +58,8 @@ async fn deploy_wait_status_logs_and_list_with_their_exit_codes() {
     assert!(stdout(&logs).lines().all(|l| l.contains("vm-01")));
 
     let list = vesemir(&app.base, &app.admin_token, &["list", "--json", "--state", "failed"]).await;
-    let list: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
-    assert_eq!(list["deployments"].as_array().unwrap().len(), 1);
+    let list: DeploymentPage = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(list.deployments.len(), 1);
 
     let plan = vesemir(&app.base, &app.admin_token, &["plan", "demo", "sandbox", "9.0.0", "--canary"]).await;
     assert_eq!(plan.status.code(), Some(0));

@@ -6,6 +6,7 @@ use serde_json::{Value, json};
 use std::time::Duration;
 use vesemir_model::access::Role;
 use vesemir_model::access::Scope;
+use vesemir_model::deployment::DeploymentState;
 use vesemir_tests::openapi::Contract;
 use vesemir_tests::{Fleet, Setup, TestApp, client_with, demo_request};
 
@@ -64,7 +65,7 @@ async fn every_endpoint_answers_as_the_openapi_document_says() {
     caller.call(&anonymous, "POST", submit, submit, Some(demo_request("80.0.0"))).await;
     caller.call(&scoped, "POST", submit, submit, Some(demo_request("80.0.0"))).await;
     let done = app.wait_final(&id, FINISH).await.unwrap();
-    assert_eq!(done["state"], "succeeded", "{done:#}");
+    assert_eq!(done.state, DeploymentState::Succeeded, "{done:#?}");
 
     let one = "/v1/deployments/{id}";
     for (path, documented) in [

@@ -1,8 +1,10 @@
 //! Following a deployment live: Server-Sent Events resumable with Last-Event-ID, and
 //! `vesemir status --follow`.
 
-use serde_json::{Value, json};
+use serde_json::json;
 use std::time::Duration;
+use vesemir_model::deployment::{DeploymentState, HostState, LogLine};
+use vesemir_model::event::Event;
 use vesemir_tests::{Fleet, Setup, TestApp, demo_request};
 
 const FINISH: Duration = Duration::from_secs(120);
@@ -11,8 +13,8 @@ const FINISH: Duration = Duration::from_secs(120);
 /// Returns (id, event type, line) triples.
 async fn read_events(
     response: &mut reqwest::Response,
-    stop: impl Fn(&[(i64, String, Value)]) -> bool,
-) -> Vec<(i64, String, Value)> {
+    stop: impl Fn(&[(i64, String, LogLine)]) -> bool,
+) -> Vec<(i64, String, LogLine)> {
     let mut events = Vec::new();
     let mut buffer = String::new();
     let (mut id, mut kind, mut data) = (None, String::new(), String::new());
@@ -56,19 +58,27 @@ async fn a_follower_cut_off_and_resumed_gets_every_line_exactly_once() {
     let before = read_events(&mut first, |events| events.len() >= 12).await;
     drop(first);
     let last = before.last().unwrap().0;
-    assert_ne!(app.deployment(&id).await.unwrap()["state"], "succeeded", "cut off mid-deployment");
+    assert_ne!(app.deployment(&id).await.unwrap().state, DeploymentState::Succeeded, "cut off mid-deployment");
 
     let mut resumed = app.client.get(&url).header("Last-Event-ID", last.to_string()).send().await.unwrap();
     let after = read_events(&mut resumed, |_| false).await;
 
     let seen: Vec<i64> = before.iter().chain(&after).map(|(seq, _, _)| *seq).collect();
-    let logged: Vec<i64> = app.logs(&id).await.unwrap().iter().map(|l| l["seq"].as_i64().unwrap()).collect();
+    let logged: Vec<i64> = app.logs(&id).await.unwrap().iter().map(|l| l.seq).collect();
     assert_eq!(seen, logged, "every line exactly once, in order");
     let (_, kind, last_event) = after.last().unwrap();
     assert_eq!(kind, "state", "the stream ends with the final state");
-    assert_eq!(last_event["event"]["state"], "succeeded");
-    assert!(after.iter().any(|(_, kind, e)| kind == "host" && e["event"]["state"] == "succeeded"));
-    assert!(after.iter().any(|(_, kind, e)| kind == "step" && e["event"]["step"] == "install"));
+    assert!(matches!(last_event.event, Some(Event::State { state: DeploymentState::Succeeded, .. })), "{last_event:?}");
+    assert!(
+        after.iter().any(|(_, kind, line)| kind == "host"
+            && matches!(line.event, Some(Event::Host { state: HostState::Succeeded, .. })))
+    );
+    assert!(
+        after.iter().any(|(_, kind, line)| kind == "step"
+            && matches!(&line.event, Some(Event::Step { step, .. }) if step == "install"))
+    );
+    // The event name is the kind of the event the line carries.
+    assert!(after.iter().all(|(_, kind, line)| kind == line.event.as_ref().map_or("log", Event::kind)));
 
     // A finished deployment's stream replays and ends; a bad resume point is a 400.
     let mut replay = app.client.get(&url).send().await.unwrap();
@@ -93,7 +103,8 @@ async fn status_follow_prints_the_deployment_live_and_exits_with_its_outcome() {
         assert_eq!(output.status.code(), Some(code), "{version}: {stdout}");
         assert!(stdout.contains("step install: succeeded"), "{stdout}");
         assert!(stdout.contains(&format!("installing sandbox-app {version}")), "remote output is followed: {stdout}");
-        assert_eq!(app.wait_final(&id, FINISH).await.unwrap()["state"], if code == 0 { "succeeded" } else { "failed" });
+        let outcome = if code == 0 { DeploymentState::Succeeded } else { DeploymentState::Failed };
+        assert_eq!(app.wait_final(&id, FINISH).await.unwrap().state, outcome);
     }
     app.shut_down().await;
 }

@@ -2,39 +2,30 @@
 //! a message that vanished, a holder that died, API replicas whose clocks differ, a
 //! wake-up racing a publish, a cancel that lands as the rollout ends.
 
-use chrono::{DateTime, FixedOffset};
 use serde_json::{Value, json};
 use std::time::Duration;
 use uuid::Uuid;
 use vesemir_core::store::{Claim, Pending, PlannedHost, Store};
-use vesemir_model::deployment::DeploymentState;
+use vesemir_model::deployment::{AdminState, Deployment, DeploymentState, HostState};
+use vesemir_model::event::Event;
 use vesemir_tests::balancing::{BACKEND, Haproxy};
 use vesemir_tests::journal::HostJournal;
 use vesemir_tests::proxy::CutProxy;
 use vesemir_tests::{
-    Fleet, Process, Setup, SkewedApi, TestApp, TestDatabase, Throwaway, client_with, demo_request, purge_queue,
+    Fleet, Process, Setup, SkewedApi, TestApp, TestDatabase, Throwaway, client_with, demo_request, host_states,
+    purge_queue,
 };
 
 const FINISH: Duration = Duration::from_secs(120);
 
-/// The earliest start or latest end among a deployment's hosts.
-fn host_times(deployment: &Value, field: &str) -> Vec<DateTime<FixedOffset>> {
-    deployment["hosts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| DateTime::parse_from_rfc3339(h[field].as_str().unwrap()).unwrap())
-        .collect()
-}
-
-async fn wait_state(app: &TestApp, id: &str, state: &str) {
+async fn wait_state(app: &TestApp, id: &str, state: DeploymentState) {
     let deadline = tokio::time::Instant::now() + FINISH;
     loop {
         let d = app.deployment(id).await.unwrap();
-        if d["state"] == state {
+        if d.state == state {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "never {state}: {d:#}");
+        assert!(tokio::time::Instant::now() < deadline, "never {state}: {d:#?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -68,7 +59,7 @@ async fn a_deployment_whose_message_vanished_still_runs() {
     app.add_worker().await.unwrap();
     for id in [&held, &queued] {
         let done = app.wait_final(id, FINISH).await.unwrap();
-        assert_eq!(done["state"], "succeeded", "{done:#}");
+        assert_eq!(done.state, DeploymentState::Succeeded, "{done:#?}");
     }
     app.shut_down().await;
 }
@@ -83,7 +74,7 @@ async fn a_replica_whose_clock_is_behind_cannot_start_a_second_rollout_of_a_targ
     slow["concurrency"] = json!(1);
     slow["sleep_seconds"] = json!(2);
     let first = app.deploy(&slow).await.unwrap();
-    wait_state(&app, &first, "running").await;
+    wait_state(&app, &first, DeploymentState::Running).await;
 
     // Submitted later, through the replica a minute behind: its id is the older one.
     let answer = client_with(&app.admin_token)
@@ -93,14 +84,14 @@ async fn a_replica_whose_clock_is_behind_cannot_start_a_second_rollout_of_a_targ
         .await
         .unwrap();
     assert_eq!(answer.status(), 202);
-    let second = answer.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let second = answer.json::<Deployment>().await.unwrap().id.to_string();
     assert!(second.parse::<Uuid>().unwrap() < first.parse::<Uuid>().unwrap(), "the skew made the later id smaller");
 
     let first = app.wait_final(&first, FINISH).await.unwrap();
     let second = app.wait_final(&second, FINISH).await.unwrap();
-    assert_eq!((first["state"].as_str(), second["state"].as_str()), (Some("succeeded"), Some("succeeded")));
-    let first_end = host_times(&first, "finished_at").into_iter().max().unwrap();
-    let second_start = host_times(&second, "started_at").into_iter().min().unwrap();
+    assert_eq!((first.state, second.state), (DeploymentState::Succeeded, DeploymentState::Succeeded));
+    let first_end = first.hosts().iter().filter_map(|h| h.finished_at).max().unwrap();
+    let second_start = second.hosts().iter().filter_map(|h| h.started_at).min().unwrap();
     assert!(first_end <= second_start, "the second started at {second_start}, before the first ended at {first_end}");
     assert_eq!(fleet.served_version("vm-01").await.unwrap(), "51.0.0", "the later submit was applied last");
     app.shut_down().await;
@@ -148,12 +139,15 @@ async fn a_cancel_that_lands_as_the_rollout_ends_ends_it_cancelled() {
     assert!(store.finish(uuid, "worker/1", DeploymentState::Succeeded, None).await.unwrap());
 
     let done = app.deployment(&id).await.unwrap();
-    assert_eq!(done["state"], "cancelled", "{done:#}");
-    assert_eq!(done["cancelled_by"], "test-admin");
-    assert!(done["error"].as_str().unwrap().contains("after every host had finished"), "{done:#}");
+    assert_eq!(done.state, DeploymentState::Cancelled, "{done:#?}");
+    assert_eq!(done.cancelled_by.as_deref(), Some("test-admin"));
+    assert!(done.error.as_deref().unwrap().contains("after every host had finished"), "{done:#?}");
     let logs = app.logs(&id).await.unwrap();
     let last = logs.last().unwrap();
-    assert_eq!(last["event"]["state"], "cancelled", "the stream ends with the state stored: {last:#}");
+    assert!(
+        matches!(last.event, Some(Event::State { state: DeploymentState::Cancelled, .. })),
+        "the stream ends with the state stored: {last:#?}"
+    );
     app.shut_down().await;
 }
 
@@ -177,7 +171,7 @@ async fn a_worker_cut_off_from_the_database_stops_acting_and_its_successor_never
     app.add_worker().await.unwrap();
 
     let done = app.wait_final(&id, FINISH).await.unwrap();
-    assert_eq!(done["state"], "succeeded", "{done:#}");
+    assert_eq!(done.state, DeploymentState::Succeeded, "{done:#?}");
     assert_eq!(fleet.served_version("vm-01").await.unwrap(), "70.0.0");
     // The holder's install was in flight when it was cut off: it ran no further step,
     // and its successor ran the host again from the start.
@@ -255,13 +249,9 @@ async fn a_host_left_out_by_a_dead_worker_and_unreachable_on_resume_is_put_back_
 
     app.add_worker().await.unwrap();
     let done = app.wait_final(&id, FINISH).await.unwrap();
-    assert_eq!(done["state"], "failed", "{done:#}");
-    let vm01 = &done["hosts"][0];
-    assert_eq!(
-        (vm01["state"].as_str(), vm01["load_balancer"].as_str()),
-        (Some("unreachable"), Some("ready")),
-        "{vm01:#}"
-    );
+    assert_eq!(done.state, DeploymentState::Failed, "{done:#?}");
+    let vm01 = &done.hosts()[0];
+    assert_eq!((vm01.state, vm01.load_balancer), (HostState::Unreachable, Some(AdminState::Ready)), "{vm01:#?}");
     assert_all_in_rotation(&lb).await;
     app.shut_down().await;
 }
@@ -277,15 +267,9 @@ async fn a_cancel_on_a_resumed_deployment_finishes_the_host_left_mid_way() {
 
     app.add_worker().await.unwrap();
     let done = app.wait_final(&id, FINISH).await.unwrap();
-    assert_eq!(done["state"], "cancelled", "{done:#}");
-    let hosts: Vec<(&str, &str)> = done["hosts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| (h["name"].as_str().unwrap(), h["state"].as_str().unwrap()))
-        .collect();
-    assert_eq!(hosts, [("vm-01", "succeeded"), ("vm-02", "skipped")], "{done:#}");
-    assert_eq!(done["hosts"][0]["load_balancer"], "ready");
+    assert_eq!(done.state, DeploymentState::Cancelled, "{done:#?}");
+    assert_eq!(host_states(&done), [("vm-01", HostState::Succeeded), ("vm-02", HostState::Skipped)], "{done:#?}");
+    assert_eq!(done.hosts()[0].load_balancer, Some(AdminState::Ready));
     assert_all_in_rotation(&lb).await;
     app.shut_down().await;
 }
@@ -325,7 +309,7 @@ async fn a_rollout_outlives_the_brokers_consumer_timeout_and_then_its_holders_de
     workers[index].kill();
 
     let done = app.wait_final(&id, Duration::from_secs(240)).await.unwrap();
-    assert_eq!(done["state"], "succeeded", "{done:#}");
+    assert_eq!(done.state, DeploymentState::Succeeded, "{done:#?}");
     assert_eq!(fleet.served_version("vm-02").await.unwrap(), "95.0.0");
     app.shut_down().await;
 }
@@ -352,10 +336,10 @@ async fn a_host_is_recorded_back_in_rotation_only_once_every_load_balancer_took_
     proxy.cut();
 
     let done = app.wait_final(&id, FINISH).await.unwrap();
-    let vm01 = &done["hosts"][0];
-    assert_eq!(vm01["state"], "failed", "{done:#}");
-    assert_eq!(vm01["load_balancer"], "maint", "not recorded back while lb-b still has it out: {vm01:#}");
-    assert!(vm01["error"].as_str().unwrap().contains("lb-b"), "{vm01:#}");
+    let vm01 = &done.hosts()[0];
+    assert_eq!(vm01.state, HostState::Failed, "{done:#?}");
+    assert_eq!(vm01.load_balancer, Some(AdminState::Maint), "not recorded back while lb-b still has it out: {vm01:#?}");
+    assert!(vm01.error.as_deref().unwrap().contains("lb-b"), "{vm01:#?}");
     let on_b = lb_b.servers(&["vm-01".to_owned()]).await.unwrap();
     assert!(!on_b["vm-01"].in_rotation(), "{on_b:?}");
     app.shut_down().await;

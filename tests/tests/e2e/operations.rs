@@ -1,36 +1,53 @@
 //! Acting on deployments: cancel and retry, and who may.
 
-use serde_json::{Value, json};
+use serde_json::json;
 use std::time::Duration;
 use vesemir_model::access::Role;
+use vesemir_model::api::{AuditPage, ErrorBody};
+use vesemir_model::deployment::{Deployment, DeploymentState, HostState, StepState};
 use vesemir_tests::balancing::{BACKEND, Haproxy, Load};
 use vesemir_tests::{Fleet, Setup, TestApp, client_with, demo_request, host_states};
 
 const FINISH: Duration = Duration::from_secs(120);
 
-async fn post(app: &TestApp, client: &reqwest::Client, path: &str) -> (u16, Value) {
-    let response = client.post(app.url(path)).send().await.unwrap();
-    (response.status().as_u16(), response.json().await.unwrap_or(Value::Null))
+/// An answer to a POST: its status, and its body as the deployment it names or as the
+/// API's error.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    body: String,
 }
 
-async fn wait_for(app: &TestApp, id: &str, what: impl Fn(&Value) -> bool) -> Value {
+impl Answer {
+    fn deployment(&self) -> Deployment {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+
+    fn error(&self) -> ErrorBody {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+}
+
+async fn post(app: &TestApp, client: &reqwest::Client, path: &str) -> Answer {
+    let response = client.post(app.url(path)).send().await.unwrap();
+    Answer { status: response.status().as_u16(), body: response.text().await.unwrap() }
+}
+
+async fn wait_for(app: &TestApp, id: &str, what: impl Fn(&Deployment) -> bool) -> Deployment {
     let deadline = tokio::time::Instant::now() + FINISH;
     loop {
         let d = app.deployment(id).await.unwrap();
         if what(&d) {
             return d;
         }
-        assert!(tokio::time::Instant::now() < deadline, "never reached: {d:#}");
+        assert!(tokio::time::Instant::now() < deadline, "never reached: {d:#?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
 /// The first host is running its install step.
-pub(crate) fn installing(d: &Value) -> bool {
-    d["hosts"][0]["steps"]
-        .as_array()
-        .and_then(|s| s.last())
-        .is_some_and(|s| s["name"] == "install" && s["state"] == "running")
+pub(crate) fn installing(d: &Deployment) -> bool {
+    d.hosts().first().and_then(|h| h.steps.last()).is_some_and(|s| s.name == "install" && s.state == StepState::Running)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -48,40 +65,38 @@ async fn a_cancel_mid_rollout_finishes_hosts_in_flight_and_skips_the_rest() {
     let deployer = client_with(&app.token("ci-payments", Role::Deployer).await.unwrap());
     let submitted = deployer.post(app.url("/v1/deployments")).json(&request).send().await.unwrap();
     assert_eq!(submitted.status().as_u16(), 202);
-    let id = submitted.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let id = submitted.json::<Deployment>().await.unwrap().id.to_string();
     // The first host waits at its install until the gate opens: the cancel surely
     // lands while it is mid-playbook, drained.
     wait_for(&app, &id, installing).await;
 
     // A deployer cancels only what it requested.
     let other = client_with(&app.token("ci-billing", Role::Deployer).await.unwrap());
-    let (refused, body) = post(&app, &other, &format!("/v1/deployments/{id}/cancel")).await;
-    assert_eq!(refused, 403, "{body}");
-    assert!(body["error"]["message"].as_str().unwrap().contains("requested by ci-payments"), "{body}");
+    let refused = post(&app, &other, &format!("/v1/deployments/{id}/cancel")).await;
+    assert_eq!(refused.status, 403, "{refused:?}");
+    assert!(refused.error().error.message.contains("requested by ci-payments"), "{refused:?}");
 
-    let (status, cancelling) = post(&app, &deployer, &format!("/v1/deployments/{id}/cancel")).await;
-    assert_eq!(status, 202, "{cancelling}");
-    assert_eq!(cancelling["state"], "cancelling");
+    let cancelling = post(&app, &deployer, &format!("/v1/deployments/{id}/cancel")).await;
+    assert_eq!(cancelling.status, 202, "{cancelling:?}");
+    assert_eq!(cancelling.deployment().state, DeploymentState::Cancelling);
     let _gate = app.open_gate(&id).unwrap();
     let done = app.wait_final(&id, FINISH).await.unwrap();
     let load = load.stop().await;
 
-    assert_eq!(done["state"], "cancelled", "{done:#}");
-    assert_eq!(done["cancelled_by"], "ci-payments");
+    assert_eq!(done.state, DeploymentState::Cancelled, "{done:#?}");
+    assert_eq!(done.cancelled_by.as_deref(), Some("ci-payments"));
     let states = host_states(&done);
-    assert_eq!(states[0].1, "succeeded", "the host in flight finished its playbook");
-    assert!(states[1..].iter().all(|(_, s)| s == "skipped"), "{states:?}");
+    assert_eq!(states[0].1, HostState::Succeeded, "the host in flight finished its playbook");
+    assert!(states[1..].iter().all(|(_, s)| *s == HostState::Skipped), "{states:?}");
     assert_eq!(load.failed, 0, "{:?}", load.examples);
     for (name, server) in lb.servers(&fleet.hosts.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>()).await.unwrap() {
         assert!(server.in_rotation() && server.weight == server.initial_weight, "{name}: {server:?}");
     }
 
-    let (again, body) = post(&app, &app.client, &format!("/v1/deployments/{id}/cancel")).await;
-    assert_eq!(again, 409, "{body}");
-    let (_, audit) = app.get_json("/v1/audit").await.unwrap();
-    assert!(
-        audit["entries"].as_array().unwrap().iter().any(|e| e["action"] == "cancel" && e["actor"] == "ci-payments")
-    );
+    let again = post(&app, &app.client, &format!("/v1/deployments/{id}/cancel")).await;
+    assert_eq!(again.status, 409, "{again:?}");
+    let audit: AuditPage = app.get("/v1/audit").await.unwrap();
+    assert!(audit.entries.iter().any(|e| e.action == "cancel" && e.actor == "ci-payments"));
     app.shut_down().await;
 }
 
@@ -94,17 +109,17 @@ async fn a_queued_deployment_cancelled_never_starts_and_the_next_one_runs() {
     let first = app.deploy(&slow).await.unwrap();
     let second = app.deploy(&demo_request("42.0.0")).await.unwrap();
     let third = app.deploy(&demo_request("43.0.0")).await.unwrap();
-    wait_for(&app, &first, |d| d["state"] == "running").await;
+    wait_for(&app, &first, |d| d.state == DeploymentState::Running).await;
 
-    let (status, body) = post(&app, &app.client, &format!("/v1/deployments/{second}/cancel")).await;
-    assert_eq!(status, 202, "{body}");
-    assert_eq!(body["state"], "cancelled", "a queued deployment is cancelled at once");
+    let cancelled = post(&app, &app.client, &format!("/v1/deployments/{second}/cancel")).await;
+    assert_eq!(cancelled.status, 202, "{cancelled:?}");
+    assert_eq!(cancelled.deployment().state, DeploymentState::Cancelled, "a queued deployment is cancelled at once");
 
-    assert_eq!(app.wait_final(&first, FINISH).await.unwrap()["state"], "succeeded");
+    assert_eq!(app.wait_final(&first, FINISH).await.unwrap().state, DeploymentState::Succeeded);
     let third = app.wait_final(&third, FINISH).await.unwrap();
-    assert_eq!(third["state"], "succeeded", "the next one in line ran: {third:#}");
+    assert_eq!(third.state, DeploymentState::Succeeded, "the next one in line ran: {third:#?}");
     let second = app.deployment(&second).await.unwrap();
-    assert_eq!((second["state"].as_str(), second["started_at"].is_null()), (Some("cancelled"), true));
+    assert_eq!((second.state, second.started_at), (DeploymentState::Cancelled, None));
     assert_eq!(fleet.served_version("vm-01").await.unwrap(), "43.0.0");
     app.shut_down().await;
 }
@@ -118,28 +133,29 @@ async fn a_retry_deploys_only_what_did_not_succeed_and_only_admins_may() {
     request["max_failures"] = json!(1);
     let id = app.deploy(&request).await.unwrap();
     let failed = app.wait_final(&id, FINISH).await.unwrap();
-    assert_eq!(failed["state"], "failed");
+    assert_eq!(failed.state, DeploymentState::Failed);
     fleet.start_sshd("vm-02").unwrap();
 
     let deployer = client_with(&app.token("ci-payments", Role::Deployer).await.unwrap());
-    let (status, body) = post(&app, &deployer, &format!("/v1/deployments/{id}/retry")).await;
-    assert_eq!(status, 403, "{body}");
-    assert_eq!(body["error"]["code"], "forbidden");
+    let refused = post(&app, &deployer, &format!("/v1/deployments/{id}/retry")).await;
+    assert_eq!(refused.status, 403, "{refused:?}");
+    assert_eq!(refused.error().error.code, "forbidden");
 
-    let (status, retry) = post(&app, &app.client, &format!("/v1/deployments/{id}/retry")).await;
-    assert_eq!(status, 202, "{retry}");
-    assert_eq!(retry["retry_of"], id.as_str());
-    assert_eq!(retry["attempt"], 2);
-    assert_eq!(retry["requested_by"], "test-admin");
-    let retry_id = retry["id"].as_str().unwrap();
-    let done = app.wait_final(retry_id, FINISH).await.unwrap();
-    assert_eq!(done["state"], "succeeded", "{done:#}");
-    assert_eq!(host_states(&done), [("vm-02".to_owned(), "succeeded".to_owned())], "only the unreachable VM");
+    let answer = post(&app, &app.client, &format!("/v1/deployments/{id}/retry")).await;
+    assert_eq!(answer.status, 202, "{answer:?}");
+    let retry = answer.deployment();
+    assert_eq!(retry.retry_of.map(|r| r.to_string()), Some(id.clone()));
+    assert_eq!(retry.attempt, 2);
+    assert_eq!(retry.requested_by, "test-admin");
+    let retry_id = retry.id.to_string();
+    let done = app.wait_final(&retry_id, FINISH).await.unwrap();
+    assert_eq!(done.state, DeploymentState::Succeeded, "{done:#?}");
+    assert_eq!(host_states(&done), [("vm-02", HostState::Succeeded)], "only the unreachable VM");
     assert_eq!(fleet.served_version("vm-02").await.unwrap(), "44.0.0");
 
-    let (status, body) = post(&app, &app.client, &format!("/v1/deployments/{retry_id}/retry")).await;
-    assert_eq!(status, 409, "nothing left to retry: {body}");
-    let (status, _) = post(&app, &app.client, "/v1/deployments/0190a6b0-0000-7000-8000-000000000000/retry").await;
-    assert_eq!(status, 404);
+    let again = post(&app, &app.client, &format!("/v1/deployments/{retry_id}/retry")).await;
+    assert_eq!(again.status, 409, "nothing left to retry: {again:?}");
+    let unknown = post(&app, &app.client, "/v1/deployments/0190a6b0-0000-7000-8000-000000000000/retry").await;
+    assert_eq!(unknown.status, 404);
     app.shut_down().await;
 }

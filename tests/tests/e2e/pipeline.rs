@@ -3,16 +3,14 @@
 
 use serde_json::json;
 use std::time::Duration;
+use vesemir_model::api::LogPage;
+use vesemir_model::deployment::{DeploymentState, HostState, LogStream, StepState};
 use vesemir_tests::{
     Fleet, ScratchDir, Setup, TestApp, Throwaway, demo_request, host_states, rolling_steps, step_states,
     swapped_known_hosts,
 };
 
 const FINISH: Duration = Duration::from_secs(120);
-
-fn states(pairs: &[(String, String)]) -> Vec<(&str, &str)> {
-    pairs.iter().map(|(n, s)| (n.as_str(), s.as_str())).collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_vms_at_concurrency_two_all_serve_the_new_version() {
@@ -24,29 +22,27 @@ async fn five_vms_at_concurrency_two_all_serve_the_new_version() {
     let id = app.deploy(&request).await.unwrap();
     let done = app.wait_final(&id, FINISH).await.unwrap();
 
-    assert_eq!(done["state"], "succeeded", "{done:#}");
-    assert_eq!(done["summary"]["succeeded"], 5);
-    let waves: Vec<i64> = done["hosts"].as_array().unwrap().iter().map(|h| h["wave"].as_i64().unwrap()).collect();
+    assert_eq!(done.state, DeploymentState::Succeeded, "{done:#?}");
+    assert_eq!(done.summary.succeeded, 5);
+    let waves: Vec<i64> = done.hosts().iter().map(|h| i64::from(h.wave)).collect();
     assert_eq!(waves, [0, 0, 1, 1, 2]);
-    for host in done["hosts"].as_array().unwrap() {
+    for host in done.hosts() {
         let steps = step_states(host);
-        let names: Vec<&str> = steps.iter().map(|(n, _)| n.as_str()).collect();
+        let names: Vec<&str> = steps.iter().map(|(n, _)| *n).collect();
         assert_eq!(names, rolling_steps().unwrap());
-        assert!(steps.iter().all(|(_, state)| state == "succeeded"), "{steps:?}");
-        assert_eq!(host["steps"][3]["exit_code"], 0, "install exited 0");
-        assert!(host["steps"][3]["finished_at"].is_string());
-        assert!(host["load_balancer"].is_null(), "no load balancer was touched");
+        assert!(steps.iter().all(|(_, state)| *state == StepState::Succeeded), "{steps:?}");
+        assert_eq!(host.steps[3].exit_code, Some(0), "install exited 0");
+        assert!(host.steps[3].finished_at.is_some());
+        assert!(host.load_balancer.is_none(), "no load balancer was touched");
     }
     for (name, _) in &fleet.hosts {
         assert_eq!(fleet.served_version(name).await.unwrap(), "2024.06.01-3f9c2a1", "{name}");
     }
 
     // A wave starts only once the previous one has finished.
-    let hosts = done["hosts"].as_array().unwrap();
-    let at =
-        |h: &serde_json::Value, field: &str| chrono::DateTime::parse_from_rfc3339(h[field].as_str().unwrap()).unwrap();
-    let finished_wave0 = hosts[..2].iter().map(|h| at(h, "finished_at")).max().unwrap();
-    let started_wave1 = hosts[2..4].iter().map(|h| at(h, "started_at")).min().unwrap();
+    let hosts = done.hosts();
+    let finished_wave0 = hosts[..2].iter().filter_map(|h| h.finished_at).max().unwrap();
+    let started_wave1 = hosts[2..4].iter().filter_map(|h| h.started_at).min().unwrap();
     assert!(
         finished_wave0 <= started_wave1,
         "wave 1 started at {started_wave1} before wave 0 ended at {finished_wave0}"
@@ -54,18 +50,18 @@ async fn five_vms_at_concurrency_two_all_serve_the_new_version() {
 
     // The remote commands' output is in the log, per host, in order.
     let logs = app.logs(&id).await.unwrap();
-    let seqs: Vec<i64> = logs.iter().map(|l| l["seq"].as_i64().unwrap()).collect();
+    let seqs: Vec<i64> = logs.iter().map(|l| l.seq).collect();
     assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>(), "sequence numbers have no gaps");
     let installed = logs
         .iter()
-        .filter(|l| l["stream"] == "stdout" && l["line"].as_str().unwrap().contains("2024.06.01-3f9c2a1"))
-        .filter_map(|l| l["host"].as_str())
+        .filter(|l| l.stream == LogStream::Stdout && l.line.as_str().contains("2024.06.01-3f9c2a1"))
+        .filter_map(|l| l.host.as_deref())
         .collect::<std::collections::BTreeSet<_>>();
     assert_eq!(installed.len(), 5, "every host's install output was logged: {installed:?}");
-    assert!(logs.iter().any(|l| l["stream"] == "stderr"), "stderr lines are logged too");
+    assert!(logs.iter().any(|l| l.stream == LogStream::Stderr), "stderr lines are logged too");
 
-    let (_, only_vm3) = app.get_json(&format!("/v1/deployments/{id}/logs?host=vm-03")).await.unwrap();
-    assert!(only_vm3["lines"].as_array().unwrap().iter().all(|l| l["host"] == "vm-03"));
+    let only_vm3: LogPage = app.get(&format!("/v1/deployments/{id}/logs?host=vm-03")).await.unwrap();
+    assert!(only_vm3.lines.iter().all(|l| l.host.as_deref() == Some("vm-03")));
     app.shut_down().await;
 }
 
@@ -81,15 +77,19 @@ async fn an_unreachable_vm_fails_the_deployment_and_the_others_are_recorded() {
     let id = app.deploy(&request).await.unwrap();
     let done = app.wait_final(&id, FINISH).await.unwrap();
 
-    assert_eq!(done["state"], "failed");
-    let hosts = host_states(&done);
+    assert_eq!(done.state, DeploymentState::Failed);
     assert_eq!(
-        states(&hosts),
-        [("vm-01", "succeeded"), ("vm-02", "unreachable"), ("vm-03", "succeeded"), ("vm-04", "succeeded")]
+        host_states(&done),
+        [
+            ("vm-01", HostState::Succeeded),
+            ("vm-02", HostState::Unreachable),
+            ("vm-03", HostState::Succeeded),
+            ("vm-04", HostState::Succeeded)
+        ]
     );
-    let error = done["hosts"][1]["error"].as_str().unwrap();
+    let error = done.hosts()[1].error.as_deref().unwrap();
     assert!(error.contains("Connection refused"), "{error}");
-    assert!(done["error"].as_str().unwrap().contains("vm-02 (unreachable)"));
+    assert!(done.error.as_deref().unwrap().contains("vm-02 (unreachable)"));
     // The app on the unreachable VM was not touched.
     assert_eq!(fleet.served_version("vm-02").await.unwrap(), "none");
     app.shut_down().await;
@@ -106,16 +106,19 @@ async fn a_failing_health_check_with_no_failures_allowed_stops_the_rollout() {
     let id = app.deploy(&request).await.unwrap();
     let done = app.wait_final(&id, FINISH).await.unwrap();
 
-    assert_eq!(done["state"], "failed");
-    assert_eq!(states(&host_states(&done)), [("vm-01", "failed"), ("vm-02", "skipped"), ("vm-03", "skipped")]);
-    let vm1 = &done["hosts"][0];
-    let health = vm1["steps"].as_array().unwrap().iter().find(|s| s["name"] == "health").unwrap();
-    assert_eq!(health["state"], "failed");
-    assert!(health["output"].as_str().unwrap().contains("500"), "the step keeps the check's output");
-    assert!(vm1["error"].as_str().unwrap().contains("500"), "{vm1}");
+    assert_eq!(done.state, DeploymentState::Failed);
+    assert_eq!(
+        host_states(&done),
+        [("vm-01", HostState::Failed), ("vm-02", HostState::Skipped), ("vm-03", HostState::Skipped)]
+    );
+    let vm1 = &done.hosts()[0];
+    let health = vm1.steps.iter().find(|s| s.name == "health").unwrap();
+    assert_eq!(health.state, StepState::Failed);
+    assert!(health.output.as_str().contains("500"), "the step keeps the check's output");
+    assert!(vm1.error.as_deref().unwrap().contains("500"), "{vm1:?}");
     // Skipped hosts were never touched.
     assert_eq!(fleet.served_version("vm-02").await.unwrap(), "none");
-    assert!(done["hosts"][1]["started_at"].is_null());
+    assert!(done.hosts()[1].started_at.is_none());
     app.shut_down().await;
 }
 
@@ -130,7 +133,7 @@ async fn a_duplicated_message_does_not_run_a_deployment_twice() {
     publisher.publish(id.parse().unwrap()).await.unwrap();
     publisher.publish(id.parse().unwrap()).await.unwrap();
     let done = app.wait_final(&id, FINISH).await.unwrap();
-    assert_eq!(done["state"], "succeeded");
+    assert_eq!(done.state, DeploymentState::Succeeded);
 
     // Every duplicate is taken from the queue (none can run it now: a finished
     // deployment cannot be claimed), and none was dead-lettered; then count what ran.
@@ -140,9 +143,9 @@ async fn a_duplicated_message_does_not_run_a_deployment_twice() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let logs = app.logs(&id).await.unwrap();
-    let installs = logs.iter().filter(|l| l["line"] == "step install: started").count();
+    let installs = logs.iter().filter(|l| l.line == "step install: started").count();
     assert_eq!(installs, 2, "each of the 2 hosts was installed exactly once");
-    let claims = logs.iter().filter(|l| l["line"].as_str().unwrap().starts_with("claimed by")).count();
+    let claims = logs.iter().filter(|l| l.line.as_str().starts_with("claimed by")).count();
     assert_eq!(claims, 1);
     publisher.close().await;
     app.shut_down().await;
@@ -166,11 +169,11 @@ async fn a_hostile_variable_reaches_no_shell() {
             .await
             .unwrap();
         let done = app.wait_final(&id, FINISH).await.unwrap();
-        assert_eq!(done["state"], "succeeded", "{done:#}");
+        assert_eq!(done.state, DeploymentState::Succeeded, "{done:#?}");
         let logs = app.logs(&id).await.unwrap();
         let first_line = payload.lines().next().unwrap();
         assert!(
-            logs.iter().any(|l| l["line"].as_str().unwrap() == format!("note: {first_line}")),
+            logs.iter().any(|l| l.line.as_str() == format!("note: {first_line}")),
             "the payload was printed literally"
         );
     }
@@ -195,9 +198,12 @@ async fn a_changed_host_key_fails_the_host_and_is_never_accepted() {
     let id = app.deploy(&request).await.unwrap();
     let done = app.wait_final(&id, FINISH).await.unwrap();
 
-    assert_eq!(done["state"], "failed");
-    assert_eq!(states(&host_states(&done)), [("vm-01", "failed"), ("vm-02", "failed"), ("vm-03", "succeeded")]);
-    let error = done["hosts"][0]["error"].as_str().unwrap();
+    assert_eq!(done.state, DeploymentState::Failed);
+    assert_eq!(
+        host_states(&done),
+        [("vm-01", HostState::Failed), ("vm-02", HostState::Failed), ("vm-03", HostState::Succeeded)]
+    );
+    let error = done.hosts()[0].error.as_deref().unwrap();
     assert!(error.contains("host key verification failed"), "{error}");
     assert_eq!(std::fs::read_to_string(&known_hosts).unwrap(), before, "known_hosts was not modified");
     assert_eq!(fleet.served_version("vm-01").await.unwrap(), "none");
@@ -213,15 +219,10 @@ async fn a_dry_run_plans_hosts_and_waves_and_touches_none() {
     request["concurrency"] = json!("50%");
     let id = app.deploy(&request).await.unwrap();
     let done = app.wait_final(&id, FINISH).await.unwrap();
-    assert_eq!(done["state"], "planned");
-    let waves: Vec<(&str, i64)> = done["hosts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| (h["name"].as_str().unwrap(), h["wave"].as_i64().unwrap()))
-        .collect();
+    assert_eq!(done.state, DeploymentState::Planned);
+    let waves: Vec<(&str, i32)> = done.hosts().iter().map(|h| (h.name.as_str(), h.wave)).collect();
     assert_eq!(waves, [("vm-01", 0), ("vm-02", 1), ("vm-03", 2)]);
-    assert_eq!(done["summary"]["pending"], 3);
+    assert_eq!(done.summary.pending, 3);
     assert_eq!(fleet.served_version("vm-01").await.unwrap(), "none");
     app.shut_down().await;
 }
@@ -236,7 +237,7 @@ async fn a_worker_shut_down_mid_rollout_hands_the_rest_to_another() {
     let deadline = tokio::time::Instant::now() + FINISH;
     loop {
         let d = app.deployment(&id).await.unwrap();
-        if d["summary"]["succeeded"].as_u64().unwrap() >= 1 {
+        if d.summary.succeeded >= 1 {
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "no host finished");
@@ -245,16 +246,16 @@ async fn a_worker_shut_down_mid_rollout_hands_the_rest_to_another() {
     let first = app.workers.remove(0);
     first.shut_down().await;
     let paused = app.deployment(&id).await.unwrap();
-    assert_eq!(paused["state"], "running", "released, not finished: {paused:#}");
-    assert_eq!(paused["summary"]["running"], 0, "in-flight hosts finished before the worker stopped");
+    assert_eq!(paused.state, DeploymentState::Running, "released, not finished: {paused:#?}");
+    assert_eq!(paused.summary.running, 0, "in-flight hosts finished before the worker stopped");
 
     app.add_worker().await.unwrap();
     let done = app.wait_final(&id, FINISH).await.unwrap();
-    assert_eq!(done["state"], "succeeded", "{done:#}");
+    assert_eq!(done.state, DeploymentState::Succeeded, "{done:#?}");
     let logs = app.logs(&id).await.unwrap();
-    let installs = logs.iter().filter(|l| l["line"] == "step install: started").count();
+    let installs = logs.iter().filter(|l| l.line == "step install: started").count();
     assert_eq!(installs, 4, "no host ran twice");
-    assert!(logs.iter().any(|l| l["line"] == "resuming with 4 stored hosts"));
+    assert!(logs.iter().any(|l| l.line == "resuming with 4 stored hosts"));
     app.shut_down().await;
 }
 
@@ -266,16 +267,17 @@ async fn a_submit_while_the_broker_is_down_runs_once_it_is_back() {
     broker.stop().unwrap();
 
     let id = app.deploy(&demo_request("7.0.0")).await.unwrap();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(app.deployment(&id).await.unwrap()["state"], "queued");
     let (ready, _) = app.get_json("/readyz").await.unwrap();
     assert_eq!(ready, 503, "not ready while the broker is down");
+    // Accepted all the same: committed, and waiting in the outbox for the broker.
+    let store = app.store().await.unwrap();
+    assert_eq!(store.outbox_len().await.unwrap(), 1);
+    assert_eq!(app.deployment(&id).await.unwrap().state, DeploymentState::Queued);
 
     broker.restart().unwrap();
     let done = app.wait_final(&id, FINISH).await.unwrap();
-    assert_eq!(done["state"], "succeeded", "{done:#}");
+    assert_eq!(done.state, DeploymentState::Succeeded, "{done:#?}");
     assert_eq!(fleet.served_version("vm-02").await.unwrap(), "7.0.0");
-    let store = app.store().await.unwrap();
     assert_eq!(store.outbox_len().await.unwrap(), 0, "the outbox drained");
     app.shut_down().await;
 }
@@ -315,21 +317,13 @@ async fn two_deployments_to_one_target_roll_out_one_after_the_other() {
     let dry_run = app.deploy(&plan).await.unwrap();
 
     let planned = app.wait_final(&dry_run, FINISH).await.unwrap();
-    assert_eq!(planned["state"], "planned", "a dry run touches no host and waits for nobody");
+    assert_eq!(planned.state, DeploymentState::Planned, "a dry run touches no host and waits for nobody");
     let first = app.wait_final(&first, FINISH).await.unwrap();
     let second = app.wait_final(&second, FINISH).await.unwrap();
-    assert_eq!((first["state"].as_str(), second["state"].as_str()), (Some("succeeded"), Some("succeeded")));
+    assert_eq!((first.state, second.state), (DeploymentState::Succeeded, DeploymentState::Succeeded));
 
-    let at = |d: &serde_json::Value, field: &str| -> Vec<chrono::DateTime<chrono::FixedOffset>> {
-        d["hosts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|h| chrono::DateTime::parse_from_rfc3339(h[field].as_str().unwrap()).unwrap())
-            .collect()
-    };
-    let first_end = at(&first, "finished_at").into_iter().max().unwrap();
-    let second_start = at(&second, "started_at").into_iter().min().unwrap();
+    let first_end = first.hosts().iter().filter_map(|h| h.finished_at).max().unwrap();
+    let second_start = second.hosts().iter().filter_map(|h| h.started_at).min().unwrap();
     assert!(first_end <= second_start, "the second started at {second_start}, before the first ended at {first_end}");
     assert_eq!(fleet.served_version("vm-01").await.unwrap(), "21.0.0", "the later one was applied last");
     app.shut_down().await;

@@ -4,6 +4,7 @@
 
 use serde_json::{Value, json};
 use std::time::Duration;
+use vesemir_model::deployment::{DeploymentState, HostState};
 use vesemir_tests::balancing::{BACKEND, Haproxy, Load};
 use vesemir_tests::{Fleet, Setup, TestApp, Throwaway, demo_request};
 
@@ -12,7 +13,7 @@ const SUBMITS: usize = 200;
 
 /// How many times a deployment was claimed, from its log.
 async fn claims(app: &TestApp, id: &str) -> usize {
-    app.logs(id).await.unwrap().iter().filter(|l| l["line"].as_str().unwrap_or("").starts_with("claimed by")).count()
+    app.logs(id).await.unwrap().iter().filter(|l| l.line.starts_with("claimed by")).count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -53,11 +54,11 @@ async fn a_broker_restart_under_submits_and_a_rollout_loses_nothing_and_runs_not
     for (_, body) in &answers {
         let id = body["id"].as_str().unwrap();
         let done = app.wait_final(id, FINISH).await.unwrap();
-        assert_eq!(done["state"], "planned", "{done:#}");
+        assert_eq!(done.state, DeploymentState::Planned, "{done:#?}");
         assert_eq!(claims(&app, id).await, 1, "{id} ran once");
     }
     let done = app.wait_final(&rollout, FINISH).await.unwrap();
-    assert_eq!(done["state"], "succeeded", "{done:#}");
+    assert_eq!(done.state, DeploymentState::Succeeded, "{done:#?}");
     assert_eq!(claims(&app, &rollout).await, 1, "the rollout ran once");
     assert_eq!(fleet.served_version("vm-02").await.unwrap(), "90.0.0");
     assert_eq!(app.store().await.unwrap().outbox_len().await.unwrap(), 0, "the outbox drained");
@@ -85,10 +86,10 @@ async fn a_database_restart_mid_rollout_answers_503_meanwhile_and_the_rollout_dr
     let deadline = tokio::time::Instant::now() + FINISH;
     loop {
         let d = app.deployment(&id).await.unwrap();
-        if d["hosts"].as_array().is_some_and(|hosts| hosts.iter().any(|h| h["state"] == "running")) {
+        if d.hosts().iter().any(|h| h.state == HostState::Running) {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "no host started: {d:#}");
+        assert!(tokio::time::Instant::now() < deadline, "no host started: {d:#?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
@@ -102,7 +103,7 @@ async fn a_database_restart_mid_rollout_answers_503_meanwhile_and_the_rollout_dr
     database.restart().unwrap();
 
     let done = app.wait_final(&id, FINISH).await.unwrap();
-    assert_eq!(done["state"], "succeeded", "{done:#}");
+    assert_eq!(done.state, DeploymentState::Succeeded, "{done:#?}");
     let report = load.stop().await;
     assert_eq!(report.failed, 0, "{} requests failed, e.g. {:?}", report.failed, report.examples);
     let names: Vec<String> = fleet.hosts.iter().map(|(n, _)| n.clone()).collect();

@@ -202,7 +202,7 @@ fn a_template_that_could_interpret_a_value_is_refused_when_the_configuration_loa
     let err = parsed.validate().expect_err("refused").to_string();
     assert!(
         err.contains(
-            "service web: install_command: {{vars.v}} at line 1, column 8 of install_command is right after a backslash"
+            "services.web.vars.install_command: {{vars.v}} at line 1, column 8 of install_command is right after a backslash"
         ),
         "{err}"
     );

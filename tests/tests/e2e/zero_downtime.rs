@@ -5,6 +5,8 @@
 use serde_json::{Value, json};
 use std::path::Path;
 use std::time::Duration;
+use vesemir_model::api::LogPage;
+use vesemir_model::deployment::{AdminState, DeploymentState, HostState, StepState};
 use vesemir_tests::balancing::{BACKEND, Haproxy, Load, Sampler};
 use vesemir_tests::{Fleet, ScratchDir, Setup, TestApp, demo_request, host_states, playbooks_with};
 
@@ -84,7 +86,7 @@ async fn a_rollout_under_load_drops_no_request(executor: &str) {
     let load = load.stop().await;
     let samples = sampler.stop().await;
 
-    assert_eq!(done["state"], "succeeded", "{done:#}");
+    assert_eq!(done.state, DeploymentState::Succeeded, "{done:#?}");
     assert_eq!(load.failed, 0, "requests failed during the rollout: {:?}", load.examples);
     // No floor on how many: that requests were answered while the rollout ran, and
     // that every host was seen out of rotation (below), is what proves something.
@@ -97,14 +99,11 @@ async fn a_rollout_under_load_drops_no_request(executor: &str) {
     for (name, _) in &fleet.hosts {
         assert_eq!(fleet.served_version(name).await.unwrap(), "10.0.0", "{name}");
     }
-    for host in done["hosts"].as_array().unwrap() {
-        assert_eq!(host["load_balancer"], "ready", "{host}");
+    for host in done.hosts() {
+        assert_eq!(host.load_balancer, Some(AdminState::Ready), "{host:?}");
     }
     let logs = app.logs(&id).await.unwrap();
-    assert!(
-        logs.iter().any(|l| l["line"].as_str().unwrap().contains("weight 10 of 100")),
-        "the reduced weight was set"
-    );
+    assert!(logs.iter().any(|l| l.line.contains("weight 10 of 100")), "the reduced weight was set");
     eprintln!(
         "{} requests, {} failed, {} samples, at most {} out",
         load.ok, load.failed, samples.count, samples.most_out
@@ -147,7 +146,7 @@ async fn the_same_rollout_without_a_drain_drops_requests() {
     settle().await;
     let load = load.stop().await;
 
-    assert_eq!(done["state"], "succeeded", "{done:#}");
+    assert_eq!(done.state, DeploymentState::Succeeded, "{done:#?}");
     eprintln!("without a drain: {} requests, {} failed: {:?}", load.ok, load.failed, load.examples);
     assert!(load.failed > 0, "a restart without a drain dropped nothing: the zero-failure check cannot fail");
     app.shut_down().await;
@@ -169,26 +168,24 @@ async fn a_failed_health_check_stays_out_of_rotation_and_its_wave_mate_goes_back
     settle().await;
     let load = load.stop().await;
 
-    assert_eq!(done["state"], "failed");
-    let states = host_states(&done);
-    let states: Vec<(&str, &str)> = states.iter().map(|(n, s)| (n.as_str(), s.as_str())).collect();
+    assert_eq!(done.state, DeploymentState::Failed);
     assert_eq!(
-        states,
+        host_states(&done),
         [
-            ("vm-01", "succeeded"),
-            ("vm-02", "succeeded"),
-            ("vm-03", "failed"),
-            ("vm-04", "succeeded"),
-            ("vm-05", "skipped"),
-            ("vm-06", "skipped")
+            ("vm-01", HostState::Succeeded),
+            ("vm-02", HostState::Succeeded),
+            ("vm-03", HostState::Failed),
+            ("vm-04", HostState::Succeeded),
+            ("vm-05", HostState::Skipped),
+            ("vm-06", HostState::Skipped)
         ]
     );
     assert_eq!(load.failed, 0, "requests failed: {:?}", load.examples);
 
-    let hosts = done["hosts"].as_array().unwrap();
-    assert_eq!(hosts[2]["load_balancer"], "maint", "the failed host's load-balancer state is recorded");
-    assert!(hosts[2]["error"].as_str().unwrap().contains("left out of rotation on purpose"));
-    assert!(hosts[4]["load_balancer"].is_null(), "skipped hosts were not touched");
+    let hosts = done.hosts();
+    assert_eq!(hosts[2].load_balancer, Some(AdminState::Maint), "the failed host's load-balancer state is recorded");
+    assert!(hosts[2].error.as_deref().unwrap().contains("left out of rotation on purpose"));
+    assert!(hosts[4].load_balancer.is_none(), "skipped hosts were not touched");
 
     let servers = lb.servers(&names(&fleet)).await.unwrap();
     assert_eq!(servers["vm-03"].admin.as_str(), "maint", "the broken host stays out of rotation");
@@ -198,9 +195,8 @@ async fn a_failed_health_check_stays_out_of_rotation_and_its_wave_mate_goes_back
     }
     assert_eq!(fleet.served_version("vm-04").await.unwrap(), "12.0.0", "the wave-mate finished its playbook");
 
-    let (_, vm3_logs) = app.get_json(&format!("/v1/deployments/{id}/logs?host=vm-03")).await.unwrap();
-    let vm3_logs: Vec<&str> =
-        vm3_logs["lines"].as_array().unwrap().iter().map(|l| l["line"].as_str().unwrap()).collect();
+    let vm3_logs: LogPage = app.get(&format!("/v1/deployments/{id}/logs?host=vm-03")).await.unwrap();
+    let vm3_logs: Vec<&str> = vm3_logs.lines.iter().map(|l| l.line.as_str()).collect();
     assert!(vm3_logs.iter().any(|l| l.contains("health") && l.contains("500")), "{vm3_logs:#?}");
     app.shut_down().await;
 }
@@ -222,14 +218,17 @@ async fn an_unreachable_vm_is_never_taken_out_of_rotation(executor: &str) {
     settle().await;
     let load = load.stop().await;
 
-    assert_eq!(done["state"], "failed", "{done:#}");
-    let states = host_states(&done);
-    let states: Vec<(&str, &str)> = states.iter().map(|(n, s)| (n.as_str(), s.as_str())).collect();
+    assert_eq!(done.state, DeploymentState::Failed, "{done:#?}");
     assert_eq!(
-        states,
-        [("vm-01", "succeeded"), ("vm-02", "unreachable"), ("vm-03", "succeeded"), ("vm-04", "succeeded")]
+        host_states(&done),
+        [
+            ("vm-01", HostState::Succeeded),
+            ("vm-02", HostState::Unreachable),
+            ("vm-03", HostState::Succeeded),
+            ("vm-04", HostState::Succeeded)
+        ]
     );
-    assert!(done["hosts"][1]["load_balancer"].is_null(), "{:#}", done["hosts"][1]);
+    assert!(done.hosts()[1].load_balancer.is_none(), "{:#?}", done.hosts()[1]);
     assert_eq!(load.failed, 0, "requests failed: {:?}", load.examples);
     assert_eq!(fleet.served_version("vm-02").await.unwrap(), "none", "the unreachable VM was not changed");
     assert_all_back_at_full_weight(&lb, &fleet).await;
@@ -250,7 +249,7 @@ async fn every_load_balancer_receives_every_change(executor: &str) {
     let (load1, load2) = (load1.stop().await, load2.stop().await);
     let (samples1, samples2) = (sampler1.stop().await, sampler2.stop().await);
 
-    assert_eq!(done["state"], "succeeded", "{done:#}");
+    assert_eq!(done.state, DeploymentState::Succeeded, "{done:#?}");
     assert_eq!((load1.failed, load2.failed), (0, 0), "{:?} {:?}", load1.examples, load2.examples);
     for (lb, samples) in [("lb-1", &samples1), ("lb-2", &samples2)] {
         for name in names(&fleet) {
@@ -277,13 +276,13 @@ async fn a_wrong_backend_fails_the_step_with_haproxys_own_answer(executor: &str)
     let id = app.deploy(&request).await.unwrap();
     let done = app.wait_final(&id, FINISH).await.unwrap();
 
-    assert_eq!(done["state"], "failed");
-    let vm1 = &done["hosts"][0];
-    assert_eq!(vm1["state"], "failed");
-    let error = vm1["error"].as_str().unwrap();
+    assert_eq!(done.state, DeploymentState::Failed);
+    let vm1 = &done.hosts()[0];
+    assert_eq!(vm1.state, HostState::Failed);
+    let error = vm1.error.as_deref().unwrap();
     assert!(error.contains("step drain") && error.contains("No such backend."), "{error}");
-    assert_eq!(vm1["steps"][0]["state"], "failed");
-    assert_eq!(done["hosts"][1]["state"], "skipped");
+    assert_eq!(vm1.steps[0].state, StepState::Failed);
+    assert_eq!(done.hosts()[1].state, HostState::Skipped);
     assert_eq!(fleet.served_version("vm-01").await.unwrap(), "none", "nothing was installed");
     assert!(Path::new(&lb.socket).exists());
     app.shut_down().await;
@@ -305,17 +304,17 @@ async fn a_host_whose_connection_dies_after_the_drain_goes_back_only_when_health
     settle().await;
     let load = load.stop().await;
 
-    assert_eq!(done["state"], "failed");
-    let vm2 = &done["hosts"][1];
-    assert_eq!(vm2["state"], "unreachable", "{vm2:#}");
-    let error = vm2["error"].as_str().unwrap();
+    assert_eq!(done.state, DeploymentState::Failed);
+    let vm2 = &done.hosts()[1];
+    assert_eq!(vm2.state, HostState::Unreachable, "{vm2:#?}");
+    let error = vm2.error.as_deref().unwrap();
     assert!(error.contains("step install") && error.contains("put back in rotation"), "{error}");
-    assert_eq!(vm2["load_balancer"], "ready");
+    assert_eq!(vm2.load_balancer, Some(AdminState::Ready));
     assert_eq!(load.failed, 0, "requests failed: {:?}", load.examples);
     // Its old release still serves, healthy, back in rotation with the others.
     assert_eq!(fleet.served_version("vm-02").await.unwrap(), "none");
     assert_all_back_at_full_weight(&lb, &fleet).await;
-    assert_eq!(done["hosts"][2]["state"], "succeeded");
+    assert_eq!(done.hosts()[2].state, HostState::Succeeded);
     app.shut_down().await;
 }
 
@@ -346,7 +345,7 @@ async fn every_ssh_connection_uses_the_one_set_of_options(executor: &str) {
 
     let id = app.deploy(&rolling("16.0.0", executor)).await.unwrap();
     let done = app.wait_final(&id, FINISH).await.unwrap();
-    assert_eq!(done["state"], "succeeded", "{done:#}\n{}", worker.log());
+    assert_eq!(done.state, DeploymentState::Succeeded, "{done:#?}\n{}", worker.log());
 
     // Its log lines about the deployment carry the deployment's span, id included.
     let log = worker.log();
@@ -391,13 +390,13 @@ async fn an_unreachable_load_balancer_fails_the_drain_and_touches_nothing(execut
     let id = app.deploy(&request).await.unwrap();
     let done = app.wait_final(&id, FINISH).await.unwrap();
 
-    assert_eq!(done["state"], "failed", "{done:#}");
-    let vm1 = &done["hosts"][0];
-    assert_eq!(vm1["state"], "failed", "{done:#}");
-    let error = vm1["error"].as_str().unwrap();
+    assert_eq!(done.state, DeploymentState::Failed, "{done:#?}");
+    let vm1 = &done.hosts()[0];
+    assert_eq!(vm1.state, HostState::Failed, "{done:#?}");
+    let error = vm1.error.as_deref().unwrap();
     assert!(error.contains("drain") && error.contains("unreachable"), "{error}");
-    assert_eq!(vm1["steps"][0]["name"], "drain");
-    assert_eq!(vm1["steps"][0]["state"], "failed");
+    assert_eq!(vm1.steps[0].name, "drain");
+    assert_eq!(vm1.steps[0].state, StepState::Failed);
     assert_eq!(fleet.served_version("vm-01").await.unwrap(), "none", "nothing was installed");
     app.shut_down().await;
 }

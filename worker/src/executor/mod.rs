@@ -59,48 +59,55 @@ pub fn host_argv(lock: &str, timeout_seconds: u64, shell: Shell, command: &Shell
 /// The values a host's templates may use, by name.
 pub fn values(job: &HostJob<'_>) -> Values {
     let mut values = Values::from([
-        ("version".to_owned(), job.request.version.clone()),
-        ("service".to_owned(), job.request.service.clone()),
-        ("cluster".to_owned(), job.request.cluster.clone()),
-        ("deployment_id".to_owned(), job.deployment_id.to_string()),
+        ("version".to_owned(), job.release.request.version.clone()),
+        ("service".to_owned(), job.release.request.service.clone()),
+        ("cluster".to_owned(), job.release.request.cluster.clone()),
+        ("deployment_id".to_owned(), job.release.deployment_id.to_string()),
         ("host.name".to_owned(), job.host.name.clone()),
         ("host.address".to_owned(), job.host.address.clone()),
     ]);
-    values.extend(job.request.vars.iter().map(|(name, value)| (format!("vars.{name}"), value.clone())));
+    values.extend(job.release.request.vars.iter().map(|(name, value)| (format!("vars.{name}"), value.clone())));
     values
 }
 
 /// A command template of the service, rendered for one host.
 pub fn render_command(job: &HostJob<'_>, values: &Values, template: &str) -> Result<ShellCommand, TemplateError> {
-    ShellTemplate::parse(template, &job.service.vars)?.render(values)
+    ShellTemplate::parse(template, &job.release.service.vars)?.render(values)
 }
 
 /// The host's server name in the service's load balancers; None without a
 /// `load_balancer` section.
 pub fn server_name(job: &HostJob<'_>, values: &Values) -> Result<Option<String>, TemplateError> {
-    job.service
+    job.release
+        .service
         .load_balancer
         .as_ref()
-        .map(|settings| NameTemplate::parse(&settings.server, &job.service.vars)?.render(values))
+        .map(|settings| NameTemplate::parse(&settings.server, &job.release.service.vars)?.render(values))
         .transpose()
 }
 
 /// The service's health-check URL for one host.
 pub fn health_url(job: &HostJob<'_>, values: &Values) -> Result<String, TemplateError> {
-    UrlTemplate::parse(&job.service.health.url, &job.service.vars)?.render(values)
+    UrlTemplate::parse(&job.release.service.health.url, &job.release.service.vars)?.render(values)
 }
 
-/// Everything an executor needs to know to run one host.
+/// What every host of one deployment is deployed with.
 #[derive(Debug, Clone, Copy)]
-pub struct HostJob<'a> {
+pub struct Release<'a> {
     pub deployment_id: Uuid,
-    pub host: &'a RunHost,
     pub request: &'a DeploymentRequest,
     pub service: &'a ServiceConfig,
     pub cluster: &'a ClusterConfig,
     pub playbook: &'a Playbook,
     /// The cluster's load balancers, connected for this deployment.
     pub balancers: &'a Balancers,
+}
+
+/// Everything an executor needs to know to run one host.
+#[derive(Debug, Clone, Copy)]
+pub struct HostJob<'a> {
+    pub release: Release<'a>,
+    pub host: &'a RunHost,
 }
 
 /// How one host ended.

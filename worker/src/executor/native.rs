@@ -66,14 +66,15 @@ enum Prepared {
 }
 
 fn prepare(job: &HostJob<'_>, values: &Values) -> Result<Vec<(String, Prepared)>, (String, TemplateError)> {
-    job.playbook
+    job.release
+        .playbook
         .steps
         .iter()
         .map(|step| {
             let prepared = match &step.action {
                 Action::Run { command, timeout_seconds } => Prepared::Run {
                     command: render_command(job, values, command).map_err(|e| (step.name.clone(), e))?,
-                    timeout: Duration::from_secs(timeout_seconds.unwrap_or(job.service.step_timeout_seconds)),
+                    timeout: Duration::from_secs(timeout_seconds.unwrap_or(job.release.service.step_timeout_seconds)),
                 },
                 Action::HealthCheck => Prepared::HealthCheck,
                 Action::LoadBalancer { operation } => Prepared::LoadBalancer(*operation),
@@ -109,7 +110,7 @@ impl NativeExecutor {
         if journal.fence.check().is_err() {
             return HostReport::left();
         }
-        let ssh = &job.cluster.ssh;
+        let ssh = &job.release.cluster.ssh;
         journal.log(LogStream::System, format!("connecting to {}@{}:{}", ssh.user, job.host.address, ssh.port)).await;
         let (mut report, failed_health) = match ssh::connect(ssh, &job.host.address, &self.control_dir).await {
             Ok(session) => {
@@ -161,7 +162,7 @@ impl NativeExecutor {
             let mut tail = OutputTail::default();
             let result = match step {
                 Prepared::Run { command, timeout } => {
-                    run_command(session, job.service.shell, command, *timeout, journal, &mut tail).await
+                    run_command(session, job.release.service.shell, command, *timeout, journal, &mut tail).await
                 }
                 Prepared::HealthCheck => self.check_health(job, health_url, journal, &mut tail).await,
                 Prepared::LoadBalancer(operation) => rotation
@@ -169,7 +170,7 @@ impl NativeExecutor {
                     .await
                     .map(|()| None)
                     .map_err(|message| StepFailure::Failed { exit_code: None, message }),
-                Prepared::Pause => pause(job.request.sleep_seconds, journal, &mut tail).await,
+                Prepared::Pause => pause(job.release.request.sleep_seconds, journal, &mut tail).await,
             };
             match result {
                 Ok(exit_code) => {
@@ -196,7 +197,7 @@ impl NativeExecutor {
         journal: &Journal,
         tail: &mut OutputTail,
     ) -> Result<Option<i32>, StepFailure> {
-        match self.health.wait_healthy(url, &job.service.health, journal, tail).await {
+        match self.health.wait_healthy(url, &job.release.service.health, journal, tail).await {
             Ok(()) => Ok(None),
             Err(HealthError { message }) => Err(StepFailure::Failed { exit_code: None, message }),
         }

@@ -33,8 +33,8 @@ struct Target<'a> {
 
 impl<'a> Rotation<'a> {
     pub fn new(job: &HostJob<'a>, values: &Values) -> Result<Self, TemplateError> {
-        let target = match &job.service.load_balancer {
-            Some(settings) if !job.balancers.is_empty() => Some(Target {
+        let target = match &job.release.service.load_balancer {
+            Some(settings) if !job.release.balancers.is_empty() => Some(Target {
                 backend: &settings.backend,
                 server: server_name(job, values)?.unwrap_or_default(),
                 settings,
@@ -43,7 +43,7 @@ impl<'a> Rotation<'a> {
         };
         // A host an earlier holder left mid-way starts where that holder meant it to be.
         let state = job.host.load_balancer;
-        Ok(Self { balancers: job.balancers, target, weight: job.request.weight, state })
+        Ok(Self { balancers: job.release.balancers, target, weight: job.release.request.weight, state })
     }
 
     pub fn state(&self) -> Option<AdminState> {
@@ -154,7 +154,7 @@ impl<'a> Rotation<'a> {
         let mut tail = OutputTail::default();
         let note = if failed_health {
             "left out of rotation on purpose: its health check failed".to_owned()
-        } else if health.wait_healthy(health_url, &job.service.health, journal, &mut tail).await.is_err() {
+        } else if health.wait_healthy(health_url, &job.release.service.health, journal, &mut tail).await.is_err() {
             "left out of rotation: it is not healthy".to_owned()
         } else {
             match self.put_back(journal, &mut tail).await {

@@ -6,12 +6,14 @@ use crate::executor::{HostJob, HostReport, Journal};
 use crate::lease::Fence;
 use crate::ledger::memory::MemoryLedger;
 use crate::log_pump::LogPump;
+use crate::playbook::Playbook;
 use futures_util::future::BoxFuture;
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
+use uuid::Uuid;
 use vesemir_core::config::Config;
-use vesemir_model::deployment::StepState;
+use vesemir_model::deployment::{DeploymentRequest, StepState};
 
 fn hosts(names: &[&str]) -> Vec<DiscoveredHost> {
     names.iter().map(|n| DiscoveredHost { name: (*n).into(), address: format!("10.0.0.{}", n.len()) }).collect()
@@ -194,13 +196,15 @@ async fn roll(ledger: &Arc<MemoryLedger>, request: &DeploymentRequest, executor:
     let (logs, pump) = LogPump::start(shared.clone(), ID, 100, Duration::from_millis(1));
     let rollout = Rollout {
         ledger: &shared,
-        deployment_id: ID,
         token: TOKEN,
-        request,
-        service: &config.services["payments-api"],
-        cluster: &config.clusters["production"],
-        playbook: &playbook,
-        balancers: &balancers,
+        release: Release {
+            deployment_id: ID,
+            request,
+            service: &config.services["payments-api"],
+            cluster: &config.clusters["production"],
+            playbook: &playbook,
+            balancers: &balancers,
+        },
         logs: &logs,
         stop: Stop { shutdown: executor.shutdown.subscribe(), fence },
     };

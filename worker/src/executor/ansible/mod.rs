@@ -90,7 +90,7 @@ impl AnsibleExecutor {
     async fn wave(&self, jobs: &[(HostJob<'_>, Journal)]) -> Vec<HostReport> {
         let fail_all = |message: String| jobs.iter().map(|_| HostReport::failed(message.clone())).collect();
         let Some((first, first_journal)) = jobs.first() else { return Vec::new() };
-        let ssh_options = match crate::ssh::options_file(&first.cluster.ssh, &self.work_dir) {
+        let ssh_options = match crate::ssh::options_file(&first.release.cluster.ssh, &self.work_dir) {
             Ok(path) => path,
             Err(e) => return fail_all(e.to_string()),
         };
@@ -114,13 +114,14 @@ impl AnsibleExecutor {
         };
         let journals: HashMap<&str, &Journal> = jobs.iter().map(|(job, j)| (job.host.name.as_str(), j)).collect();
         let play = Play {
-            balanced: first.service.load_balancer.is_some() && !first.cluster.load_balancers.is_empty(),
-            steps: first.playbook.steps.iter().map(|step| step.name.as_str()).collect(),
+            balanced: first.release.service.load_balancer.is_some() && !first.release.cluster.load_balancers.is_empty(),
+            steps: first.release.playbook.steps.iter().map(|step| step.name.as_str()).collect(),
             timeouts: first
+                .release
                 .playbook
                 .steps
                 .iter()
-                .map(|step| first.playbook.timeout_of(&step.name, first.service))
+                .map(|step| first.release.playbook.timeout_of(&step.name, first.release.service))
                 .collect(),
         };
         let mut seen: HashMap<String, Seen> = HashMap::new();
@@ -193,7 +194,7 @@ impl AnsibleExecutor {
     /// `ansible-playbook` for one wave, pointed at the cluster's SSH settings with
     /// strict host-key checking, in its own process group.
     fn command(&self, job: &HostJob<'_>, dir: &Path, ssh_options: &Path, forks: usize) -> tokio::process::Command {
-        let ssh = &job.cluster.ssh;
+        let ssh = &job.release.cluster.ssh;
         // The worker's one set of SSH options (`-F`), as for every SSH use; Ansible
         // adds the user, port, key and timeout from the same settings.
         let ssh_args = format!("-F {} -o ControlMaster=auto -o ControlPersist=30s", ssh_options.display());
@@ -264,14 +265,15 @@ async fn close_masters(control_dir: &Path, ssh_options: &Path) {
 /// The longest a wave's run may take: every step and wait at its limit, the rescue's
 /// own health check and put-back, and a margin for Ansible itself.
 fn run_limit(job: &HostJob<'_>) -> Duration {
-    let service = job.service;
+    let service = job.release.service;
     let health = &service.health;
     let check = u64::from(health.retries) * (health.interval_ms + health.timeout_ms).div_ceil(1000);
     // The module waits on one load balancer after the other.
-    let lbs = job.cluster.load_balancers.len() as u64;
+    let lbs = job.release.cluster.load_balancers.len() as u64;
     let balancing =
         service.load_balancer.as_ref().map_or(0, |b| lbs * (b.drain_timeout_seconds + 3 * b.up_timeout_seconds + 30));
-    let sleep = u64::from(job.request.sleep_seconds.unwrap_or(0));
-    let steps = ["install", "restart"].map(|step| job.playbook.timeout_of(step, service) + 20).iter().sum::<u64>();
+    let sleep = u64::from(job.release.request.sleep_seconds.unwrap_or(0));
+    let steps =
+        ["install", "restart"].map(|step| job.release.playbook.timeout_of(step, service) + 20).iter().sum::<u64>();
     Duration::from_secs(steps + 2 * check + balancing + sleep + 60)
 }

@@ -37,12 +37,12 @@ pub(super) fn extra_vars(jobs: &[(HostJob<'_>, Journal)], ssh_options: &Path) ->
         // the service's) and the deployment's lock.
         // An argument vector: Ansible runs it without a shell of its own.
         let command = |name: &str, step: &str| {
-            let secs = job.playbook.timeout_of(step, job.service);
-            if !job.service.vars.contains_key(name) {
+            let secs = job.release.playbook.timeout_of(step, job.release.service);
+            if !job.release.service.vars.contains_key(name) {
                 return Err(format!("the service has no {name} in its vars"));
             }
             let command = render_command(job, &values, &format!("{{{{{name}}}}}")).map_err(host_error)?;
-            let argv: Vec<String> = host_argv(&journal.host_lock(), secs, job.service.shell, &command)
+            let argv: Vec<String> = host_argv(&journal.host_lock(), secs, job.release.service.shell, &command)
                 .iter()
                 .map(|a| unsafe_string(a))
                 .collect();
@@ -59,7 +59,7 @@ pub(super) fn extra_vars(jobs: &[(HostJob<'_>, Journal)], ssh_options: &Path) ->
         ));
     }
     let Some((job, _)) = jobs.first() else { return Ok(yaml) };
-    let health = &job.service.health;
+    let health = &job.release.service.health;
     yaml.push_str(&format!(
         "vesemir_step_timeout: {}\nvesemir_health:\n  expected_status: {}\n  retries: {}\n  interval_seconds: {}\n  timeout_seconds: {}\n",
         longest_step(job) + 15,
@@ -70,8 +70,8 @@ pub(super) fn extra_vars(jobs: &[(HostJob<'_>, Journal)], ssh_options: &Path) ->
     ));
     yaml.push_str(&format!(
         "vesemir_weight: {}\nvesemir_sleep_seconds: {}\n",
-        job.request.weight.map_or("null".to_owned(), |w| w.min(100).to_string()),
-        job.request.sleep_seconds.unwrap_or(0),
+        job.release.request.weight.map_or("null".to_owned(), |w| w.min(100).to_string()),
+        job.release.request.sleep_seconds.unwrap_or(0),
     ));
     yaml.push_str(&load_balancer_vars(job, ssh_options));
     Ok(yaml)
@@ -80,7 +80,9 @@ pub(super) fn extra_vars(jobs: &[(HostJob<'_>, Journal)], ssh_options: &Path) ->
 /// The load balancers the play drives, and where each one's tasks run: none when the
 /// cluster has no load balancer or the service no `load_balancer` section.
 fn load_balancer_vars(job: &HostJob<'_>, ssh_options: &Path) -> String {
-    let Some(settings) = job.service.load_balancer.as_ref().filter(|_| !job.cluster.load_balancers.is_empty()) else {
+    let Some(settings) =
+        job.release.service.load_balancer.as_ref().filter(|_| !job.release.cluster.load_balancers.is_empty())
+    else {
         return "vesemir_load_balancers: []\nvesemir_balancing: {}\n".to_owned();
     };
     let mut yaml = format!(
@@ -90,7 +92,7 @@ fn load_balancer_vars(job: &HostJob<'_>, ssh_options: &Path) -> String {
         settings.up_timeout_seconds,
         settings.poll_interval_ms,
     );
-    for lb in &job.cluster.load_balancers {
+    for lb in &job.release.cluster.load_balancers {
         let (runtime_api, over_ssh) = match &lb.runtime_api {
             RuntimeApi::Tcp { address } => (address.clone(), None),
             RuntimeApi::Unix { path } => (path.to_string_lossy().into_owned(), None),
@@ -103,7 +105,7 @@ fn load_balancer_vars(job: &HostJob<'_>, ssh_options: &Path) -> String {
             lb.timeout_ms,
         ));
         if let Some(host) = over_ssh {
-            yaml.push_str(&ssh_vars(job.cluster, host, ssh_options));
+            yaml.push_str(&ssh_vars(job.release.cluster, host, ssh_options));
         }
     }
     yaml
@@ -139,7 +141,10 @@ pub(super) fn inventory(jobs: &[(HostJob<'_>, Journal)]) -> Result<String, Strin
 
 /// The longest of the steps the play runs on the host.
 pub(super) fn longest_step(job: &HostJob<'_>) -> u64 {
-    job.playbook.timeout_of("install", job.service).max(job.playbook.timeout_of("restart", job.service))
+    job.release
+        .playbook
+        .timeout_of("install", job.release.service)
+        .max(job.release.playbook.timeout_of("restart", job.release.service))
 }
 
 #[cfg(test)]
