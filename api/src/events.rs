@@ -12,8 +12,7 @@
 
 use crate::AppState;
 use crate::error::ApiError;
-use crate::extract::Path;
-use crate::routes::deployments::DeploymentId;
+use crate::extract::{DeploymentId, Query};
 use crate::routes::openapi::NotFound;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -282,12 +281,10 @@ pub struct EventParams {
 pub async fn events(
     axum::extract::State(state): axum::extract::State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
-    crate::extract::Query(params): crate::extract::Query<EventParams>,
+    DeploymentId(id): DeploymentId,
+    Query(params): Query<EventParams>,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
-    let id = Uuid::parse_str(&id)
-        .map_err(|_| ApiError::bad_request("invalid_id", format!("{id:?} is not a deployment id (a UUID)")))?;
     let after = resume_point(&headers, params.after)?;
     crate::auth::require_scope_of(&state, &caller, id, "following a deployment").await?;
     if state.store.deployment_state(id).await?.is_none() {

@@ -7,7 +7,7 @@
 //! off from the database, or one that was stalled, stops acting by itself, whether or
 //! not the renewal task ran meanwhile.
 
-use crate::ledger::Ledger;
+use crate::ledger::{Holder, Ledger};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -103,7 +103,9 @@ impl LeaseKeeper {
                 loop {
                     tokio::time::sleep(every).await;
                     let sent = Instant::now();
-                    let renewal = tokio::time::timeout(every, ledger.renew_lease(id, &token, lease_seconds)).await;
+                    let renewal =
+                        tokio::time::timeout(every, ledger.renew_lease(Holder { id, token: &token }, lease_seconds))
+                            .await;
                     match renewal {
                         Ok(Ok(true)) => keeper.renewed_at(sent),
                         Ok(Ok(false)) => {

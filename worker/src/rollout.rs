@@ -7,7 +7,7 @@
 use crate::discovery::DiscoveredHost;
 use crate::executor::{Executor, HostJob, HostReport, Journal, Release};
 use crate::lease::Fence;
-use crate::ledger::Ledger;
+use crate::ledger::{Holder, Ledger};
 use crate::log_pump::LogSink;
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -102,6 +102,10 @@ pub struct Rollout<'a> {
 }
 
 impl Rollout<'_> {
+    fn holder(&self) -> Holder<'_> {
+        Holder { id: self.release.deployment_id, token: self.token }
+    }
+
     pub async fn run(&self, executor: &dyn Executor, hosts: Vec<RunHost>) -> Result<Outcome, StoreError> {
         let threshold = Threshold::new(self.release.request.max_failures, hosts.len());
         let mut failures = hosts.iter().filter(|h| h.state.is_failure()).count();
@@ -166,7 +170,7 @@ impl Rollout<'_> {
     ) -> Result<Option<Vec<HostReport>>, StoreError> {
         let mut jobs = Vec::with_capacity(hosts.len());
         for host in hosts {
-            if !self.ledger.start_host(self.release.deployment_id, self.token, &host.name).await? {
+            if !self.ledger.start_host(self.holder(), &host.name).await? {
                 return Ok(None);
             }
             let started = Event::Host {
@@ -196,17 +200,7 @@ impl Rollout<'_> {
                 continue;
             }
             journal.host_event(report).await;
-            claim_held &= self
-                .ledger
-                .finish_host(
-                    self.release.deployment_id,
-                    self.token,
-                    &job.host.name,
-                    report.state,
-                    report.error.as_deref(),
-                    report.load_balancer,
-                )
-                .await?;
+            claim_held &= self.ledger.finish_host(self.holder(), &job.host.name, report).await?;
         }
         Ok(claim_held.then_some(reports))
     }

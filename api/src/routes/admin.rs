@@ -5,10 +5,10 @@ use crate::auth::require_unscoped_admin;
 use crate::error::ApiError;
 use crate::extract::{Json, Path, Query};
 use crate::routes::openapi::{PayloadTooLarge, UnsupportedMediaType};
-use crate::routes::page_limit;
+use crate::routes::{Answer, page_limit};
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::IntoResponse;
 use serde::Deserialize;
 use utoipa::IntoParams;
 use vesemir_core::access::Caller;
@@ -28,11 +28,7 @@ use vesemir_model::deployment::is_identifier;
         (status = 415, response = UnsupportedMediaType),
     )
 )]
-pub async fn create_token(
-    State(state): State<AppState>,
-    caller: Caller,
-    Json(new): Json<NewToken>,
-) -> Result<Response, ApiError> {
+pub async fn create_token(State(state): State<AppState>, caller: Caller, Json(new): Json<NewToken>) -> Answer {
     require_unscoped_admin(&state, &caller, "creating a token").await?;
     if !is_identifier(&new.name) {
         return Err(ApiError::bad_request("invalid_name", "a token name must match [a-z0-9][a-z0-9._-]{0,62}"));
@@ -51,7 +47,7 @@ pub async fn create_token(
         (status = 200, description = "Every token, by name; never a secret.", body = TokenList),
     )
 )]
-pub async fn list_tokens(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
+pub async fn list_tokens(State(state): State<AppState>, caller: Caller) -> Answer {
     require_unscoped_admin(&state, &caller, "listing tokens").await?;
     Ok(axum::Json(TokenList { tokens: state.store.tokens().await? }).into_response())
 }
@@ -65,11 +61,7 @@ pub async fn list_tokens(State(state): State<AppState>, caller: Caller) -> Resul
         (status = 404, description = "No live token has this name (code not_found).", body = ErrorBody),
     )
 )]
-pub async fn revoke_token(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(name): Path<String>,
-) -> Result<Response, ApiError> {
+pub async fn revoke_token(State(state): State<AppState>, caller: Caller, Path(name): Path<String>) -> Answer {
     require_unscoped_admin(&state, &caller, "revoking a token").await?;
     if state.store.revoke_token(&name, &caller.name).await? {
         Ok(StatusCode::NO_CONTENT.into_response())
@@ -99,11 +91,7 @@ pub struct AuditParams {
         (status = 400, description = "invalid_limit, or invalid_query (an unknown or malformed parameter).", body = ErrorBody),
     )
 )]
-pub async fn audit(
-    State(state): State<AppState>,
-    caller: Caller,
-    Query(params): Query<AuditParams>,
-) -> Result<Response, ApiError> {
+pub async fn audit(State(state): State<AppState>, caller: Caller, Query(params): Query<AuditParams>) -> Answer {
     require_unscoped_admin(&state, &caller, "reading the audit trail").await?;
     let limit = page_limit(params.limit, 100, 1000)?;
     let entries = state.store.audit_log(params.after.unwrap_or(0), limit).await?;

@@ -3,13 +3,13 @@
 use crate::AppState;
 use crate::auth::{refuse, require, require_scope, require_scope_of};
 use crate::error::ApiError;
-use crate::extract::{Json, Path, Query};
+use crate::extract::{DeploymentId, Json, Query};
 use crate::routes::openapi::{NotFound, PayloadTooLarge, UnsupportedMediaType};
-use crate::routes::page_limit;
+use crate::routes::{Answer, page_limit};
 use crate::validate;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::IntoResponse;
 use serde::Deserialize;
 use utoipa::IntoParams;
 use uuid::Uuid;
@@ -35,11 +35,6 @@ fn name_filter(field: &str, value: Option<String>) -> Result<Option<String>, Api
     }
 }
 
-fn parse_id(text: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(text)
-        .map_err(|_| ApiError::bad_request("invalid_id", format!("{text:?} is not a deployment id (a UUID)")))
-}
-
 /// Submit a deployment
 ///
 /// Answered once the deployment and its outbox row are committed; the id is then
@@ -63,7 +58,7 @@ pub async fn submit(
     caller: Caller,
     headers: HeaderMap,
     Json(request): Json<DeploymentRequest>,
-) -> Result<Response, ApiError> {
+) -> Answer {
     require_scope(&state, &caller, (&request.service, &request.cluster), "deploying", None).await?;
     let key = match headers.get("idempotency-key") {
         None => None,
@@ -105,23 +100,13 @@ pub async fn submit(
         (status = 404, response = NotFound),
     )
 )]
-pub async fn get(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let id = parse_id(&id)?;
+pub async fn get(State(state): State<AppState>, caller: Caller, DeploymentId(id): DeploymentId) -> Answer {
     require_scope_of(&state, &caller, id, "reading a deployment").await?;
     match state.store.deployment(id).await? {
         Some(d) => Ok(axum::Json(d).into_response()),
         None => Err(ApiError::NotFound(format!("deployment {id} does not exist"))),
     }
 }
-
-/// `{id}` in a deployment's paths.
-#[derive(Debug, IntoParams)]
-#[into_params(names("id"), parameter_in = Path)]
-pub struct DeploymentId(
-    /// A deployment id (else 400 invalid_id).
-    #[allow(dead_code)]
-    Uuid,
-);
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -151,11 +136,7 @@ pub struct ListParams {
         (status = 400, description = "invalid_limit, invalid_state, invalid_cursor, or invalid_query (a filter that is not an identifier, an unknown or malformed parameter).", body = ErrorBody),
     )
 )]
-pub async fn list(
-    State(state): State<AppState>,
-    caller: Caller,
-    Query(params): Query<ListParams>,
-) -> Result<Response, ApiError> {
+pub async fn list(State(state): State<AppState>, caller: Caller, Query(params): Query<ListParams>) -> Answer {
     let limit = page_limit(params.limit, DEFAULT_PAGE, MAX_PAGE)?;
     let deployment_state = params
         .state
@@ -222,10 +203,9 @@ pub struct LogParams {
 pub async fn logs(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    DeploymentId(id): DeploymentId,
     Query(params): Query<LogParams>,
-) -> Result<Response, ApiError> {
-    let id = parse_id(&id)?;
+) -> Answer {
     require_scope_of(&state, &caller, id, "reading a deployment's log").await?;
     let after = params.after.unwrap_or(0);
     if after < 0 {
@@ -262,12 +242,7 @@ pub async fn logs(
         (status = 409, description = "The deployment is already over (code conflict).", body = ErrorBody),
     )
 )]
-pub async fn cancel(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
-    let id = parse_id(&id)?;
+pub async fn cancel(State(state): State<AppState>, caller: Caller, DeploymentId(id): DeploymentId) -> Answer {
     require_scope_of(&state, &caller, id, "cancelling").await?;
     match state.store.cancel(id, &caller).await? {
         Cancel::NotFound => return Err(ApiError::NotFound(format!("deployment {id} does not exist"))),
@@ -301,13 +276,8 @@ pub async fn cancel(
         (status = 409, description = "Still running, a dry run, or no host failed, was unreachable or was skipped (code conflict).", body = ErrorBody),
     )
 )]
-pub async fn retry(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
+pub async fn retry(State(state): State<AppState>, caller: Caller, DeploymentId(id): DeploymentId) -> Answer {
     require(&state, &caller, Role::Admin, "retrying a deployment").await?;
-    let id = parse_id(&id)?;
     require_scope_of(&state, &caller, id, "retrying").await?;
     let (mut request, hosts, attempt) = match state.store.retry_plan(id).await? {
         RetryPlan::NotFound => return Err(ApiError::NotFound(format!("deployment {id} does not exist"))),

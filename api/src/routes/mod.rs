@@ -4,6 +4,10 @@ pub mod health;
 pub mod openapi;
 
 use crate::error::ApiError;
+use axum::response::Response;
+
+/// What a handler answers: a response, or the API's error.
+pub(crate) type Answer = Result<Response, ApiError>;
 
 /// A page size from a query: `default` when absent, refused outside 1 to `max`.
 pub(crate) fn page_limit(limit: Option<i64>, default: i64, max: i64) -> Result<i64, ApiError> {

@@ -10,7 +10,7 @@ pub mod rotation;
 
 use crate::lb::Balancers;
 use crate::lease::{ClaimLost, Fence};
-use crate::ledger::{Ledger, StepResult};
+use crate::ledger::{Holder, Ledger, StepResult};
 use crate::log_pump::LogSink;
 use crate::playbook::Playbook;
 use futures_util::future::BoxFuture;
@@ -164,6 +164,10 @@ pub struct Journal {
 }
 
 impl Journal {
+    fn holder(&self) -> Holder<'_> {
+        Holder { id: self.deployment_id, token: &self.token }
+    }
+
     /// The host-side lock every command of this deployment holds while it runs on the
     /// host: a new holder's command waits there for one an old holder left running.
     /// (Named after the host too, for hosts that share a /tmp.)
@@ -176,7 +180,7 @@ impl Journal {
     /// the deployment next knows the host may be out. Refused once the claim is lost.
     pub async fn record_load_balancer(&self, state: AdminState) -> Result<(), ClaimLost> {
         self.fence.check()?;
-        match self.ledger.record_load_balancer(self.deployment_id, &self.token, &self.host, state).await {
+        match self.ledger.record_load_balancer(self.holder(), &self.host, state).await {
             Ok(true) => Ok(()),
             Ok(false) => Err(ClaimLost),
             Err(e) => {
@@ -216,8 +220,7 @@ impl Journal {
             exit_code: None,
         };
         self.logs.event(Some(&self.host), format!("step {name}: started"), event).await;
-        if let Err(e) = self.ledger.start_step(self.deployment_id, &self.token, &self.host, position as i32, name).await
-        {
+        if let Err(e) = self.ledger.start_step(self.holder(), &self.host, position as i32, name).await {
             tracing::warn!(host = %self.host, step = name, error = %e, "recording a step start failed");
         }
     }
@@ -235,13 +238,7 @@ impl Journal {
         self.logs.event(Some(&self.host), format!("step {name}: {state}{code}"), event).await;
         if let Err(e) = self
             .ledger
-            .finish_step(
-                self.deployment_id,
-                &self.token,
-                &self.host,
-                position as i32,
-                StepResult { state, exit_code, output },
-            )
+            .finish_step(self.holder(), &self.host, StepResult { position: position as i32, state, exit_code, output })
             .await
         {
             tracing::warn!(host = %self.host, step = name, error = %e, "recording a step result failed");

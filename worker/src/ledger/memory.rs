@@ -1,7 +1,8 @@
 //! One deployment's ledger in memory, for unit tests: its hosts, steps and log lines,
 //! the token of its live claim, and a cancel someone may request.
 
-use super::{Ledger, Recorded, StepResult};
+use super::{Holder, Ledger, Recorded, StepResult};
+use crate::executor::HostReport;
 use std::sync::{Mutex, MutexGuard};
 use uuid::Uuid;
 use vesemir_core::store::{NewLogLine, RunHost};
@@ -73,13 +74,13 @@ fn ready<'a, T: Send + 'a>(value: T) -> Recorded<'a, T> {
 }
 
 impl Ledger for MemoryLedger {
-    fn renew_lease<'a>(&'a self, _: Uuid, token: &'a str, _: u64) -> Recorded<'a, bool> {
-        let mut state = self.read();
-        state.renewals += 1;
-        if state.stalled {
+    fn renew_lease<'a>(&'a self, holder: Holder<'a>, _: u64) -> Recorded<'a, bool> {
+        let mut book = self.read();
+        book.renewals += 1;
+        if book.stalled {
             return Box::pin(std::future::pending());
         }
-        ready(state.token == token)
+        ready(book.token == holder.token)
     }
 
     fn cancel_requested(&self, _: Uuid) -> Recorded<'_, Option<String>> {
@@ -91,80 +92,52 @@ impl Ledger for MemoryLedger {
     }
 
     fn skip_pending_hosts(&self, _: Uuid) -> Recorded<'_, u64> {
-        let mut state = self.read();
-        let pending = state.hosts.iter_mut().filter(|h| h.state == HostState::Pending);
+        let mut book = self.read();
         let mut skipped = 0;
-        for host in pending {
+        for host in book.hosts.iter_mut().filter(|h| h.state == HostState::Pending) {
             host.state = HostState::Skipped;
             skipped += 1;
         }
         ready(skipped)
     }
 
-    fn start_host<'a>(&'a self, _: Uuid, token: &'a str, host: &'a str) -> Recorded<'a, bool> {
-        ready(self.host_write(token, host, |h| h.state = HostState::Running))
+    fn start_host<'a>(&'a self, holder: Holder<'a>, host: &'a str) -> Recorded<'a, bool> {
+        ready(self.host_write(holder.token, host, |h| h.state = HostState::Running))
     }
 
-    fn finish_host<'a>(
-        &'a self,
-        _: Uuid,
-        token: &'a str,
-        host: &'a str,
-        state: HostState,
-        _: Option<&'a str>,
-        load_balancer: Option<AdminState>,
-    ) -> Recorded<'a, bool> {
-        ready(self.host_write(token, host, |h| {
-            h.state = state;
-            h.load_balancer = load_balancer.or(h.load_balancer);
+    fn finish_host<'a>(&'a self, holder: Holder<'a>, host: &'a str, report: &'a HostReport) -> Recorded<'a, bool> {
+        ready(self.host_write(holder.token, host, |h| {
+            h.state = report.state;
+            h.load_balancer = report.load_balancer.or(h.load_balancer);
         }))
     }
 
-    fn record_load_balancer<'a>(
-        &'a self,
-        _: Uuid,
-        token: &'a str,
-        host: &'a str,
-        state: AdminState,
-    ) -> Recorded<'a, bool> {
-        ready(self.host_write(token, host, |h| h.load_balancer = Some(state)))
+    fn record_load_balancer<'a>(&'a self, holder: Holder<'a>, host: &'a str, state: AdminState) -> Recorded<'a, bool> {
+        ready(self.host_write(holder.token, host, |h| h.load_balancer = Some(state)))
     }
 
-    fn start_step<'a>(
-        &'a self,
-        _: Uuid,
-        token: &'a str,
-        host: &'a str,
-        position: i32,
-        name: &'a str,
-    ) -> Recorded<'a, ()> {
-        let mut state = self.read();
-        if state.token == token {
-            state.steps.push((host.to_owned(), position, name.to_owned(), StepState::Running));
+    fn start_step<'a>(&'a self, holder: Holder<'a>, host: &'a str, position: i32, name: &'a str) -> Recorded<'a, ()> {
+        let mut book = self.read();
+        if book.token == holder.token {
+            book.steps.push((host.to_owned(), position, name.to_owned(), StepState::Running));
         }
         ready(())
     }
 
-    fn finish_step<'a>(
-        &'a self,
-        _: Uuid,
-        token: &'a str,
-        host: &'a str,
-        position: i32,
-        result: StepResult<'a>,
-    ) -> Recorded<'a, ()> {
-        let mut state = self.read();
-        if state.token == token {
-            let name = state.steps.iter().rev().find(|s| s.0 == host && s.1 == position).map(|s| s.2.clone());
-            state.steps.push((host.to_owned(), position, name.unwrap_or_default(), result.state));
+    fn finish_step<'a>(&'a self, holder: Holder<'a>, host: &'a str, result: StepResult<'a>) -> Recorded<'a, ()> {
+        let mut book = self.read();
+        if book.token == holder.token {
+            let at = result.position;
+            let name = book.steps.iter().rev().find(|s| s.0 == host && s.1 == at).map(|s| s.2.clone());
+            book.steps.push((host.to_owned(), at, name.unwrap_or_default(), result.state));
         }
         ready(())
     }
 
     fn append_logs<'a>(&'a self, _: Uuid, lines: &'a [NewLogLine]) -> Recorded<'a, ()> {
-        let mut state = self.read();
-        state.batches.push(lines.len());
-        state.lines.extend_from_slice(lines);
+        let mut book = self.read();
+        book.batches.push(lines.len());
+        book.lines.extend_from_slice(lines);
         ready(())
     }
 }
