@@ -20,8 +20,8 @@ use vesemir_model::deployment::{ExecutorKind, is_address, is_host_name, is_ident
 pub enum ConfigError {
     #[error("cannot read configuration file {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
-    #[error("configuration file {path} is not valid: {message}")]
-    Parse { path: PathBuf, message: String },
+    #[error("configuration file {path} is not valid: {source}")]
+    Parse { path: PathBuf, source: toml::de::Error },
     /// A value that parsed but is refused: `key` is its dotted path, `at` where it is
     /// written (or where its nearest parent is, for a default).
     #[error(
@@ -463,15 +463,15 @@ impl Config {
             std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         let base = path.parent().unwrap_or(Path::new("."));
         let mut config =
-            Self::parse(&text, base).map_err(|message| ConfigError::Parse { path: path.to_owned(), message })?;
+            Self::parse(&text, base).map_err(|source| ConfigError::Parse { path: path.to_owned(), source })?;
         config.apply_env(|name| std::env::var(name).ok());
         config.validate().map_err(|e| e.located(&text))?;
         Ok(config)
     }
 
     /// Parses a document, resolving relative paths against `base`.
-    pub fn parse(text: &str, base: &Path) -> Result<Self, String> {
-        let mut config: Self = toml::from_str(text).map_err(|e| e.to_string())?;
+    pub fn parse(text: &str, base: &Path) -> Result<Self, toml::de::Error> {
+        let mut config: Self = toml::from_str(text)?;
         config.worker.playbooks_dir = base.join(&config.worker.playbooks_dir);
         for cluster in config.clusters.values_mut() {
             cluster.ssh.private_key = base.join(&cluster.ssh.private_key);
@@ -631,7 +631,7 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_refused() {
-        let err = Config::parse("[api]\nlisten_on = \"x\"", Path::new(".")).unwrap_err();
+        let err = Config::parse("[api]\nlisten_on = \"x\"", Path::new(".")).unwrap_err().to_string();
         assert!(err.contains("listen_on"), "{err}");
     }
 
@@ -667,7 +667,7 @@ mod tests {
 
     #[test]
     fn a_syntax_error_names_its_line_and_column() {
-        let err = Config::parse("[api]\nlisten = \n", Path::new(".")).unwrap_err();
+        let err = Config::parse("[api]\nlisten = \n", Path::new(".")).unwrap_err().to_string();
         assert!(err.contains("line 2, column 10"), "{err}");
     }
 

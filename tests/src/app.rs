@@ -159,7 +159,7 @@ impl TestApp {
         let text =
             self.config_text.replacen(&format!("url = {:?}", self.database.url), &format!("url = {database_url:?}"), 1);
         anyhow::ensure!(text != self.config_text, "the configuration names no database URL to replace");
-        let config = Config::parse(&text, Path::new("/")).map_err(anyhow::Error::msg)?;
+        let config = Config::parse(&text, Path::new("/"))?;
         self.add_worker_with(config).await
     }
 
@@ -384,7 +384,7 @@ fn config_for(
     let extra: Table = setup.extra_config.parse().context("Setup::extra_config")?;
     merge(&mut doc, extra);
     let text = toml::to_string(&doc)?;
-    let config = Config::parse(&text, Path::new("/")).map_err(anyhow::Error::msg)?;
+    let config = Config::parse(&text, Path::new("/"))?;
     config.validate()?;
     Ok((config, text))
 }

@@ -23,12 +23,21 @@ use vesemir_core::template::{ShellTemplate, TemplateError};
 pub enum PlaybookError {
     #[error("cannot read playbook {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
-    #[error("playbook {path} is not valid: {message}")]
-    Invalid { path: PathBuf, message: String },
+    #[error("playbook {path} is not valid: {source}")]
+    Invalid { path: PathBuf, source: InvalidPlaybook },
     #[error("service {service}: {source}")]
     Service { service: String, source: Box<PlaybookError> },
     #[error("service {service}, step {step}: {source}")]
     Template { service: String, step: String, source: Box<TemplateError> },
+}
+
+/// Why a playbook's text is not a playbook.
+#[derive(Debug, thiserror::Error)]
+pub enum InvalidPlaybook {
+    #[error(transparent)]
+    Toml(#[from] toml::de::Error),
+    #[error("a playbook needs at least one step")]
+    NoSteps,
 }
 
 /// Loads every service's playbook and checks each step's command against the
@@ -97,7 +106,7 @@ impl Playbook {
         let path = dir.join(format!("{name}.toml"));
         let text =
             std::fs::read_to_string(&path).map_err(|source| PlaybookError::Read { path: path.clone(), source })?;
-        Self::parse(&text).map_err(|message| PlaybookError::Invalid { path, message })
+        Self::parse(&text).map_err(|source| PlaybookError::Invalid { path, source })
     }
 
     /// The timeout of the `run` step named `name`: its own, or the service's.
@@ -127,10 +136,10 @@ impl Playbook {
         Ok(())
     }
 
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let playbook: Self = toml::from_str(text).map_err(|e| e.to_string())?;
+    pub fn parse(text: &str) -> Result<Self, InvalidPlaybook> {
+        let playbook: Self = toml::from_str(text)?;
         if playbook.steps.is_empty() {
-            return Err("a playbook needs at least one step".to_owned());
+            return Err(InvalidPlaybook::NoSteps);
         }
         Ok(playbook)
     }

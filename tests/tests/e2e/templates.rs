@@ -197,8 +197,7 @@ fn a_template_that_could_interpret_a_value_is_refused_when_the_configuration_loa
              health = {{ url = \"http://{{{{host.address}}}}/health\" }}\n"
         )
     };
-    let parsed = vesemir_core::config::Config::parse(&config("echo x\\{{vars.v}}"), std::path::Path::new("/"))
-        .map_err(anyhow::Error::msg)?;
+    let parsed = vesemir_core::config::Config::parse(&config("echo x\\{{vars.v}}"), std::path::Path::new("/"))?;
     let err = parsed.validate().expect_err("refused").to_string();
     assert!(
         err.contains(
@@ -216,8 +215,7 @@ fn a_template_that_could_interpret_a_value_is_refused_when_the_configuration_loa
     let mut parsed = vesemir_core::config::Config::parse(
         &format!("{}playbook = \"quoted\"\n", config("/opt/app/install {{version}}")),
         std::path::Path::new("/"),
-    )
-    .map_err(anyhow::Error::msg)?;
+    )?;
     parsed.validate()?;
     parsed.worker.playbooks_dir = playbooks.path().to_owned();
     let err = vesemir_worker::playbook::check_services(&parsed).expect_err("refused").to_string();
