@@ -4,6 +4,7 @@ use serde::de::DeserializeOwned;
 use std::time::Duration;
 use vesemir_model::api::{DeploymentPage, ErrorBody, LogPage};
 use vesemir_model::deployment::{Deployment, DeploymentRequest};
+use vesemir_model::inventory::Inventory;
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ApiError {
@@ -73,6 +74,11 @@ impl Api {
         let status = response.status().as_u16();
         let body = response.bytes().await.unwrap_or_default();
         Err(refused(status, &body))
+    }
+
+    /// What runs where: every host of a service on a cluster.
+    pub(crate) async fn inventory(&self, service: &str, cluster: &str) -> Result<Inventory, ApiError> {
+        self.send(self.client.get(self.url(&format!("/v1/services/{service}/clusters/{cluster}/hosts")))).await
     }
 
     pub(crate) async fn deployment(&self, id: &str) -> Result<Deployment, ApiError> {

@@ -66,6 +66,9 @@ enum Command {
         #[arg(long)]
         host: Option<String>,
     },
+    /// What runs where: every host of a service on a cluster, with the version Vesemir
+    /// last put on it; hosts off the version most run are marked as drift.
+    Hosts { service: String, cluster: String },
     /// List deployments, newest first.
     List {
         #[arg(long)]
@@ -205,6 +208,15 @@ async fn run(api: &Api, as_json: bool, command: Command) -> Result<u8, ApiError>
                     break;
                 }
                 after = page.next_after;
+            }
+            Ok(0)
+        }
+        Command::Hosts { service, cluster } => {
+            let view = api.inventory(&service, &cluster).await?;
+            if as_json {
+                println!("{}", serde_json::to_string_pretty(&view).unwrap_or_default());
+            } else {
+                print!("{}", render::inventory(&view));
             }
             Ok(0)
         }

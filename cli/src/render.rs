@@ -4,6 +4,7 @@ use chrono::SecondsFormat;
 use std::fmt::Write;
 use vesemir_model::api::DeploymentPage;
 use vesemir_model::deployment::{Deployment, HostState, LogLine, LogStream};
+use vesemir_model::inventory::Inventory;
 
 pub(crate) fn progress(d: &Deployment) -> String {
     let sum = &d.summary;
@@ -46,11 +47,11 @@ pub(crate) fn status(d: &Deployment) -> String {
     if hosts.is_empty() {
         return out;
     }
-    let rows: Vec<[String; 5]> = hosts
+    let rows: Vec<Vec<String>> = hosts
         .iter()
         .map(|h| {
             let last_step = h.steps.last().map(|step| step.name.clone());
-            [
+            vec![
                 h.name.clone(),
                 h.address.clone(),
                 (h.wave + 1).to_string(),
@@ -59,27 +60,55 @@ pub(crate) fn status(d: &Deployment) -> String {
             ]
         })
         .collect();
-    let header = ["HOST", "ADDRESS", "WAVE", "STATE", "DETAIL"];
-    let widths: Vec<usize> =
-        (0..4).map(|i| rows.iter().map(|r| r[i].len()).chain([header[i].len()]).max().unwrap_or(0)).collect();
-    let mut line = |cells: [&str; 5]| {
-        let _ = writeln!(
-            out,
-            "  {:w0$}  {:w1$}  {:w2$}  {:w3$}  {}",
-            cells[0],
-            cells[1],
-            cells[2],
-            cells[3],
-            cells[4],
-            w0 = widths[0],
-            w1 = widths[1],
-            w2 = widths[2],
-            w3 = widths[3]
-        );
-    };
-    line(header);
-    for r in &rows {
-        line([&r[0], &r[1], &r[2], &r[3], &r[4]]);
+    table(&mut out, &["HOST", "ADDRESS", "WAVE", "STATE", "DETAIL"], &rows);
+    out
+}
+
+/// Rows under a header, indented, every column but the last padded to its widest cell.
+fn table(out: &mut String, header: &[&str], rows: &[Vec<String>]) {
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).chain([header[i].len()]).max().unwrap_or(0))
+        .collect();
+    let header: Vec<String> = header.iter().map(|h| (*h).to_owned()).collect();
+    for row in std::iter::once(&header).chain(rows) {
+        let mut line = String::from(" ");
+        for (i, cell) in row.iter().enumerate() {
+            if i + 1 == row.len() {
+                line.push_str(&format!(" {cell}"));
+            } else {
+                line.push_str(&format!(" {cell:w$} ", w = widths[i]));
+            }
+        }
+        let _ = writeln!(out, "{}", line.trim_end());
+    }
+}
+
+/// What runs where: each host's version, the deployment that put it there, how the
+/// last deployment left it; hosts off the target's version are marked.
+pub(crate) fn inventory(view: &Inventory) -> String {
+    let mut out = String::new();
+    let version = view.version.as_deref().unwrap_or("none");
+    let _ = writeln!(out, "{} on {}: version {version}", view.service, view.cluster);
+    let rows: Vec<Vec<String>> = view
+        .hosts
+        .iter()
+        .map(|h| {
+            let at = h.deployed_at.map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true));
+            vec![
+                h.name.clone(),
+                h.address.clone(),
+                format!("{}{}", h.version.as_deref().unwrap_or("-"), if h.drift { " (drift)" } else { "" }),
+                at.unwrap_or_else(|| "-".to_owned()),
+                h.deployment_id.map_or_else(|| "-".to_owned(), |id| id.to_string()),
+                h.last_state.map_or("-", |s| s.as_str()).to_owned(),
+                h.load_balancer.map_or("-", |s| s.as_str()).to_owned(),
+            ]
+        })
+        .collect();
+    table(&mut out, &["HOST", "ADDRESS", "VERSION", "SINCE", "DEPLOYMENT", "LAST", "LB"], &rows);
+    let drifted: Vec<&str> = view.drifted().map(|h| h.name.as_str()).collect();
+    if !drifted.is_empty() {
+        let _ = writeln!(out, "  drift: {} not on {version}", drifted.join(", "));
     }
     out
 }

@@ -4,6 +4,7 @@
 //! - [`deployment`]: what a request says, deployments, hosts, steps, log lines, their
 //!   states, and the rules an identifier must follow.
 //! - [`event`]: the typed lines about a change that the event stream carries.
+//! - [`inventory`]: what runs where: each host's version and load-balancer state.
 //! - [`access`]: the roles and scopes a token may have, and the audit trail.
 //! - [`api`]: the REST API's pages, errors and health answers.
 //!
@@ -17,3 +18,4 @@ pub mod api;
 pub mod deployment;
 pub mod event;
 mod fields;
+pub mod inventory;

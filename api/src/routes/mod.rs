@@ -1,6 +1,7 @@
 pub mod admin;
 pub mod deployments;
 pub mod health;
+pub mod inventory;
 pub mod openapi;
 
 use crate::error::ApiError;

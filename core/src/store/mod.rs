@@ -4,6 +4,7 @@
 //! - `claims`: claiming under a lease, planning hosts, recording hosts and steps,
 //!   the final state;
 //! - `control`: cancel and retry;
+//! - `inventory`: what runs where, from the hosts' records;
 //! - `outbox`: what the relay publishes, and the reaper;
 //! - `logs`: log lines and the events they carry;
 //! - `access`: tokens, scopes and the audit trail.
@@ -46,6 +47,7 @@ mod access;
 mod claims;
 mod control;
 mod deployments;
+mod inventory;
 mod logs;
 mod outbox;
 

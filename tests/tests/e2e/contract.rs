@@ -88,6 +88,11 @@ async fn every_endpoint_answers_as_the_openapi_document_says() {
         caller.call(&scoped, "POST", &format!("/v1/deployments/{id}/{action}"), &documented, None).await;
     }
 
+    let hosts = "/v1/services/{service}/clusters/{cluster}/hosts";
+    caller.call(&admin, "GET", "/v1/services/demo/clusters/sandbox/hosts", hosts, None).await;
+    caller.call(&scoped, "GET", "/v1/services/demo/clusters/sandbox/hosts", hosts, None).await;
+    caller.call(&admin, "GET", "/v1/services/nothing/clusters/sandbox/hosts", hosts, None).await;
+
     let tokens = "/v1/tokens";
     caller.call(&admin, "GET", tokens, tokens, None).await;
     caller.call(&scoped, "GET", tokens, tokens, None).await;

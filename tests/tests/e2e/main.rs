@@ -11,6 +11,7 @@ mod cli;
 mod contract;
 mod events;
 mod guarantees;
+mod lifecycle;
 mod operations;
 mod pipeline;
 mod restarts;
