@@ -43,6 +43,17 @@ pub(crate) fn status(d: &Deployment) -> String {
     if let Some(error) = &d.error {
         let _ = writeln!(out, "  error: {error}");
     }
+    if let Some(errors) = &d.lb_errors {
+        let _ = writeln!(out, "  load balancers: {errors} on the backend during this deployment");
+        let seen: Vec<String> = d
+            .hosts()
+            .iter()
+            .filter_map(|h| h.lb_errors.filter(|c| c.total() > 0).map(|c| format!("{} ({c})", h.name)))
+            .collect();
+        if !seen.is_empty() {
+            let _ = writeln!(out, "  errors in the window of {}", seen.join("; "));
+        }
+    }
     let hosts = d.hosts.as_deref().unwrap_or_default();
     if hosts.is_empty() {
         return out;

@@ -366,6 +366,113 @@ impl Summary {
     }
 }
 
+/// HAProxy's error counters for the service's backend, summed over every load
+/// balancer of the cluster, as a change over a window (the deployment, or a host's
+/// wave). Every counter is one HAProxy keeps in `show stat`; a client that saw an
+/// error shows in at least one of them, but not every one of them means a client saw
+/// an error (a retry that then succeeded is counted, and was invisible to the client).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Counters {
+    /// `econ`: connections to a server that failed.
+    pub connection_errors: u64,
+    /// `eresp`: responses a server broke off or sent malformed (including a server
+    /// that closed the connection mid-request).
+    pub response_errors: u64,
+    /// `wretr`: connections retried on the same server.
+    pub retries: u64,
+    /// `wredis`: requests sent again to another server.
+    pub redispatches: u64,
+    /// `hrsp_5xx`: 5xx responses, the backend's own included.
+    pub http_5xx: u64,
+    /// `cli_abrt`: transfers the client aborted.
+    pub client_aborts: u64,
+    /// `srv_abrt`: transfers the server aborted.
+    pub server_aborts: u64,
+    /// A load balancer's counters went down during the window (a reload restarts
+    /// them): the figures are then a lower bound.
+    #[serde(default)]
+    pub reset: bool,
+}
+
+impl Counters {
+    /// The change from `before` to `self`.
+    pub fn since(&self, before: &Counters) -> Counters {
+        let d = |after: u64, before: u64| after.saturating_sub(before);
+        let fields = |c: &Counters| {
+            [
+                c.connection_errors,
+                c.response_errors,
+                c.retries,
+                c.redispatches,
+                c.http_5xx,
+                c.client_aborts,
+                c.server_aborts,
+            ]
+        };
+        let reset = fields(self).iter().zip(fields(before)).any(|(a, b)| *a < b);
+        Counters {
+            connection_errors: d(self.connection_errors, before.connection_errors),
+            response_errors: d(self.response_errors, before.response_errors),
+            retries: d(self.retries, before.retries),
+            redispatches: d(self.redispatches, before.redispatches),
+            http_5xx: d(self.http_5xx, before.http_5xx),
+            client_aborts: d(self.client_aborts, before.client_aborts),
+            server_aborts: d(self.server_aborts, before.server_aborts),
+            reset: reset || self.reset || before.reset,
+        }
+    }
+
+    /// The sum of two windows' counts (or of two load balancers').
+    pub fn plus(&self, other: &Counters) -> Counters {
+        Counters {
+            connection_errors: self.connection_errors + other.connection_errors,
+            response_errors: self.response_errors + other.response_errors,
+            retries: self.retries + other.retries,
+            redispatches: self.redispatches + other.redispatches,
+            http_5xx: self.http_5xx + other.http_5xx,
+            client_aborts: self.client_aborts + other.client_aborts,
+            server_aborts: self.server_aborts + other.server_aborts,
+            reset: self.reset || other.reset,
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.connection_errors
+            + self.response_errors
+            + self.retries
+            + self.redispatches
+            + self.http_5xx
+            + self.client_aborts
+            + self.server_aborts
+    }
+}
+
+impl fmt::Display for Counters {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let named = [
+            ("connection errors", self.connection_errors),
+            ("response errors", self.response_errors),
+            ("retries", self.retries),
+            ("redispatches", self.redispatches),
+            ("5xx", self.http_5xx),
+            ("client aborts", self.client_aborts),
+            ("server aborts", self.server_aborts),
+        ];
+        let nonzero: Vec<String> =
+            named.iter().filter(|(_, n)| *n > 0).map(|(what, n)| format!("{n} {what}")).collect();
+        if nonzero.is_empty() {
+            f.write_str("0 errors")?
+        } else {
+            f.write_str(&nonzero.join(", "))?
+        }
+        if self.reset {
+            f.write_str(" (counters were reset meanwhile: at least this many)")?;
+        }
+        Ok(())
+    }
+}
+
 /// A deployment as the API returns it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -387,6 +494,10 @@ pub struct Deployment {
     #[serde(deserialize_with = "lenient")]
     pub request: DeploymentRequest,
     pub summary: Summary,
+    /// The backend's error counters while the deployment ran; absent when the service
+    /// is not behind a load balancer, or they could not be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lb_errors: Option<Counters>,
     /// Absent in lists, present when one deployment is fetched.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hosts: Option<Vec<Host>>,
@@ -405,6 +516,10 @@ pub struct Host {
     /// Where Vesemir left the host's server in the load balancers; None when it did
     /// not touch it.
     pub load_balancer: Option<AdminState>,
+    /// The backend's error counters during the host's window (its wave: hosts of one
+    /// wave share it); absent as for the deployment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lb_errors: Option<Counters>,
     pub steps: Vec<Step>,
 }
 
@@ -518,5 +633,18 @@ mod tests {
         assert!(request.canary);
         assert_eq!(request.selector.unwrap().roles, ["web"]);
         assert_eq!(serde_json::from_value::<StoredRequest>(stored).unwrap().0.version, "1");
+    }
+
+    #[test]
+    fn counters_change_over_a_window_and_a_reset_makes_them_a_lower_bound() {
+        let before = Counters { response_errors: 2, retries: 1, ..Counters::default() };
+        let after = Counters { response_errors: 5, retries: 1, http_5xx: 1, ..Counters::default() };
+        let delta = after.since(&before);
+        assert_eq!((delta.response_errors, delta.http_5xx, delta.total(), delta.reset), (3, 1, 4, false));
+        assert_eq!(delta.to_string(), "3 response errors, 1 5xx");
+        let reloaded = Counters { retries: 0, ..after }.since(&before);
+        assert!(reloaded.reset && reloaded.to_string().ends_with("at least this many)"));
+        assert_eq!(Counters::default().to_string(), "0 errors");
+        assert_eq!(delta.plus(&delta).response_errors, 6);
     }
 }

@@ -9,7 +9,7 @@ use futures_util::future::BoxFuture;
 use std::fmt;
 use uuid::Uuid;
 use vesemir_core::store::{NewLogLine, RunHost, Store, StoreError};
-use vesemir_model::deployment::{AdminState, StepState};
+use vesemir_model::deployment::{AdminState, Counters, StepState};
 
 pub type Recorded<'a, T> = BoxFuture<'a, Result<T, StoreError>>;
 
@@ -46,6 +46,10 @@ pub trait Ledger: Send + Sync + fmt::Debug {
     fn start_step<'a>(&'a self, holder: Holder<'a>, host: &'a str, position: i32, name: &'a str) -> Recorded<'a, ()>;
     fn finish_step<'a>(&'a self, holder: Holder<'a>, host: &'a str, result: StepResult<'a>) -> Recorded<'a, ()>;
     fn append_logs<'a>(&'a self, id: Uuid, lines: &'a [NewLogLine]) -> Recorded<'a, ()>;
+    /// The backend's error counters recorded for the deployment so far.
+    fn lb_errors(&self, id: Uuid) -> Recorded<'_, Option<Counters>>;
+    /// Records the backend's error counters for the deployment (no host) or a host.
+    fn record_lb_errors<'a>(&'a self, holder: Holder<'a>, host: Option<&'a str>, c: Counters) -> Recorded<'a, bool>;
 }
 
 impl Ledger for Store {
@@ -89,6 +93,14 @@ impl Ledger for Store {
 
     fn append_logs<'a>(&'a self, id: Uuid, lines: &'a [NewLogLine]) -> Recorded<'a, ()> {
         Box::pin(Store::append_logs(self, id, lines))
+    }
+
+    fn lb_errors(&self, id: Uuid) -> Recorded<'_, Option<Counters>> {
+        Box::pin(Store::lb_errors(self, id))
+    }
+
+    fn record_lb_errors<'a>(&'a self, holder: Holder<'a>, host: Option<&'a str>, c: Counters) -> Recorded<'a, bool> {
+        Box::pin(async move { Store::record_lb_errors(self, holder.id, holder.token, host, &c).await })
     }
 }
 

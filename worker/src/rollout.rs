@@ -12,7 +12,7 @@ use crate::log_pump::LogSink;
 use std::sync::Arc;
 use tokio::sync::watch;
 use vesemir_core::store::{PlannedHost, RunHost, StoreError};
-use vesemir_model::deployment::{Amount, HostState};
+use vesemir_model::deployment::{Amount, Counters, HostState};
 use vesemir_model::event::Event;
 
 /// Orders hosts by name and cuts them into waves of `concurrency` (at least one host);
@@ -77,6 +77,14 @@ pub fn outcome(hosts: &[RunHost], threshold_exceeded: bool) -> Outcome {
     Outcome::Failed(message)
 }
 
+/// The backend's error counters as a rollout goes: the last reading, and the sum of
+/// every wave's window so far (another holder's included, on resume).
+#[derive(Debug)]
+struct Errors {
+    last: Option<Counters>,
+    total: Counters,
+}
+
 /// What stops a rollout between waves: a shutdown, or the loss of the claim (which
 /// also stops every host's next remote action, through the fence).
 #[derive(Debug, Clone)]
@@ -110,6 +118,13 @@ impl Rollout<'_> {
         let threshold = Threshold::new(self.release.request.max_failures, hosts.len());
         let mut failures = hosts.iter().filter(|h| h.state.is_failure()).count();
         let last_wave = hosts.iter().map(|h| h.wave).max().unwrap_or(0);
+        let mut errors = match self.backend() {
+            Some(backend) => {
+                let before = self.ledger.lb_errors(self.release.deployment_id).await?.unwrap_or_default();
+                Some(Errors { last: self.read_errors(backend).await, total: before })
+            }
+            None => None,
+        };
 
         for wave in 0..=last_wave {
             let mut todo: Vec<&RunHost> = hosts
@@ -139,6 +154,12 @@ impl Rollout<'_> {
                 return Ok(Outcome::Interrupted);
             };
             failures += reports.iter().filter(|r| r.state.is_failure()).count();
+            if let Some(errors) = &mut errors {
+                self.count_errors(errors, wave, &todo).await?;
+            }
+        }
+        if let Some(errors) = &errors {
+            self.logs.system(None, format!("the backend saw {} during this deployment", errors.total)).await;
         }
 
         if let Some(by) = self.ledger.cancel_requested(self.release.deployment_id).await? {
@@ -159,6 +180,42 @@ impl Rollout<'_> {
         }
         let hosts = self.ledger.run_hosts(self.release.deployment_id).await?;
         Ok(outcome(&hosts, exceeded))
+    }
+
+    /// The service's backend, when the cluster has load balancers in front of it.
+    fn backend(&self) -> Option<&str> {
+        let settings = self.release.service.load_balancer.as_ref()?;
+        (!self.release.balancers.is_empty()).then_some(settings.backend.as_str())
+    }
+
+    /// The backend's counters now, summed over the load balancers; None (and a log
+    /// line) when one of them cannot be read.
+    async fn read_errors(&self, backend: &str) -> Option<Counters> {
+        match self.release.balancers.backend_errors(backend).await {
+            Ok(counters) => Some(counters),
+            Err(e) => {
+                self.logs.system(None, format!("cannot read the backend's error counters: {e}")).await;
+                None
+            }
+        }
+    }
+
+    /// Records the backend's errors during the wave just ended, as each of its hosts'
+    /// window, and adds them to the deployment's.
+    async fn count_errors(&self, errors: &mut Errors, wave: i32, hosts: &[&RunHost]) -> Result<(), StoreError> {
+        let Some(backend) = self.backend() else { return Ok(()) };
+        let now = self.read_errors(backend).await;
+        if let (Some(before), Some(after)) = (errors.last, now) {
+            let window = after.since(&before);
+            for host in hosts {
+                self.ledger.record_lb_errors(self.holder(), Some(&host.name), window).await?;
+            }
+            errors.total = errors.total.plus(&window);
+            self.ledger.record_lb_errors(self.holder(), None, errors.total).await?;
+            self.logs.system(None, format!("wave {}: the backend saw {window}", wave + 1)).await;
+        }
+        errors.last = now;
+        Ok(())
     }
 
     /// Runs one wave: marks its hosts running, hands them to the executor together,

@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use std::time::Duration;
 use uuid::Uuid;
 use vesemir_model::deployment::{
-    AdminState, DeploymentRequest, DeploymentState, HostState, LogStream, StepState, StoredRequest,
+    AdminState, Counters, DeploymentRequest, DeploymentState, HostState, LogStream, StepState, StoredRequest,
 };
 use vesemir_model::event::Event;
 
@@ -334,6 +334,51 @@ impl Store {
         .bind(state.as_str())
         .execute(&self.pool)
         .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// The backend's error counters recorded for the deployment so far.
+    pub async fn lb_errors(&self, id: Uuid) -> Result<Option<Counters>, StoreError> {
+        let row: Option<(Option<sqlx::types::Json<Counters>>,)> =
+            sqlx::query_as("SELECT lb_errors FROM deployments WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.and_then(|(counters,)| counters).map(|c| c.0))
+    }
+
+    /// Records the backend's error counters for the deployment (no host) or for one
+    /// host's window; false when the claim was lost.
+    pub async fn record_lb_errors(
+        &self,
+        id: Uuid,
+        token: &str,
+        host: Option<&str>,
+        counters: &Counters,
+    ) -> Result<bool, StoreError> {
+        let counters = sqlx::types::Json(counters);
+        let done = match host {
+            None => {
+                sqlx::query("UPDATE deployments SET lb_errors = $3 WHERE id = $1 AND worker_id = $2")
+                    .bind(id)
+                    .bind(token)
+                    .bind(counters)
+                    .execute(&self.pool)
+                    .await?
+            }
+            Some(host) => {
+                sqlx::query(
+                    "UPDATE hosts SET lb_errors = $4 WHERE deployment_id = $1 AND name = $3 \
+                       AND EXISTS (SELECT 1 FROM deployments WHERE id = $1 AND worker_id = $2)",
+                )
+                .bind(id)
+                .bind(token)
+                .bind(host)
+                .bind(counters)
+                .execute(&self.pool)
+                .await?
+            }
+        };
         Ok(done.rows_affected() == 1)
     }
 

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use uuid::Uuid;
 use vesemir_model::access::Scope;
 use vesemir_model::deployment::{
-    Deployment, DeploymentRequest, DeploymentState, Host, HostState, Step, StoredRequest, Summary,
+    Counters, Deployment, DeploymentRequest, DeploymentState, Host, HostState, Step, StoredRequest, Summary,
 };
 
 /// What the API asks the store to record.
@@ -56,12 +56,13 @@ struct DeploymentRow {
     created_at: DateTime<Utc>,
     started_at: Option<DateTime<Utc>>,
     finished_at: Option<DateTime<Utc>>,
+    lb_errors: Option<sqlx::types::Json<Counters>>,
 }
 
 macro_rules! deployment_columns {
     () => {
         "id, service, cluster, version, request, state, requested_by, cancelled_by, retry_of, attempt, error, \
-         created_at, started_at, finished_at"
+         created_at, started_at, finished_at, lb_errors"
     };
 }
 
@@ -83,6 +84,7 @@ impl DeploymentRow {
             error: self.error,
             request: self.request.0.0,
             summary,
+            lb_errors: self.lb_errors.map(|c| c.0),
             hosts,
         })
     }
@@ -98,6 +100,7 @@ struct HostRow {
     load_balancer: Option<String>,
     started_at: Option<DateTime<Utc>>,
     finished_at: Option<DateTime<Utc>>,
+    lb_errors: Option<sqlx::types::Json<Counters>>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -183,6 +186,7 @@ impl Store {
                 error: None,
                 request: new.request.clone(),
                 summary: Summary::default(),
+                lb_errors: None,
                 hosts: Some(Vec::new()),
             }));
         }
@@ -214,7 +218,7 @@ impl Store {
         let Some(row) = row else { return Ok(None) };
 
         let host_rows: Vec<HostRow> = sqlx::query_as(
-            "SELECT name, address, wave, state, error, load_balancer, started_at, finished_at \
+            "SELECT name, address, wave, state, error, load_balancer, started_at, finished_at, lb_errors \
              FROM hosts WHERE deployment_id = $1 ORDER BY position",
         )
         .bind(id)
@@ -254,6 +258,7 @@ impl Store {
                 finished_at: h.finished_at,
                 error: h.error,
                 load_balancer: h.load_balancer.as_deref().map(parse).transpose()?,
+                lb_errors: h.lb_errors.map(|c| c.0),
             });
         }
         row.into_deployment(summary, Some(hosts)).map(Some)

@@ -101,7 +101,10 @@ async fn a_rollout_under_load_drops_no_request(executor: &str) {
     }
     for host in done.hosts() {
         assert_eq!(host.load_balancer, Some(AdminState::Ready), "{host:?}");
+        assert_eq!(host.lb_errors.map(|c| c.total()), Some(0), "{}'s window: {:?}", host.name, host.lb_errors);
     }
+    // HAProxy's own counters agree with the clients: the backend saw no error.
+    assert_eq!(done.lb_errors.map(|c| c.total()), Some(0), "{:?}", done.lb_errors);
     let logs = app.logs(&id).await.unwrap();
     assert!(logs.iter().any(|l| l.line.contains("weight 10 of 100")), "the reduced weight was set");
     eprintln!(
@@ -149,6 +152,11 @@ async fn the_same_rollout_without_a_drain_drops_requests() {
     assert_eq!(done.state, DeploymentState::Succeeded, "{done:#?}");
     eprintln!("without a drain: {} requests, {} failed: {:?}", load.ok, load.failed, load.examples);
     assert!(load.failed > 0, "a restart without a drain dropped nothing: the zero-failure check cannot fail");
+    // And HAProxy's counters see it too, in the window of a host that restarted.
+    let counted = done.lb_errors.unwrap();
+    eprintln!("HAProxy counted: {counted}");
+    assert!(counted.total() > 0, "the counters missed what the clients saw: {counted:?}");
+    assert!(done.hosts().iter().any(|h| h.lb_errors.is_some_and(|c| c.total() > 0)), "{done:#?}");
     app.shut_down().await;
 }
 

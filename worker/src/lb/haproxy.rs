@@ -5,7 +5,7 @@
 //! anything else ("No such server.", a usage message) is an error carrying HAProxy's
 //! own words.
 
-use super::{AdminState, LbError, LoadBalancer, ServerStatus};
+use super::{AdminState, Counters, LbError, LoadBalancer, ServerStatus};
 use futures_util::future::BoxFuture;
 use openssh::{Session, Stdio};
 use std::path::PathBuf;
@@ -125,6 +125,13 @@ impl RuntimeClient {
             parse_stat(&stat, server).map_err(|answer| LbError::Refused { command: stat_command, answer })?;
         Ok(ServerStatus { admin, status, sessions, weight, initial_weight })
     }
+
+    /// The backend's row of `show stat` (type 2: the backend itself), as counters.
+    pub async fn backend_errors(&self, backend: &str) -> Result<Counters, LbError> {
+        let command = format!("show stat {backend} 2 -1");
+        let answer = self.command(&command).await?;
+        parse_backend_errors(&answer).map_err(|answer| LbError::Refused { command, answer })
+    }
 }
 
 /// One HAProxy instance, through its Runtime API.
@@ -179,6 +186,13 @@ impl LoadBalancer for Haproxy {
         Box::pin(async move {
             check_names(backend, server)?;
             self.client.server(backend, server).await
+        })
+    }
+
+    fn backend_errors<'a>(&'a self, backend: &'a str) -> BoxFuture<'a, Result<Counters, LbError>> {
+        Box::pin(async move {
+            check_names(backend, "BACKEND")?;
+            self.client.backend_errors(backend).await
         })
     }
 }
@@ -253,6 +267,36 @@ pub fn parse_servers_state(answer: &str, server: &str) -> Result<(AdminState, u3
     Err("No such server.".to_owned())
 }
 
+/// The `BACKEND` row of a `show stat` CSV answer, as error counters. An empty field
+/// (a counter this proxy mode does not keep) counts as 0.
+pub fn parse_backend_errors(answer: &str) -> Result<Counters, String> {
+    let mut lines = answer.lines().filter(|l| !l.trim().is_empty());
+    let header: Vec<&str> = match lines.next() {
+        Some(h) if h.starts_with("# ") => h[2..].split(',').collect(),
+        _ => return Err(answer.trim().to_owned()),
+    };
+    let column = |name: &str| header.iter().position(|h| *h == name).ok_or_else(|| format!("no {name} column"));
+    let name_at = column("svname")?;
+    let row = lines
+        .map(|row| row.split(',').collect::<Vec<&str>>())
+        .find(|fields| fields.get(name_at) == Some(&"BACKEND"))
+        .ok_or_else(|| "No BACKEND row.".to_owned())?;
+    let count = |name: &str| -> Result<u64, String> {
+        let field = row.get(column(name)?).copied().unwrap_or_default();
+        if field.is_empty() { Ok(0) } else { field.parse().map_err(|_| format!("unreadable {name}: {field:?}")) }
+    };
+    Ok(Counters {
+        connection_errors: count("econ")?,
+        response_errors: count("eresp")?,
+        retries: count("wretr")?,
+        redispatches: count("wredis")?,
+        http_5xx: count("hrsp_5xx")?,
+        client_aborts: count("cli_abrt")?,
+        server_aborts: count("srv_abrt")?,
+        reset: false,
+    })
+}
+
 /// Finds `server` in a `show stat` CSV answer: (status, current sessions).
 pub fn parse_stat(answer: &str, server: &str) -> Result<(String, u64), String> {
     let mut lines = answer.lines().filter(|l| !l.trim().is_empty());
@@ -300,5 +344,15 @@ mod tests {
         assert_eq!(parse_servers_state("Can't find backend.\n\n", "vm-01"), Err("Can't find backend.".to_owned()));
         assert_eq!(parse_stat("No such proxy.\n\n", "vm-01"), Err("No such proxy.".to_owned()));
         assert_eq!(parse_stat(STAT, "vm-09"), Err("No such server.".to_owned()));
+    }
+
+    #[test]
+    fn the_backend_row_gives_the_error_counters() {
+        let stat = "# pxname,svname,econ,eresp,wretr,wredis,hrsp_5xx,cli_abrt,srv_abrt,status\n\
+                    app,BACKEND,1,2,3,,5,6,7,UP\n\n";
+        let counters = parse_backend_errors(stat).unwrap();
+        assert_eq!(counters.total(), 24, "an empty field counts 0: {counters:?}");
+        assert_eq!((counters.connection_errors, counters.redispatches, counters.server_aborts), (1, 0, 7));
+        assert_eq!(parse_backend_errors("No such proxy.\n"), Err("No such proxy.".to_owned()));
     }
 }

@@ -34,7 +34,7 @@ pub enum LbError {
     ClaimLost(#[from] ClaimLost),
 }
 
-use vesemir_model::deployment::AdminState;
+use vesemir_model::deployment::{AdminState, Counters};
 
 /// What one load balancer reports about one server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +67,8 @@ pub trait LoadBalancer: Send + Sync + fmt::Debug {
     ) -> BoxFuture<'a, Result<(), LbError>>;
     fn set_weight<'a>(&'a self, backend: &'a str, server: &'a str, percent: u8) -> BoxFuture<'a, Result<(), LbError>>;
     fn server<'a>(&'a self, backend: &'a str, server: &'a str) -> BoxFuture<'a, Result<ServerStatus, LbError>>;
+    /// The backend's error counters as they stand (since the load balancer started).
+    fn backend_errors<'a>(&'a self, backend: &'a str) -> BoxFuture<'a, Result<Counters, LbError>>;
 }
 
 /// HAProxy computes a percentage of the initial weight with integer division.
@@ -107,6 +109,12 @@ impl Balancers {
             out.push(result.map_err(|e| named(lb.name(), e))?);
         }
         Ok(out)
+    }
+
+    /// The backend's error counters, summed over every load balancer.
+    pub async fn backend_errors(&self, backend: &str) -> Result<Counters, LbError> {
+        let each = self.on_each(|lb| lb.backend_errors(backend)).await?;
+        Ok(each.iter().fold(Counters::default(), |sum, c| sum.plus(c)))
     }
 
     /// Sets the server's state everywhere and checks that it stuck.
@@ -346,6 +354,9 @@ mod tests {
         fn server<'a>(&'a self, _: &'a str, _: &'a str) -> BoxFuture<'a, Result<ServerStatus, LbError>> {
             let status = self.server.lock().unwrap().clone();
             Box::pin(async move { Ok(status) })
+        }
+        fn backend_errors<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<Counters, LbError>> {
+            Box::pin(async { Ok(Counters { retries: 1, ..Counters::default() }) })
         }
     }
 

@@ -6,7 +6,7 @@ use crate::executor::HostReport;
 use std::sync::{Mutex, MutexGuard};
 use uuid::Uuid;
 use vesemir_core::store::{NewLogLine, RunHost};
-use vesemir_model::deployment::{AdminState, HostState, StepState};
+use vesemir_model::deployment::{AdminState, Counters, HostState, StepState};
 
 #[derive(Debug, Default)]
 pub(crate) struct MemoryLedger {
@@ -26,6 +26,9 @@ pub(crate) struct Book {
     /// The size of each batch of lines appended.
     pub(crate) batches: Vec<usize>,
     pub(crate) renewals: u32,
+    /// The deployment's error counters, and each host's.
+    pub(crate) lb_errors: Option<Counters>,
+    pub(crate) host_lb_errors: Vec<(String, Counters)>,
     /// Renewals never answer, as with a database that stopped responding.
     pub(crate) stalled: bool,
 }
@@ -139,5 +142,21 @@ impl Ledger for MemoryLedger {
         book.batches.push(lines.len());
         book.lines.extend_from_slice(lines);
         ready(())
+    }
+
+    fn lb_errors(&self, _: Uuid) -> Recorded<'_, Option<Counters>> {
+        ready(self.read().lb_errors)
+    }
+
+    fn record_lb_errors<'a>(&'a self, holder: Holder<'a>, host: Option<&'a str>, c: Counters) -> Recorded<'a, bool> {
+        let mut book = self.read();
+        if book.token != holder.token {
+            return ready(false);
+        }
+        match host {
+            None => book.lb_errors = Some(c),
+            Some(host) => book.host_lb_errors.push((host.to_owned(), c)),
+        }
+        ready(true)
     }
 }
