@@ -12,7 +12,7 @@ use api::{Api, ApiError};
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 use std::time::Duration;
-use vesemir_model::deployment::{Amount, Deployment, DeploymentRequest, DeploymentState, Selector};
+use vesemir_model::deployment::{Amount, Deployment, DeploymentRequest, DeploymentState, Selector, Strategy};
 
 const EXIT_DEPLOYMENT_FAILED: u8 = 1;
 const EXIT_API_ERROR: u8 = 3;
@@ -126,6 +126,10 @@ struct DeployArgs {
     /// Deploy to one host first, alone, before the others.
     #[arg(long)]
     canary: bool,
+    /// Keep --concurrency hosts in flight, starting the next as soon as one finishes,
+    /// instead of waves (the service's strategy otherwise).
+    #[arg(long)]
+    window: bool,
     /// Makes a retried submit return the same deployment.
     #[arg(long)]
     idempotency_key: Option<String>,
@@ -251,6 +255,7 @@ async fn deploy(api: &Api, as_json: bool, args: DeployArgs) -> Result<u8, ApiErr
         weight: args.weight,
         sleep_seconds: args.sleep_seconds,
         executor: None,
+        strategy: args.window.then_some(Strategy::Window),
         vars: args.vars.into_iter().collect(),
         dry_run: args.dry_run,
         canary: args.canary,

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use vesemir_model::deployment::{ExecutorKind, is_address, is_host_name, is_identifier};
+use vesemir_model::deployment::{ExecutorKind, Strategy, is_address, is_host_name, is_identifier};
 
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -320,6 +320,9 @@ pub struct ServiceConfig {
     pub playbook: String,
     #[serde(default)]
     pub executor: ExecutorKind,
+    /// Waves or a sliding window; a request may choose otherwise.
+    #[serde(default)]
+    pub strategy: Strategy,
     #[serde(default = "default_step_timeout")]
     pub step_timeout_seconds: u64,
     /// The shell each command runs in on the host.

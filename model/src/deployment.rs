@@ -131,6 +131,18 @@ pub enum ExecutorKind {
     Ansible,
 }
 
+/// How hosts are rolled: in waves of `concurrency` (each wave ends before the next
+/// starts), or through a sliding window that keeps `concurrency` hosts in flight and
+/// starts the next the moment one finishes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    #[default]
+    Waves,
+    Window,
+}
+
 /// Chef search terms, ANDed with the cluster's own query. Only clusters discovered by
 /// search accept them; each value is one literal term.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -193,6 +205,9 @@ pub struct DeploymentRequest {
     /// Overrides the service's executor.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub executor: Option<ExecutorKind>,
+    /// Overrides the service's strategy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<Strategy>,
     /// Values for `{{vars.NAME}}` in the service's templates (names are identifiers, at
     /// most 64, each at most 4096 bytes).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

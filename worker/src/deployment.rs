@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use vesemir_core::config::Config;
 use vesemir_core::store::{ClaimedDeployment, Store, StoreError};
-use vesemir_model::deployment::{DeploymentState, ExecutorKind};
+use vesemir_model::deployment::{Amount, DeploymentState, ExecutorKind, Strategy};
 use vesemir_model::event::Event;
 
 /// What the consumer should do with the message once the deployment is handled.
@@ -114,10 +114,23 @@ impl Runner {
                 Ok(found) => found,
                 Err(e) => return Ok(failed(logs, format!("discovery failed: {e}")).await),
             };
-            let planned = plan_waves(found, request.concurrency, request.canary);
-            hosts = self.store.plan_hosts(claim.id, &planned).await?;
-            let waves = hosts.iter().map(|h| h.wave).max().map_or(0, |w| w + 1);
-            logs.system(None, format!("discovered {} hosts in {waves} waves", hosts.len())).await;
+            let message = match request.strategy.unwrap_or(service.strategy) {
+                Strategy::Waves => {
+                    hosts = self
+                        .store
+                        .plan_hosts(claim.id, &plan_waves(found, request.concurrency, request.canary))
+                        .await?;
+                    let waves = hosts.iter().map(|h| h.wave).max().map_or(0, |w| w + 1);
+                    format!("discovered {} hosts in {waves} waves", hosts.len())
+                }
+                Strategy::Window => {
+                    // A host's wave is its place in the order the window takes them.
+                    hosts = self.store.plan_hosts(claim.id, &plan_waves(found, Amount::Count(1), false)).await?;
+                    let width = request.concurrency.of(hosts.len()).max(1);
+                    format!("discovered {} hosts, to roll {width} at a time", hosts.len())
+                }
+            };
+            logs.system(None, message).await;
         } else {
             logs.system(None, format!("resuming with {} stored hosts", hosts.len())).await;
         }

@@ -9,10 +9,13 @@ use crate::executor::{Executor, HostJob, HostReport, Journal, Release};
 use crate::lease::Fence;
 use crate::ledger::{Holder, Ledger};
 use crate::log_pump::LogSink;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use tokio::sync::watch;
 use vesemir_core::store::{PlannedHost, RunHost, StoreError};
-use vesemir_model::deployment::{Amount, Counters, HostState};
+use vesemir_model::deployment::{Amount, Counters, HostState, Strategy};
 use vesemir_model::event::Event;
 
 /// Orders hosts by name and cuts them into waves of `concurrency` (at least one host);
@@ -77,6 +80,15 @@ pub fn outcome(hosts: &[RunHost], threshold_exceeded: bool) -> Outcome {
     Outcome::Failed(message)
 }
 
+/// Where a rollout stands: the failure threshold, how many hosts failed, and the
+/// backend's error counters (when it is behind load balancers).
+#[derive(Debug)]
+struct Progress {
+    threshold: Threshold,
+    failures: usize,
+    errors: Option<Errors>,
+}
+
 /// The backend's error counters as a rollout goes: the last reading, and the sum of
 /// every wave's window so far (another holder's included, on resume).
 #[derive(Debug)]
@@ -116,49 +128,24 @@ impl Rollout<'_> {
 
     pub async fn run(&self, executor: &dyn Executor, hosts: Vec<RunHost>) -> Result<Outcome, StoreError> {
         let threshold = Threshold::new(self.release.request.max_failures, hosts.len());
-        let mut failures = hosts.iter().filter(|h| h.state.is_failure()).count();
-        let last_wave = hosts.iter().map(|h| h.wave).max().unwrap_or(0);
-        let mut errors = match self.backend() {
+        let errors = match self.backend() {
             Some(backend) => {
                 let before = self.ledger.lb_errors(self.release.deployment_id).await?.unwrap_or_default();
                 Some(Errors { last: self.read_errors(backend).await, total: before })
             }
             None => None,
         };
-
-        for wave in 0..=last_wave {
-            let mut todo: Vec<&RunHost> = hosts
-                .iter()
-                .filter(|h| h.wave == wave && matches!(h.state, HostState::Pending | HostState::Running))
-                .collect();
-            if todo.is_empty() {
-                continue;
-            }
-            if self.stop.requested() {
-                return Ok(Outcome::Interrupted);
-            }
-            let stopping = threshold.exceeded(failures)
-                || self.ledger.cancel_requested(self.release.deployment_id).await?.is_some();
-            if stopping {
-                // No new host starts; but a host an earlier holder left mid-way is in
-                // flight, maybe out of rotation: it finishes its playbook like any other.
-                todo.retain(|h| h.state == HostState::Running);
-                if todo.is_empty() {
-                    continue;
-                }
-            }
-            let names: Vec<&str> = todo.iter().map(|h| h.name.as_str()).collect();
-            self.logs.system(None, format!("wave {}: {}", wave + 1, names.join(", "))).await;
-
-            let Some(reports) = self.run_wave(executor, &todo).await? else {
-                return Ok(Outcome::Interrupted);
-            };
-            failures += reports.iter().filter(|r| r.state.is_failure()).count();
-            if let Some(errors) = &mut errors {
-                self.count_errors(errors, wave, &todo).await?;
-            }
+        let mut progress =
+            Progress { threshold, failures: hosts.iter().filter(|h| h.state.is_failure()).count(), errors };
+        let strategy = self.release.request.strategy.unwrap_or(self.release.service.strategy);
+        let finished = match strategy {
+            Strategy::Waves => self.roll_waves(executor, &hosts, &mut progress).await?,
+            Strategy::Window => self.roll_window(executor, &hosts, &mut progress).await?,
+        };
+        if !finished {
+            return Ok(Outcome::Interrupted);
         }
-        if let Some(errors) = &errors {
+        if let Some(errors) = &progress.errors {
             self.logs.system(None, format!("the backend saw {} during this deployment", errors.total)).await;
         }
 
@@ -168,6 +155,7 @@ impl Rollout<'_> {
             self.logs.system(None, &message).await;
             return Ok(Outcome::Cancelled(message));
         }
+        let failures = progress.failures;
         let exceeded = threshold.exceeded(failures);
         if exceeded {
             let skipped = self.ledger.skip_pending_hosts(self.release.deployment_id).await?;
@@ -180,6 +168,110 @@ impl Rollout<'_> {
         }
         let hosts = self.ledger.run_hosts(self.release.deployment_id).await?;
         Ok(outcome(&hosts, exceeded))
+    }
+
+    /// Whether no new host may start: too many failed, or someone asked to cancel.
+    async fn stopping(&self, progress: &Progress) -> Result<bool, StoreError> {
+        Ok(progress.threshold.exceeded(progress.failures)
+            || self.ledger.cancel_requested(self.release.deployment_id).await?.is_some())
+    }
+
+    /// Waves: each ends before the next starts. False when the rollout was interrupted.
+    async fn roll_waves(
+        &self,
+        executor: &dyn Executor,
+        hosts: &[RunHost],
+        progress: &mut Progress,
+    ) -> Result<bool, StoreError> {
+        let last_wave = hosts.iter().map(|h| h.wave).max().unwrap_or(0);
+        for wave in 0..=last_wave {
+            let mut todo: Vec<&RunHost> = hosts
+                .iter()
+                .filter(|h| h.wave == wave && matches!(h.state, HostState::Pending | HostState::Running))
+                .collect();
+            if todo.is_empty() {
+                continue;
+            }
+            if self.stop.requested() {
+                return Ok(false);
+            }
+            if self.stopping(progress).await? {
+                // No new host starts; but a host an earlier holder left mid-way is in
+                // flight, maybe out of rotation: it finishes its playbook like any other.
+                todo.retain(|h| h.state == HostState::Running);
+                if todo.is_empty() {
+                    continue;
+                }
+            }
+            let names: Vec<&str> = todo.iter().map(|h| h.name.as_str()).collect();
+            self.logs.system(None, format!("wave {}: {}", wave + 1, names.join(", "))).await;
+
+            let Some(reports) = self.run_wave(executor, &todo).await? else {
+                return Ok(false);
+            };
+            progress.failures += reports.iter().filter(|r| r.state.is_failure()).count();
+            if let Some(errors) = &mut progress.errors {
+                self.count_errors(errors, &format!("wave {}", wave + 1), &todo).await?;
+            }
+        }
+        Ok(true)
+    }
+
+    /// A sliding window: `concurrency` hosts in flight, the next starting the moment
+    /// one finishes (after a canary, alone). Hosts in flight always finish their
+    /// playbook; once no new host may start, the rest wait to be skipped. False when
+    /// the rollout was interrupted.
+    async fn roll_window(
+        &self,
+        executor: &dyn Executor,
+        hosts: &[RunHost],
+        progress: &mut Progress,
+    ) -> Result<bool, StoreError> {
+        let mut queue: Vec<&RunHost> =
+            hosts.iter().filter(|h| matches!(h.state, HostState::Pending | HostState::Running)).collect();
+        // A host an earlier holder left mid-way goes first: it may be out of rotation.
+        queue.sort_by_key(|h| (h.state != HostState::Running, h.wave));
+        let mut queue: VecDeque<&RunHost> = queue.into();
+        let width = self.release.request.concurrency.of(hosts.len()).max(1);
+        let mut canary = self.release.request.canary && queue.front().is_some_and(|h| h.wave == 0);
+        let (mut in_flight, mut interrupted, mut failed) = (FuturesUnordered::new(), false, None);
+        loop {
+            while !interrupted && in_flight.len() < if canary { 1 } else { width } {
+                let Some(&host) = queue.front() else { break };
+                if self.stop.requested() {
+                    interrupted = true;
+                    break;
+                }
+                if host.state != HostState::Running && self.stopping(progress).await? {
+                    queue.retain(|h| h.state == HostState::Running);
+                    continue;
+                }
+                queue.pop_front();
+                self.logs
+                    .system(None, format!("window: {} starts ({} in flight)", host.name, in_flight.len() + 1))
+                    .await;
+                in_flight.push(async move { self.run_wave(executor, &[host]).await });
+            }
+            let Some(result) = in_flight.next().await else { break };
+            canary = false;
+            match result {
+                Ok(Some(reports)) => progress.failures += reports.iter().filter(|r| r.state.is_failure()).count(),
+                Ok(None) => interrupted = true,
+                // The other hosts finish their playbooks before the error is returned.
+                Err(e) => {
+                    interrupted = true;
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        if let Some(errors) = &mut progress.errors {
+            // Windows overlap: the backend's errors are counted for the deployment only.
+            self.count_errors(errors, "the window", &[]).await?;
+        }
+        Ok(!interrupted)
     }
 
     /// The service's backend, when the cluster has load balancers in front of it.
@@ -202,7 +294,7 @@ impl Rollout<'_> {
 
     /// Records the backend's errors during the wave just ended, as each of its hosts'
     /// window, and adds them to the deployment's.
-    async fn count_errors(&self, errors: &mut Errors, wave: i32, hosts: &[&RunHost]) -> Result<(), StoreError> {
+    async fn count_errors(&self, errors: &mut Errors, label: &str, hosts: &[&RunHost]) -> Result<(), StoreError> {
         let Some(backend) = self.backend() else { return Ok(()) };
         let now = self.read_errors(backend).await;
         if let (Some(before), Some(after)) = (errors.last, now) {
@@ -212,7 +304,7 @@ impl Rollout<'_> {
             }
             errors.total = errors.total.plus(&window);
             self.ledger.record_lb_errors(self.holder(), None, errors.total).await?;
-            self.logs.system(None, format!("wave {}: the backend saw {window}", wave + 1)).await;
+            self.logs.system(None, format!("{label}: the backend saw {window}")).await;
         }
         errors.last = now;
         Ok(())

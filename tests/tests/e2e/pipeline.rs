@@ -328,3 +328,29 @@ async fn two_deployments_to_one_target_roll_out_one_after_the_other() {
     assert_eq!(fleet.served_version("vm-01").await.unwrap(), "21.0.0", "the later one was applied last");
     app.shut_down().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sliding_window_rolls_every_vm_keeping_concurrency_in_flight() {
+    let fleet = Fleet::up(4).unwrap();
+    let app = TestApp::start(Some(&fleet), Setup::default()).await.unwrap();
+    let mut request = demo_request("9.0.0");
+    request["concurrency"] = json!(2);
+    request["strategy"] = json!("window");
+    let id = app.deploy(&request).await.unwrap();
+    let done = app.wait_final(&id, FINISH).await.unwrap();
+    assert_eq!(done.state, DeploymentState::Succeeded, "{done:#?}");
+    let order: Vec<(&str, i32)> = done.hosts().iter().map(|h| (h.name.as_str(), h.wave)).collect();
+    assert_eq!(order, [("vm-01", 0), ("vm-02", 1), ("vm-03", 2), ("vm-04", 3)], "a host's wave is its place");
+    for (name, _) in &fleet.hosts {
+        assert_eq!(fleet.served_version(name).await.unwrap(), "9.0.0", "{name}");
+    }
+    let logs = app.logs(&id).await.unwrap();
+    assert!(logs.iter().any(|l| l.line == "discovered 4 hosts, to roll 2 at a time"), "{logs:#?}");
+    let most = logs
+        .iter()
+        .filter_map(|l| l.line.strip_prefix("window: ").and_then(|r| r.split(" (").nth(1)))
+        .filter_map(|r| r.split(' ').next().and_then(|n| n.parse::<usize>().ok()))
+        .max();
+    assert_eq!(most, Some(2), "never more than concurrency hosts in flight");
+    app.shut_down().await;
+}

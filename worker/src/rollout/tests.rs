@@ -10,10 +10,12 @@ use crate::playbook::Playbook;
 use futures_util::future::BoxFuture;
 use std::path::Path;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
+use tokio::time::Instant;
 use uuid::Uuid;
 use vesemir_core::config::Config;
-use vesemir_model::deployment::{DeploymentRequest, StepState};
+use vesemir_model::deployment::{DeploymentRequest, StepState, Strategy};
 
 fn hosts(names: &[&str]) -> Vec<DiscoveredHost> {
     names.iter().map(|n| DiscoveredHost { name: (*n).into(), address: format!("10.0.0.{}", n.len()) }).collect()
@@ -98,6 +100,12 @@ struct Scripted {
     /// After which wave (counting from 0), and what.
     then: (usize, Then),
     waves: Mutex<Vec<Vec<String>>>,
+    /// How long a host's playbook takes (none: no time at all).
+    slow: Vec<(&'static str, u64)>,
+    /// Each host's playbook: when it started and ended; and the most hosts in flight.
+    runs: Mutex<Vec<(String, Instant, Instant)>>,
+    in_flight: AtomicUsize,
+    most_in_flight: AtomicUsize,
 }
 
 impl Scripted {
@@ -109,7 +117,29 @@ impl Scripted {
             failing: Vec::new(),
             then: (0, Then::Nothing),
             waves: Mutex::default(),
+            slow: Vec::new(),
+            runs: Mutex::default(),
+            in_flight: AtomicUsize::new(0),
+            most_in_flight: AtomicUsize::new(0),
         }
+    }
+
+    /// Every host's playbook takes `seconds`, these hosts' their own.
+    fn taking(mut self, seconds: u64, slower: &[(&'static str, u64)]) -> Self {
+        self.slow = ["a", "b", "c", "d", "e", "f", "g", "h"].iter().map(|h| (*h, seconds)).collect();
+        for (host, secs) in slower {
+            if let Some(entry) = self.slow.iter_mut().find(|(h, _)| h == host) {
+                entry.1 = *secs;
+            }
+        }
+        self
+    }
+
+    /// When each host started, in seconds from `start`, in the order they started.
+    fn starts(&self, start: Instant) -> Vec<(String, u64)> {
+        let mut runs = self.runs.lock().unwrap().clone();
+        runs.sort_by_key(|(name, at, _)| (*at, name.clone()));
+        runs.into_iter().map(|(name, at, _)| (name, (at - start).as_secs())).collect()
     }
 
     fn failing(mut self, hosts: &[&'static str]) -> Self {
@@ -130,6 +160,21 @@ impl Scripted {
 impl Executor for Scripted {
     fn run_wave<'a>(&'a self, jobs: &'a [(HostJob<'a>, Journal)]) -> BoxFuture<'a, Vec<HostReport>> {
         Box::pin(async move {
+            let started = Instant::now();
+            let now = self.in_flight.fetch_add(jobs.len(), Ordering::SeqCst) + jobs.len();
+            self.most_in_flight.fetch_max(now, Ordering::SeqCst);
+            let secs = jobs
+                .iter()
+                .filter_map(|(job, _)| self.slow.iter().find(|(h, _)| *h == job.host.name).map(|(_, s)| *s))
+                .max()
+                .unwrap_or(0);
+            if secs > 0 {
+                tokio::time::sleep(Duration::from_secs(secs)).await;
+            }
+            self.in_flight.fetch_sub(jobs.len(), Ordering::SeqCst);
+            for (job, _) in jobs {
+                self.runs.lock().unwrap().push((job.host.name.clone(), started, Instant::now()));
+            }
             let mut reports = Vec::new();
             for (job, journal) in jobs {
                 journal.step_started(0, "install").await;
@@ -309,4 +354,80 @@ async fn a_shutdown_stops_the_rollout_between_waves_and_leaves_the_rest_for_anot
     assert_eq!(outcome, Outcome::Interrupted);
     assert_eq!(executor.waves(), [vec!["a", "b"]]);
     assert_eq!(states(&ledger), named(&[("a", S), ("b", S), ("c", P), ("d", P)]));
+}
+
+fn window(concurrency: u32, max_failures: u32) -> DeploymentRequest {
+    DeploymentRequest {
+        strategy: Some(Strategy::Window),
+        concurrency: Amount::Count(concurrency),
+        ..request(Amount::Count(max_failures))
+    }
+}
+
+fn at(list: &[(&str, u64)]) -> Vec<(String, u64)> {
+    list.iter().map(|(h, s)| ((*h).to_owned(), *s)).collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_window_keeps_concurrency_hosts_in_flight_and_starts_the_next_the_moment_one_finishes() {
+    let ledger = planned(5, 1);
+    let executor = Scripted::new(&ledger).taking(1, &[("a", 3)]);
+    let start = Instant::now();
+    let (outcome, _) = roll(&ledger, &window(2, 0), &executor).await;
+    assert_eq!(outcome, Outcome::Succeeded);
+    let expected = at(&[("a", 0), ("b", 0), ("c", 1), ("d", 2), ("e", 3)]);
+    assert_eq!(executor.starts(start), expected, "each starts as a slot frees");
+    assert_eq!(executor.most_in_flight.load(Ordering::SeqCst), 2);
+    // Total work 7 s over 2 slots: 4 s, where waves of 2 take 3 + 1 + 1.
+    assert_eq!(start.elapsed(), Duration::from_secs(4));
+}
+
+#[tokio::test(start_paused = true)]
+async fn waves_wait_for_their_slowest_host() {
+    let ledger = planned(5, 2);
+    let executor = Scripted::new(&ledger).taking(1, &[("a", 3)]);
+    let start = Instant::now();
+    let (outcome, _) = roll(&ledger, &request(Amount::Count(0)), &executor).await;
+    assert_eq!(outcome, Outcome::Succeeded);
+    assert_eq!(start.elapsed(), Duration::from_secs(5), "3 + 1 + 1");
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_host_enters_the_window_once_more_failed_than_max_failures_allows() {
+    let ledger = planned(5, 1);
+    let executor = Scripted::new(&ledger).taking(1, &[("a", 3)]).failing(&["b"]);
+    let (outcome, _) = roll(&ledger, &window(2, 0), &executor).await;
+    assert_eq!(states(&ledger), named(&[("a", S), ("b", F), ("c", K), ("d", K), ("e", K)]), "a was in flight");
+    let Outcome::Failed(message) = outcome else { panic!("{outcome:?}") };
+    assert!(message.contains("3 hosts skipped"), "{message}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancel_closes_the_window_and_the_hosts_in_flight_finish() {
+    let ledger = planned(5, 1);
+    let executor = Scripted::new(&ledger).taking(1, &[("a", 3)]).then(0, Then::Cancel);
+    let (outcome, _) = roll(&ledger, &window(2, 0), &executor).await;
+    assert_eq!(states(&ledger), named(&[("a", S), ("b", S), ("c", K), ("d", K), ("e", K)]));
+    assert!(matches!(outcome, Outcome::Cancelled(_)), "{outcome:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_canary_goes_alone_before_the_window_opens() {
+    let ledger = planned(4, 1);
+    let executor = Scripted::new(&ledger).taking(1, &[]);
+    let start = Instant::now();
+    let request = DeploymentRequest { canary: true, ..window(2, 0) };
+    let (outcome, _) = roll(&ledger, &request, &executor).await;
+    assert_eq!(outcome, Outcome::Succeeded);
+    assert_eq!(executor.starts(start), at(&[("a", 0), ("b", 1), ("c", 1), ("d", 2)]));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_resumed_window_runs_first_the_host_left_running() {
+    let ledger = stored(&[("a", 0, S), ("b", 1, P), ("c", 2, R), ("d", 3, P)]);
+    let executor = Scripted::new(&ledger).taking(1, &[]);
+    let start = Instant::now();
+    let (outcome, _) = roll(&ledger, &window(1, 0), &executor).await;
+    assert_eq!(outcome, Outcome::Succeeded);
+    assert_eq!(executor.starts(start), at(&[("c", 0), ("b", 1), ("d", 2)]));
 }
