@@ -1,6 +1,7 @@
 //! Orchestration overhead of a rollout: 20 sandbox VMs at concurrency 5, each host
-//! running one step of a fixed length, against the ideal (waves × step time). Prints
-//! figures; asserts nothing.
+//! running one step of a fixed length, against the ideal (waves × step time). Then
+//! waves against a sliding window where host times vary (one host in five takes three
+//! times as long), each beside its floor. Prints figures; asserts nothing.
 //!
 //! Run with `scripts/bench` (it provides PostgreSQL and RabbitMQ like the tests do).
 
@@ -15,6 +16,17 @@ use vesemir_tests::{Fleet, Setup, TestApp, playbooks_with};
 const HOSTS: usize = 20;
 const CONCURRENCY: usize = 5;
 const STEP_SECONDS: f64 = 1.0;
+/// Every fifth host (vm-05, vm-10, …) is this much slower.
+const SLOW_SECONDS: f64 = 3.0;
+
+/// A service whose one step takes SLOW_SECONDS on every fifth host, STEP_SECONDS on
+/// the others.
+const VARIED: &str = r#"
+[services.varied]
+playbook = "varied"
+[services.varied.health]
+url = "http://{{host.address}}:8080/health"
+"#;
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
@@ -34,8 +46,17 @@ async fn main() {
         &format!("[[steps]]\nname = \"work\"\naction = \"run\"\ncommand = \"sleep {STEP_SECONDS}; echo done\"\n"),
     )
     .unwrap();
-    let setup =
-        Setup { playbook: "fixed".to_owned(), playbooks_dir: Some(playbooks.path().to_path_buf()), ..Setup::default() };
+    let varied = format!(
+        "[[steps]]\nname = \"work\"\naction = \"run\"\n\
+         command = \"case {{{{host.name}}}} in *5|*0) sleep {SLOW_SECONDS};; *) sleep {STEP_SECONDS};; esac\"\n"
+    );
+    std::fs::write(playbooks.path().join("varied.toml"), varied).unwrap();
+    let setup = Setup {
+        playbook: "fixed".to_owned(),
+        playbooks_dir: Some(playbooks.path().to_path_buf()),
+        extra_config: VARIED.to_owned(),
+        ..Setup::default()
+    };
     let app = TestApp::start(Some(&fleet), setup).await.unwrap();
 
     let request = json!({"service": "demo", "cluster": "sandbox", "version": "1.0.0", "concurrency": CONCURRENCY});
@@ -66,5 +87,26 @@ async fn main() {
         percentile(&overheads, 0.5),
         percentile(&overheads, 0.95)
     );
+
+    // Waves wait for their slowest host; a window does not.
+    let slow_hosts = HOSTS / 5;
+    let work = slow_hosts as f64 * SLOW_SECONDS + (HOSTS - slow_hosts) as f64 * STEP_SECONDS;
+    let waves_floor = waves as f64 * SLOW_SECONDS;
+    let window_floor = (work / CONCURRENCY as f64).max(SLOW_SECONDS);
+    println!("Waves against a window: one host in five takes {SLOW_SECONDS}s, the others {STEP_SECONDS}s");
+    let mut walls = Vec::new();
+    for (version, strategy, floor) in [("2.0.0", "waves", waves_floor), ("3.0.0", "window", window_floor)] {
+        let request = json!({"service": "varied", "cluster": "sandbox", "version": version,
+            "concurrency": CONCURRENCY, "strategy": strategy});
+        let id = app.deploy(&request).await.unwrap();
+        let done = app.wait_final(&id, Duration::from_secs(600)).await.unwrap();
+        assert_eq!(done.state, DeploymentState::Succeeded, "{done:#?}");
+        let first_start = done.hosts().iter().map(|h| seconds(h.started_at)).fold(f64::MAX, f64::min);
+        let last_end = done.hosts().iter().map(|h| seconds(h.finished_at)).fold(f64::MIN, f64::max);
+        let wall = last_end - first_start;
+        println!("  {strategy:<7} {wall:>7.2} s   floor {floor:>5.2} s   ratio {:.3}", wall / floor);
+        walls.push(wall);
+    }
+    println!("  window / waves {:.3}   (work / concurrency = {:.2} s)", walls[1] / walls[0], work / CONCURRENCY as f64);
     app.shut_down().await;
 }
