@@ -6,8 +6,8 @@ use serde_json::{Value, json};
 use std::path::Path;
 use std::time::Duration;
 use vesemir_model::api::LogPage;
-use vesemir_model::deployment::{AdminState, DeploymentState, HostState, StepState};
-use vesemir_tests::balancing::{BACKEND, Haproxy, Load, Sampler};
+use vesemir_model::deployment::{AdminState, Deployment, DeploymentState, HostState, StepState};
+use vesemir_tests::balancing::{BACKEND, Haproxy, Load, LoadReport, Sampler, Samples};
 use vesemir_tests::{Fleet, ScratchDir, Setup, TestApp, demo_request, host_states, playbooks_with};
 
 const FINISH: Duration = Duration::from_secs(180);
@@ -70,21 +70,39 @@ async fn assert_all_back_at_full_weight(lb: &Haproxy, fleet: &Fleet) {
     }
 }
 
-async fn a_rollout_under_load_drops_no_request(executor: &str) {
+/// Six VMs behind one HAProxy under load, a rollout of `request` through it, and what
+/// the load and a sampler of the servers' states saw.
+struct UnderLoad {
+    fleet: Fleet,
+    lb: Haproxy,
+    app: TestApp,
+    id: String,
+    done: Deployment,
+    /// Requests answered while the rollout ran.
+    during: u64,
+    load: LoadReport,
+    samples: Samples,
+}
+
+async fn roll_under_load(request: Value) -> UnderLoad {
     let fleet = Fleet::up(6).unwrap();
     let lb = Haproxy::start(&fleet).unwrap();
     let app = TestApp::start(Some(&fleet), balanced(vec![lb.over_tcp("lb-1")])).await.unwrap();
-
     let load = Load::start(&lb.frontend, CLIENTS);
     let sampler = Sampler::start(&lb, names(&fleet));
     settle().await;
     let before = load.served();
-    let id = app.deploy(&rolling("10.0.0", executor)).await.unwrap();
+    let id = app.deploy(&request).await.unwrap();
     let done = app.wait_final(&id, FINISH).await.unwrap();
     let during = load.served() - before;
     settle().await;
-    let load = load.stop().await;
-    let samples = sampler.stop().await;
+    let (load, samples) = (load.stop().await, sampler.stop().await);
+    UnderLoad { fleet, lb, app, id, done, during, load, samples }
+}
+
+async fn a_rollout_under_load_drops_no_request(executor: &str) {
+    let UnderLoad { fleet, lb, app, id, done, during, load, samples } =
+        roll_under_load(rolling("10.0.0", executor)).await;
 
     assert_eq!(done.state, DeploymentState::Succeeded, "{done:#?}");
     assert_eq!(load.failed, 0, "requests failed during the rollout: {:?}", load.examples);
@@ -111,6 +129,29 @@ async fn a_rollout_under_load_drops_no_request(executor: &str) {
         "{} requests, {} failed, {} samples, at most {} out",
         load.ok, load.failed, samples.count, samples.most_out
     );
+    app.shut_down().await;
+}
+
+/// A sliding window keeps the waves' promise: no request dropped, never more servers
+/// out of rotation than `concurrency`, every server back at full weight, and HAProxy's
+/// counters at 0 for the deployment (windows overlap, so hosts have none of their own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_under_load_drops_no_request() {
+    let mut request = rolling("11.0.0", "native");
+    request["strategy"] = json!("window");
+    let UnderLoad { fleet, lb, app, done, during, load, samples, .. } = roll_under_load(request).await;
+
+    assert_eq!(done.state, DeploymentState::Succeeded, "{done:#?}");
+    assert_eq!(load.failed, 0, "requests failed during the rollout: {:?}", load.examples);
+    assert!(during > 0, "no request was answered while the rollout ran");
+    assert!(samples.most_out <= 2, "{} servers were out of rotation at once (concurrency 2)", samples.most_out);
+    assert_all_back_at_full_weight(&lb, &fleet).await;
+    for (name, _) in &fleet.hosts {
+        assert_eq!(fleet.served_version(name).await.unwrap(), "11.0.0", "{name}");
+    }
+    assert_eq!(done.lb_errors.map(|c| c.total()), Some(0), "{:?}", done.lb_errors);
+    assert!(done.hosts().iter().all(|h| h.lb_errors.is_none()), "{done:#?}");
+    eprintln!("window: {} requests, {} failed, at most {} out", load.ok, load.failed, samples.most_out);
     app.shut_down().await;
 }
 
