@@ -48,8 +48,15 @@ pub trait Ledger: Send + Sync + fmt::Debug {
     fn append_logs<'a>(&'a self, id: Uuid, lines: &'a [NewLogLine]) -> Recorded<'a, ()>;
     /// The backend's error counters recorded for the deployment so far.
     fn lb_errors(&self, id: Uuid) -> Recorded<'_, Option<Counters>>;
-    /// Records the backend's error counters for the deployment (no host) or a host.
-    fn record_lb_errors<'a>(&'a self, holder: Holder<'a>, host: Option<&'a str>, c: Counters) -> Recorded<'a, bool>;
+    /// Records the backend's error counters of a window, as each of `hosts`' (none when
+    /// windows overlap), and the deployment's running total.
+    fn record_lb_errors<'a>(
+        &'a self,
+        holder: Holder<'a>,
+        hosts: &'a [&'a str],
+        window: Counters,
+        total: Counters,
+    ) -> Recorded<'a, bool>;
 }
 
 impl Ledger for Store {
@@ -99,8 +106,14 @@ impl Ledger for Store {
         Box::pin(Store::lb_errors(self, id))
     }
 
-    fn record_lb_errors<'a>(&'a self, holder: Holder<'a>, host: Option<&'a str>, c: Counters) -> Recorded<'a, bool> {
-        Box::pin(async move { Store::record_lb_errors(self, holder.id, holder.token, host, &c).await })
+    fn record_lb_errors<'a>(
+        &'a self,
+        holder: Holder<'a>,
+        hosts: &'a [&'a str],
+        window: Counters,
+        total: Counters,
+    ) -> Recorded<'a, bool> {
+        Box::pin(async move { Store::record_lb_errors(self, holder.id, holder.token, hosts, &window, &total).await })
     }
 }
 

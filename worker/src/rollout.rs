@@ -299,11 +299,9 @@ impl Rollout<'_> {
         let now = self.read_errors(backend).await;
         if let (Some(before), Some(after)) = (errors.last, now) {
             let window = after.since(&before);
-            for host in hosts {
-                self.ledger.record_lb_errors(self.holder(), Some(&host.name), window).await?;
-            }
             errors.total = errors.total.plus(&window);
-            self.ledger.record_lb_errors(self.holder(), None, errors.total).await?;
+            let names: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
+            self.ledger.record_lb_errors(self.holder(), &names, window, errors.total).await?;
             self.logs.system(None, format!("{label}: the backend saw {window}")).await;
         }
         errors.last = now;

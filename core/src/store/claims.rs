@@ -347,39 +347,31 @@ impl Store {
         Ok(row.and_then(|(counters,)| counters).map(|c| c.0))
     }
 
-    /// Records the backend's error counters for the deployment (no host) or for one
-    /// host's window; false when the claim was lost.
+    /// Records the backend's error counters of a window as each of `hosts`' (none
+    /// when hosts' windows overlap) and the deployment's running total, in one
+    /// statement; false when the claim was lost.
     pub async fn record_lb_errors(
         &self,
         id: Uuid,
         token: &str,
-        host: Option<&str>,
-        counters: &Counters,
+        hosts: &[&str],
+        window: &Counters,
+        total: &Counters,
     ) -> Result<bool, StoreError> {
-        let counters = sqlx::types::Json(counters);
-        let done = match host {
-            None => {
-                sqlx::query("UPDATE deployments SET lb_errors = $3 WHERE id = $1 AND worker_id = $2")
-                    .bind(id)
-                    .bind(token)
-                    .bind(counters)
-                    .execute(&self.pool)
-                    .await?
-            }
-            Some(host) => {
-                sqlx::query(
-                    "UPDATE hosts SET lb_errors = $4 WHERE deployment_id = $1 AND name = $3 \
-                       AND EXISTS (SELECT 1 FROM deployments WHERE id = $1 AND worker_id = $2)",
-                )
-                .bind(id)
-                .bind(token)
-                .bind(host)
-                .bind(counters)
-                .execute(&self.pool)
-                .await?
-            }
-        };
-        Ok(done.rows_affected() == 1)
+        let recorded: Option<(Uuid,)> = sqlx::query_as(
+            "WITH windows AS ( \
+                 UPDATE hosts SET lb_errors = $4 WHERE deployment_id = $1 AND name = ANY($3) \
+                   AND EXISTS (SELECT 1 FROM deployments WHERE id = $1 AND worker_id = $2)) \
+             UPDATE deployments SET lb_errors = $5 WHERE id = $1 AND worker_id = $2 RETURNING id",
+        )
+        .bind(id)
+        .bind(token)
+        .bind(hosts)
+        .bind(sqlx::types::Json(window))
+        .bind(sqlx::types::Json(total))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(recorded.is_some())
     }
 
     /// Marks every host that never started `skipped`.

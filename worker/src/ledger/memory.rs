@@ -148,15 +148,19 @@ impl Ledger for MemoryLedger {
         ready(self.read().lb_errors)
     }
 
-    fn record_lb_errors<'a>(&'a self, holder: Holder<'a>, host: Option<&'a str>, c: Counters) -> Recorded<'a, bool> {
+    fn record_lb_errors<'a>(
+        &'a self,
+        holder: Holder<'a>,
+        hosts: &'a [&'a str],
+        window: Counters,
+        total: Counters,
+    ) -> Recorded<'a, bool> {
         let mut book = self.read();
         if book.token != holder.token {
             return ready(false);
         }
-        match host {
-            None => book.lb_errors = Some(c),
-            Some(host) => book.host_lb_errors.push((host.to_owned(), c)),
-        }
+        book.host_lb_errors.extend(hosts.iter().map(|h| ((*h).to_owned(), window)));
+        book.lb_errors = Some(total);
         ready(true)
     }
 }
