@@ -115,7 +115,7 @@ impl App {
 }
 
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
-    use routes::{admin, deployments, health, inventory, openapi};
+    use routes::{admin, deployments, health, inventory, openapi, rollback};
     Router::new()
         .route("/v1/deployments", get(deployments::list).post(deployments::submit))
         .route("/v1/deployments/{id}", get(deployments::get))
@@ -124,6 +124,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/deployments/{id}/cancel", axum::routing::post(deployments::cancel))
         .route("/v1/deployments/{id}/retry", axum::routing::post(deployments::retry))
         .route("/v1/services/{service}/clusters/{cluster}/hosts", get(inventory::hosts))
+        .route("/v1/services/{service}/clusters/{cluster}/rollback", axum::routing::post(rollback::roll_back))
         .route("/v1/tokens", get(admin::list_tokens).post(admin::create_token))
         .route("/v1/tokens/{name}", axum::routing::delete(admin::revoke_token))
         .route("/v1/audit", get(admin::audit))

@@ -2,7 +2,7 @@
 
 use serde::de::DeserializeOwned;
 use std::time::Duration;
-use vesemir_model::api::{DeploymentPage, ErrorBody, LogPage};
+use vesemir_model::api::{DeploymentPage, ErrorBody, LogPage, RollbackRequest};
 use vesemir_model::deployment::{Deployment, DeploymentRequest};
 use vesemir_model::inventory::Inventory;
 
@@ -74,6 +74,17 @@ impl Api {
         let status = response.status().as_u16();
         let body = response.bytes().await.unwrap_or_default();
         Err(refused(status, &body))
+    }
+
+    /// Starts a rollback of the target's latest deployment.
+    pub(crate) async fn rollback(
+        &self,
+        service: &str,
+        cluster: &str,
+        body: &RollbackRequest,
+    ) -> Result<Deployment, ApiError> {
+        let path = format!("/v1/services/{service}/clusters/{cluster}/rollback");
+        self.send(self.client.post(self.url(&path)).json(body)).await
     }
 
     /// What runs where: every host of a service on a cluster.

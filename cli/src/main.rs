@@ -12,7 +12,10 @@ use api::{Api, ApiError};
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 use std::time::Duration;
-use vesemir_model::deployment::{Amount, Deployment, DeploymentRequest, DeploymentState, Selector, Strategy};
+use vesemir_model::api::RollbackRequest;
+use vesemir_model::deployment::{
+    Amount, Deployment, DeploymentRequest, DeploymentState, OnFailure, Selector, Strategy,
+};
 
 const EXIT_DEPLOYMENT_FAILED: u8 = 1;
 const EXIT_API_ERROR: u8 = 3;
@@ -58,6 +61,21 @@ enum Command {
         /// Wait until the retry ends; the exit code tells how it ended.
         #[arg(long)]
         wait: bool,
+    },
+    /// Deployer: return the hosts of a service's latest deployment on a cluster to the
+    /// version each had before it (or all to --to), with the zero-downtime playbook.
+    Rollback {
+        service: String,
+        cluster: String,
+        /// Return every host to this version instead.
+        #[arg(long)]
+        to: Option<String>,
+        /// Wait until the rollback ends; the exit code tells how it ended.
+        #[arg(long)]
+        wait: bool,
+        /// Follow it live until it ends (implies --wait).
+        #[arg(long)]
+        follow: bool,
     },
     /// Print a deployment's log.
     Logs {
@@ -130,6 +148,10 @@ struct DeployArgs {
     /// instead of waves (the service's strategy otherwise).
     #[arg(long)]
     window: bool,
+    /// When the deployment fails: `stop` there, or `rollback` every host it changed to
+    /// the version it had (the service's choice otherwise).
+    #[arg(long, value_parser = parse_on_failure)]
+    on_failure: Option<OnFailure>,
     /// Makes a retried submit return the same deployment.
     #[arg(long)]
     idempotency_key: Option<String>,
@@ -143,6 +165,10 @@ struct DeployArgs {
 
 fn parse_var(text: &str) -> Result<(String, String), String> {
     text.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).ok_or_else(|| format!("{text:?} is not NAME=VALUE"))
+}
+
+fn parse_on_failure(text: &str) -> Result<OnFailure, String> {
+    serde_json::from_value(serde_json::Value::from(text)).map_err(|_| format!("{text:?} is neither stop nor rollback"))
 }
 
 /// A count (`2`) or a percentage (`25%`), as the API reads them.
@@ -182,6 +208,24 @@ async fn run(api: &Api, as_json: bool, command: Command) -> Result<u8, ApiError>
                 return Ok(0);
             }
             let finished = wait(api, &deployment.id.to_string(), as_json).await?;
+            print_deployment(&finished, as_json);
+            Ok(exit_code(&finished))
+        }
+        Command::Rollback { service, cluster, to, wait: wait_for_it, follow } => {
+            let deployment = api.rollback(&service, &cluster, &RollbackRequest { to }).await?;
+            let id = deployment.id.to_string();
+            if follow {
+                let finished = follow::follow(api, &id, None, as_json).await?;
+                if !as_json {
+                    print!("{}", render::status(&finished));
+                }
+                return Ok(exit_code(&finished));
+            }
+            if !wait_for_it {
+                print_deployment(&deployment, as_json);
+                return Ok(0);
+            }
+            let finished = wait(api, &id, as_json).await?;
             print_deployment(&finished, as_json);
             Ok(exit_code(&finished))
         }
@@ -256,6 +300,7 @@ async fn deploy(api: &Api, as_json: bool, args: DeployArgs) -> Result<u8, ApiErr
         sleep_seconds: args.sleep_seconds,
         executor: None,
         strategy: args.window.then_some(Strategy::Window),
+        on_failure: args.on_failure,
         vars: args.vars.into_iter().collect(),
         dry_run: args.dry_run,
         canary: args.canary,
@@ -316,7 +361,7 @@ fn print_deployment(deployment: &Deployment, as_json: bool) {
 
 fn exit_code(deployment: &Deployment) -> u8 {
     match deployment.state {
-        DeploymentState::Failed | DeploymentState::Cancelled => EXIT_DEPLOYMENT_FAILED,
+        DeploymentState::Failed | DeploymentState::Cancelled | DeploymentState::RolledBack => EXIT_DEPLOYMENT_FAILED,
         _ => 0,
     }
 }

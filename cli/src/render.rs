@@ -43,6 +43,12 @@ pub(crate) fn status(d: &Deployment) -> String {
     if let Some(error) = &d.error {
         let _ = writeln!(out, "  error: {error}");
     }
+    if let Some(of) = d.rollback_of {
+        let _ = writeln!(out, "  rollback of deployment {of}");
+    }
+    if let Some(by) = d.rolled_back_by {
+        let _ = writeln!(out, "  rolled back by deployment {by}");
+    }
     if let Some(errors) = &d.lb_errors {
         let _ = writeln!(out, "  load balancers: {errors} on the backend during this deployment");
         let seen: Vec<String> = d
@@ -58,20 +64,30 @@ pub(crate) fn status(d: &Deployment) -> String {
     if hosts.is_empty() {
         return out;
     }
+    // A rollback's hosts each go to their own version: then it gets a column.
+    let versions = hosts.iter().any(|h| h.version != d.version);
     let rows: Vec<Vec<String>> = hosts
         .iter()
         .map(|h| {
             let last_step = h.steps.last().map(|step| step.name.clone());
-            vec![
-                h.name.clone(),
-                h.address.clone(),
+            let mut row = vec![h.name.clone(), h.address.clone()];
+            if versions {
+                row.push(h.version.clone());
+            }
+            row.extend([
                 (h.wave + 1).to_string(),
                 h.state.to_string(),
                 h.error.clone().or(last_step).unwrap_or_default(),
-            ]
+            ]);
+            row
         })
         .collect();
-    table(&mut out, &["HOST", "ADDRESS", "WAVE", "STATE", "DETAIL"], &rows);
+    let header: &[&str] = if versions {
+        &["HOST", "ADDRESS", "VERSION", "WAVE", "STATE", "DETAIL"]
+    } else {
+        &["HOST", "ADDRESS", "WAVE", "STATE", "DETAIL"]
+    };
+    table(&mut out, header, &rows);
     out
 }
 

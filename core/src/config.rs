@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use vesemir_model::deployment::{ExecutorKind, Strategy, is_address, is_host_name, is_identifier};
+use vesemir_model::deployment::{ExecutorKind, OnFailure, Strategy, is_address, is_host_name, is_identifier};
 
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -323,6 +323,10 @@ pub struct ServiceConfig {
     /// Waves or a sliding window; a request may choose otherwise.
     #[serde(default)]
     pub strategy: Strategy,
+    /// Stop at a failure, or roll back what the deployment changed; a request may
+    /// choose otherwise.
+    #[serde(default)]
+    pub on_failure: OnFailure,
     #[serde(default = "default_step_timeout")]
     pub step_timeout_seconds: u64,
     /// The shell each command runs in on the host.

@@ -5,6 +5,7 @@
 //!
 //! - [`access`]: API tokens and their scopes.
 //! - [`config`]: the one TOML configuration file, with environment overrides.
+//! - [`plan`]: the order a deployment's hosts are rolled in.
 //! - [`store`]: PostgreSQL, the source of truth. Every state change of a deployment,
 //!   a host or a step goes through here.
 //! - [`selector`]: turning a request's selector into a safe Chef search query.
@@ -21,6 +22,7 @@
 
 pub mod access;
 pub mod config;
+pub mod plan;
 pub mod queue;
 pub mod retry;
 pub mod selector;

@@ -118,3 +118,14 @@ impl From<bool> for Reachability {
         if up { Reachability::Up } else { Reachability::Down }
     }
 }
+
+/// The body of a rollback: which version the hosts return to.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct RollbackRequest {
+    /// Every host to this version; absent, each host to the version it had before
+    /// the deployment rolled back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+}

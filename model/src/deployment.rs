@@ -143,6 +143,18 @@ pub enum Strategy {
     Window,
 }
 
+/// What happens when a deployment fails (more hosts failed than `max_failures`
+/// allows): it stops there, or every host it changed returns to the version it had
+/// before, in a rollback deployment of its own.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum OnFailure {
+    #[default]
+    Stop,
+    Rollback,
+}
+
 /// Chef search terms, ANDed with the cluster's own query. Only clusters discovered by
 /// search accept them; each value is one literal term.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -208,6 +220,9 @@ pub struct DeploymentRequest {
     /// Overrides the service's strategy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strategy: Option<Strategy>,
+    /// Overrides the service's `on_failure`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_failure: Option<OnFailure>,
     /// Values for `{{vars.NAME}}` in the service's templates (names are identifiers, at
     /// most 64, each at most 4096 bytes).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -285,7 +300,9 @@ macro_rules! string_enum {
 
 string_enum!(
     /// `queued` → `running` → `succeeded` | `failed` | `cancelled` (via `cancelling`);
-    /// a dry run ends in `planned`.
+    /// a dry run ends in `planned`. A failed deployment with `on_failure = "rollback"`
+    /// goes `rolling_back` while its rollback runs, then `rolled_back` (or `failed`,
+    /// when the rollback does not succeed).
     DeploymentState {
         Queued => "queued",
         Running => "running",
@@ -294,12 +311,19 @@ string_enum!(
         Failed => "failed",
         Cancelled => "cancelled",
         Planned => "planned",
+        RollingBack => "rolling_back",
+        RolledBack => "rolled_back",
     }
 );
 
 impl DeploymentState {
     pub fn is_final(self) -> bool {
-        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled | Self::Planned)
+        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled | Self::Planned | Self::RolledBack)
+    }
+
+    /// Whether its own rollout is over: final, or failed with its rollback under way.
+    pub fn is_rolled_out(self) -> bool {
+        self.is_final() || self == Self::RollingBack
     }
 }
 
@@ -502,6 +526,12 @@ pub struct Deployment {
     pub cancelled_by: Option<String>,
     pub retry_of: Option<Uuid>,
     pub attempt: i32,
+    /// The deployment this one rolls back: its hosts return to their earlier versions.
+    #[serde(default)]
+    pub rollback_of: Option<Uuid>,
+    /// The latest rollback of this deployment.
+    #[serde(default)]
+    pub rolled_back_by: Option<Uuid>,
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
@@ -523,6 +553,9 @@ pub struct Deployment {
 pub struct Host {
     pub name: String,
     pub address: String,
+    /// The version this host is deployed to: the deployment's, except in a rollback,
+    /// where each host returns to the version it had.
+    pub version: String,
     pub wave: i32,
     pub state: HostState,
     pub started_at: Option<DateTime<Utc>>,

@@ -201,7 +201,12 @@ impl TestApp {
 
     /// POSTs a submit; returns the status and the JSON body.
     pub async fn submit(&self, body: &Value) -> anyhow::Result<(u16, Value)> {
-        let response = self.client.post(self.url("/v1/deployments")).json(body).send().await?;
+        self.post_json("/v1/deployments", body).await
+    }
+
+    /// POSTs `body` to `path`; returns the status and the JSON body.
+    pub async fn post_json(&self, path: &str, body: &Value) -> anyhow::Result<(u16, Value)> {
+        let response = self.client.post(self.url(path)).json(body).send().await?;
         let status = response.status().as_u16();
         Ok((status, response.json().await?))
     }

@@ -7,13 +7,14 @@ use crate::lease::LeaseKeeper;
 use crate::ledger::Ledger;
 use crate::log_pump::{LogPump, LogSink};
 use crate::playbook::Playbook;
-use crate::rollout::{Outcome, Rollout, Stop, plan_waves};
+use crate::rollout::{Outcome, Rollout, Stop};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use vesemir_core::config::Config;
-use vesemir_core::store::{ClaimedDeployment, Store, StoreError};
-use vesemir_model::deployment::{Amount, DeploymentState, ExecutorKind, Strategy};
+use vesemir_core::plan;
+use vesemir_core::store::{ClaimedDeployment, PlannedHost, Rollback, Store, StoreError};
+use vesemir_model::deployment::{DeploymentState, ExecutorKind, HostState, OnFailure, Strategy};
 use vesemir_model::event::Event;
 
 /// What the consumer should do with the message once the deployment is handled.
@@ -51,8 +52,9 @@ impl Runner {
         // read every line.
         pump.finish(logs).await;
         let settled = match result {
-            Ok(Finished(state, error)) => {
-                self.store.finish(claim.id, &claim.token, state, error.as_deref()).await.map(|stored| {
+            Ok(Finished(state, error, rollback)) => {
+                let finish = self.store.finish(claim.id, &claim.token, state, error.as_deref(), rollback.as_deref());
+                finish.await.map(|stored| {
                     if stored {
                         tracing::info!(%state, "deployment finished");
                     } else {
@@ -114,28 +116,30 @@ impl Runner {
                 Ok(found) => found,
                 Err(e) => return Ok(failed(logs, format!("discovery failed: {e}")).await),
             };
-            let message = match request.strategy.unwrap_or(service.strategy) {
+            let strategy = request.strategy.unwrap_or(service.strategy);
+            let found = found.into_iter().map(|h| PlannedHost::new(&h.name, &h.address)).collect();
+            hosts = self
+                .store
+                .plan_hosts(claim.id, &plan::plan(found, strategy, request.concurrency, request.canary))
+                .await?;
+            let message = match strategy {
                 Strategy::Waves => {
-                    hosts = self
-                        .store
-                        .plan_hosts(claim.id, &plan_waves(found, request.concurrency, request.canary))
-                        .await?;
                     let waves = hosts.iter().map(|h| h.wave).max().map_or(0, |w| w + 1);
                     format!("discovered {} hosts in {waves} waves", hosts.len())
                 }
                 Strategy::Window => {
-                    // A host's wave is its place in the order the window takes them.
-                    hosts = self.store.plan_hosts(claim.id, &plan_waves(found, Amount::Count(1), false)).await?;
                     let width = request.concurrency.of(hosts.len()).max(1);
                     format!("discovered {} hosts, to roll {width} at a time", hosts.len())
                 }
             };
             logs.system(None, message).await;
+        } else if let (Some(of), false) = (claim.rollback_of, hosts.iter().any(|h| h.state != HostState::Pending)) {
+            logs.system(None, format!("rolling back {} hosts of deployment {of}", hosts.len())).await;
         } else {
             logs.system(None, format!("resuming with {} stored hosts", hosts.len())).await;
         }
         if request.dry_run {
-            return Ok(Finished(DeploymentState::Planned, None));
+            return Ok(Finished(DeploymentState::Planned, None, None));
         }
 
         let playbook = match Playbook::load(&self.config.worker.playbooks_dir, &service.playbook) {
@@ -172,13 +176,18 @@ impl Runner {
         Ok(match rollout.run(executor, hosts).await? {
             Outcome::Succeeded => {
                 logs.system(None, "deployment succeeded").await;
-                Finished(DeploymentState::Succeeded, None)
+                Finished(DeploymentState::Succeeded, None, None)
             }
             Outcome::Failed(message) => {
                 logs.system(None, format!("deployment failed: {message}")).await;
-                Finished(DeploymentState::Failed, Some(message))
+                if request.on_failure.unwrap_or(service.on_failure) == OnFailure::Rollback {
+                    let strategy = request.strategy.unwrap_or(service.strategy);
+                    self.plan_rollback(claim, &playbook, strategy, logs, message).await?
+                } else {
+                    Finished(DeploymentState::Failed, Some(message), None)
+                }
             }
-            Outcome::Cancelled(message) => Finished(DeploymentState::Cancelled, Some(message)),
+            Outcome::Cancelled(message) => Finished(DeploymentState::Cancelled, Some(message), None),
             Outcome::Interrupted => {
                 logs.system(None, "stopping: hosts in flight finished, the rest is left for another worker").await;
                 Interrupted
@@ -190,12 +199,38 @@ impl Runner {
 /// A deployment that cannot go on: the reason goes to its log and becomes its error.
 async fn failed(logs: &LogSink, message: String) -> Step {
     logs.system(None, &message).await;
-    Finished(DeploymentState::Failed, Some(message))
+    Finished(DeploymentState::Failed, Some(message), None)
+}
+
+impl Runner {
+    /// The rollback of a failed deployment: every host it changed (succeeded, or
+    /// failed after a step that runs a command) back to the version it had.
+    async fn plan_rollback(
+        &self,
+        claim: &ClaimedDeployment,
+        playbook: &Playbook,
+        strategy: Strategy,
+        logs: &LogSink,
+        message: String,
+    ) -> Result<Step, StoreError> {
+        let targets = self.store.rollback_targets(claim.id, Some(&playbook.changing_steps())).await?;
+        Ok(match Rollback::plan(claim.id, &claim.request, targets, None, strategy) {
+            Ok(rollback) => {
+                logs.system(None, format!("rolling back the {} hosts it changed", rollback.hosts.len())).await;
+                Finished(DeploymentState::Failed, Some(message), Some(Box::new(rollback)))
+            }
+            Err(nothing) => {
+                logs.system(None, format!("no rollback: {nothing}")).await;
+                Finished(DeploymentState::Failed, Some(format!("{message}; nothing to roll back: {nothing}")), None)
+            }
+        })
+    }
 }
 
 /// Where `run_claimed` left the deployment.
 enum Step {
-    Finished(DeploymentState, Option<String>),
+    /// Its state, its error, and for a failure to roll back, the rollback.
+    Finished(DeploymentState, Option<String>, Option<Box<Rollback>>),
     Interrupted,
 }
 use Step::{Finished, Interrupted};

@@ -122,6 +122,12 @@ impl Playbook {
             .max(1)
     }
 
+    /// The steps that change a host (they run a command on it): a host that failed
+    /// after starting one of them may no longer be on its earlier version.
+    pub fn changing_steps(&self) -> Vec<String> {
+        self.steps.iter().filter(|step| matches!(step.action, Action::Run { .. })).map(|s| s.name.clone()).collect()
+    }
+
     /// Checks every command of the playbook as the service's templates expand it.
     pub fn check(&self, service_name: &str, service: &ServiceConfig) -> Result<(), PlaybookError> {
         for step in &self.steps {

@@ -4,7 +4,6 @@
 //! A rollout can be resumed: hosts that already finished are left alone, and a host
 //! that was running when its worker died is run again from its first step.
 
-use crate::discovery::DiscoveredHost;
 use crate::executor::{Executor, HostJob, HostReport, Journal, Release};
 use crate::lease::Fence;
 use crate::ledger::{Holder, Ledger};
@@ -14,26 +13,9 @@ use futures_util::stream::FuturesUnordered;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use tokio::sync::watch;
-use vesemir_core::store::{PlannedHost, RunHost, StoreError};
+use vesemir_core::store::{RunHost, StoreError};
 use vesemir_model::deployment::{Amount, Counters, HostState, Strategy};
 use vesemir_model::event::Event;
-
-/// Orders hosts by name and cuts them into waves of `concurrency` (at least one host);
-/// with `canary`, the first host goes alone in a wave of its own.
-pub fn plan_waves(mut hosts: Vec<DiscoveredHost>, concurrency: Amount, canary: bool) -> Vec<PlannedHost> {
-    hosts.sort_by(|a, b| a.name.cmp(&b.name));
-    hosts.dedup_by(|a, b| a.name == b.name);
-    let per_wave = concurrency.of(hosts.len()).max(1);
-    let alone = usize::from(canary && !hosts.is_empty());
-    hosts
-        .into_iter()
-        .enumerate()
-        .map(|(i, h)| {
-            let wave = if i < alone { 0 } else { alone + (i - alone) / per_wave };
-            PlannedHost { name: h.name, address: h.address, wave: wave as i32 }
-        })
-        .collect()
-}
 
 /// The failure threshold: how many failed or unreachable hosts are tolerated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

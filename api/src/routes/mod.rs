@@ -3,6 +3,7 @@ pub mod deployments;
 pub mod health;
 pub mod inventory;
 pub mod openapi;
+pub mod rollback;
 
 use crate::error::ApiError;
 use axum::response::Response;

@@ -30,6 +30,7 @@ use vesemir_model::api::ErrorBody;
         crate::events::events,
         super::deployments::cancel,
         super::deployments::retry,
+        super::rollback::roll_back,
         super::inventory::hosts,
         super::admin::list_tokens,
         super::admin::create_token,
@@ -44,7 +45,7 @@ use vesemir_model::api::ErrorBody;
     modifiers(&BearerAuth, &CommonRefusals),
     security(("bearerAuth" = [])),
     tags(
-        (name = "deployments", description = "Submit, read, follow, cancel and retry deployments."),
+        (name = "deployments", description = "Submit, read, follow, cancel, retry and roll back deployments."),
         (name = "hosts", description = "What runs where: each host's version and load-balancer state."),
         (name = "admin", description = "Tokens and the audit trail: admin tokens without a scope only."),
         (name = "health", description = "Probes and metrics: no token needed."),

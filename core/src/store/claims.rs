@@ -5,7 +5,7 @@
 //! deployment) is fenced by the claim token, so a worker that lost its lease cannot
 //! act on a deployment another worker has taken over.
 
-use super::NewLogLine;
+use super::{NewLogLine, Rollback};
 use super::{Store, StoreError, is_unique_violation, parse};
 use chrono::{DateTime, Utc};
 use std::time::Duration;
@@ -20,6 +20,8 @@ use vesemir_model::event::Event;
 pub struct ClaimedDeployment {
     pub id: Uuid,
     pub request: DeploymentRequest,
+    /// The deployment this one rolls back.
+    pub rollback_of: Option<Uuid>,
     /// Unique to this claim: two deliveries of one id in one worker are two claims.
     pub token: String,
 }
@@ -45,12 +47,22 @@ pub enum Claim {
     Missing,
 }
 
-/// A discovered host with its place in the rollout.
+/// A host to roll, with its place in the rollout (see [`crate::plan`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlannedHost {
     pub name: String,
     pub address: String,
     pub wave: i32,
+    /// The version it goes to, when not the deployment's (a rollback's hosts each
+    /// return to their own).
+    pub version: Option<String>,
+}
+
+impl PlannedHost {
+    /// A host in the first wave, to the deployment's version.
+    pub fn new(name: &str, address: &str) -> Self {
+        Self { name: name.to_owned(), address: address.to_owned(), wave: 0, version: None }
+    }
 }
 
 /// A stored host as the rollout sees it when it (re)starts.
@@ -60,6 +72,8 @@ pub struct RunHost {
     pub address: String,
     pub wave: i32,
     pub state: HostState,
+    /// The version it goes to, when not the deployment's.
+    pub version: Option<String>,
     /// Where Vesemir last meant the host's server to be in the load balancers
     /// recorded before each change; None if untouched. A host found `running` by a
     /// new holder may be out of rotation by this much.
@@ -71,7 +85,7 @@ impl Store {
     /// deployment, if its target is free and no deployment of that target was
     /// submitted before it and still waits.
     pub async fn claim(&self, id: Uuid, token: &str, lease_seconds: u64) -> Result<Claim, StoreError> {
-        let claimed = sqlx::query_as::<_, (sqlx::types::Json<StoredRequest>,)>(concat!(
+        let claimed = sqlx::query_as::<_, (sqlx::types::Json<StoredRequest>, Option<Uuid>)>(concat!(
             "UPDATE deployments SET worker_id = $2, \
                  lease_expires_at = now() + make_interval(secs => $3), \
                  state = CASE WHEN state = 'queued' THEN 'running' ELSE state END, \
@@ -84,7 +98,7 @@ impl Store {
                      AND other.id <> deployments.id AND ",
             blocks_target!("other"),
             " AND (other.state <> 'queued' OR other.queue_seq < deployments.queue_seq))) \
-             RETURNING request",
+             RETURNING request, rollback_of",
         ))
         .bind(id)
         .bind(token)
@@ -92,10 +106,11 @@ impl Store {
         .fetch_optional(&self.pool)
         .await;
         match claimed {
-            Ok(Some((request,))) => {
+            Ok(Some((request, rollback_of))) => {
                 return Ok(Claim::Claimed(Box::new(ClaimedDeployment {
                     id,
                     request: request.0.0,
+                    rollback_of,
                     token: token.to_owned(),
                 })));
             }
@@ -126,7 +141,7 @@ impl Store {
                 let state: DeploymentState = parse(&state)?;
                 let remaining = Duration::from_secs_f64(remaining.unwrap_or(0.0));
                 match (holder, until) {
-                    _ if state.is_final() => Claim::Finished(state),
+                    _ if state.is_rolled_out() => Claim::Finished(state),
                     (None, _) if state == DeploymentState::Queued && behind.is_some() => {
                         Claim::Waiting { behind: behind.unwrap_or_default() }
                     }
@@ -178,42 +193,61 @@ impl Store {
     /// A deployment whose cancel was accepted ends `cancelled`, whatever its rollout
     /// concluded: a cancel that lands after the rollout's last look still wins, so
     /// the final state always agrees with `cancelled_by`.
+    ///
+    /// A failed deployment given a `rollback` ends `rolling_back`, and the rollback is
+    /// stored and queued in the same transaction, first in its target's queue. A
+    /// rollback that ends settles the deployment it undid: `rolled_back` when it
+    /// succeeded, else an automatic one's `failed`.
     pub async fn finish(
         &self,
         id: Uuid,
         token: &str,
         state: DeploymentState,
         error: Option<&str>,
+        rollback: Option<&Rollback>,
     ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let ended: Option<(String, String, String, Option<String>)> = sqlx::query_as(
+        type Ended = (String, String, String, Option<String>, String, i64, Option<Uuid>);
+        let ended: Option<Ended> = sqlx::query_as(
             "UPDATE deployments SET \
-                 state = CASE WHEN state = 'cancelling' AND $3 <> 'planned' THEN 'cancelled' ELSE $3 END, \
+                 state = CASE WHEN state = 'cancelling' AND $3 <> 'planned' THEN 'cancelled' \
+                              WHEN $3 = 'failed' AND $5 THEN 'rolling_back' ELSE $3 END, \
                  error = CASE WHEN state = 'cancelling' AND $3 NOT IN ('cancelled', 'planned') \
                      THEN 'cancelled by ' || cancelled_by || COALESCE('; ' || $4, ' after every host had finished') \
                      ELSE $4 END, \
                  finished_at = now(), worker_id = NULL, lease_expires_at = NULL \
              WHERE id = $1 AND worker_id = $2 \
-             RETURNING service, cluster, state, error",
+             RETURNING service, cluster, state, error, requested_by, queue_seq, rollback_of",
         )
         .bind(id)
         .bind(token)
         .bind(state.as_str())
         .bind(error)
+        .bind(rollback.is_some())
         .fetch_optional(&mut *tx)
         .await?;
-        let Some((service, cluster, state, error)) = ended else {
+        let Some((service, cluster, state, error, requested_by, queue_seq, rollback_of)) = ended else {
             return Ok(false);
         };
         let state: DeploymentState = parse(&state)?;
         // The last event of the stream, committed with the state it announces.
-        let line = match &error {
+        let mut line = match &error {
             Some(error) => format!("deployment {state}: {error}"),
             None => format!("deployment {state}"),
         };
+        if let (DeploymentState::RollingBack, Some(rollback)) = (state, rollback) {
+            let by = super::rollback::insert(&mut tx, rollback, &requested_by, Some(queue_seq)).await?;
+            line.push_str(&format!("; rolled back by deployment {by}"));
+            let detail =
+                serde_json::json!({ "rollback_of": id, "version": rollback.request.version, "automatic": true });
+            super::access::audit(&mut tx, &requested_by, "rollback", Some(by), detail).await?;
+        }
         let event = Event::State { state, error: error.clone() };
         let last = NewLogLine { host: None, stream: LogStream::System, line, at: Utc::now(), event: Some(event) };
         super::logs::append(&mut tx, id, &[last]).await?;
+        if let Some(undone) = rollback_of {
+            settle_undone(&mut tx, undone, id, state).await?;
+        }
         wake_next(&mut tx, &service, &cluster).await?;
         tx.commit().await?;
         Ok(true)
@@ -225,19 +259,22 @@ impl Store {
         let names: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
         let addresses: Vec<&str> = hosts.iter().map(|h| h.address.as_str()).collect();
         let waves: Vec<i32> = hosts.iter().map(|h| h.wave).collect();
+        let versions: Vec<Option<&str>> = hosts.iter().map(|h| h.version.as_deref()).collect();
         let mut tx = self.pool.begin().await?;
         let (existing,): (i64,) =
             sqlx::query_as("SELECT count(*) FROM hosts WHERE deployment_id = $1").bind(id).fetch_one(&mut *tx).await?;
         if existing == 0 {
             sqlx::query(
-                "INSERT INTO hosts (deployment_id, name, address, wave, position) \
-                 SELECT $1, t.name, t.address, t.wave, t.ord - 1 \
-                 FROM unnest($2::text[], $3::text[], $4::int[]) WITH ORDINALITY AS t(name, address, wave, ord)",
+                "INSERT INTO hosts (deployment_id, name, address, wave, version, position) \
+                 SELECT $1, t.name, t.address, t.wave, t.version, t.ord - 1 \
+                 FROM unnest($2::text[], $3::text[], $4::int[], $5::text[]) \
+                     WITH ORDINALITY AS t(name, address, wave, version, ord)",
             )
             .bind(id)
             .bind(&names)
             .bind(&addresses)
             .bind(&waves)
+            .bind(&versions)
             .execute(&mut *tx)
             .await?;
         }
@@ -247,16 +284,18 @@ impl Store {
 
     /// The stored hosts of a deployment, in rollout order.
     pub async fn run_hosts(&self, id: Uuid) -> Result<Vec<RunHost>, StoreError> {
-        let rows: Vec<(String, String, i32, String, Option<String>)> = sqlx::query_as(
-            "SELECT name, address, wave, state, load_balancer FROM hosts WHERE deployment_id = $1 ORDER BY position",
+        type Row = (String, String, i32, String, Option<String>, Option<String>);
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT name, address, wave, state, version, load_balancer FROM hosts \
+             WHERE deployment_id = $1 ORDER BY position",
         )
         .bind(id)
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter()
-            .map(|(name, address, wave, state, load_balancer)| {
+            .map(|(name, address, wave, state, version, load_balancer)| {
                 let load_balancer = load_balancer.as_deref().map(parse).transpose()?;
-                Ok(RunHost { name, address, wave, state: parse(&state)?, load_balancer })
+                Ok(RunHost { name, address, wave, state: parse(&state)?, version, load_balancer })
             })
             .collect()
     }
@@ -439,6 +478,39 @@ impl Store {
         .await?;
         Ok(())
     }
+}
+
+/// Ends the deployment a rollback undid, as the rollback ended: `rolled_back` when it
+/// succeeded; otherwise an automatic rollback's deployment ends `failed`, and one a
+/// person asked for stays as it was.
+async fn settle_undone(
+    conn: &mut sqlx::PgConnection,
+    undone: Uuid,
+    rollback: Uuid,
+    ended: DeploymentState,
+) -> Result<(), StoreError> {
+    let settled: Option<(String, Option<String>)> = sqlx::query_as(
+        "UPDATE deployments SET \
+             state = CASE WHEN $3 = 'succeeded' THEN 'rolled_back' ELSE 'failed' END, \
+             error = CASE WHEN $3 = 'succeeded' THEN error \
+                          ELSE COALESCE(error || '; ', '') || 'its rollback ' || $2 || ' ended ' || $3 END \
+         WHERE id = $1 AND (state = 'rolling_back' OR ($3 = 'succeeded' AND state IN ('succeeded', 'failed', 'cancelled'))) \
+         RETURNING state, error",
+    )
+    .bind(undone)
+    .bind(rollback.to_string())
+    .bind(ended.as_str())
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((state, error)) = settled else { return Ok(()) };
+    let state: DeploymentState = parse(&state)?;
+    let line = match state {
+        DeploymentState::RolledBack => format!("deployment rolled_back: deployment {rollback} returned its hosts"),
+        _ => format!("deployment {state}: {}", error.clone().unwrap_or_default()),
+    };
+    let event = Event::State { state, error };
+    let last = NewLogLine { host: None, stream: LogStream::System, line, at: Utc::now(), event: Some(event) };
+    super::logs::append(conn, undone, &[last]).await
 }
 
 /// Queues again the oldest deployment waiting for a target, inside the caller's

@@ -124,6 +124,11 @@ impl Store {
         if !state.is_final() {
             return Ok(RetryPlan::Refused(format!("deployment {id} is still {state}: cancel it or let it end first")));
         }
+        if matches!(state, DeploymentState::RolledBack) {
+            return Ok(RetryPlan::Refused(format!(
+                "deployment {id} was rolled back: submit its version again if you still want it"
+            )));
+        }
         if state == DeploymentState::Planned {
             return Ok(RetryPlan::Refused(format!("deployment {id} is a dry run: submit it for real instead")));
         }

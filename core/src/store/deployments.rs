@@ -52,6 +52,8 @@ struct DeploymentRow {
     cancelled_by: Option<String>,
     retry_of: Option<Uuid>,
     attempt: i32,
+    rollback_of: Option<Uuid>,
+    rolled_back_by: Option<Uuid>,
     error: Option<String>,
     created_at: DateTime<Utc>,
     started_at: Option<DateTime<Utc>>,
@@ -61,8 +63,10 @@ struct DeploymentRow {
 
 macro_rules! deployment_columns {
     () => {
-        "id, service, cluster, version, request, state, requested_by, cancelled_by, retry_of, attempt, error, \
-         created_at, started_at, finished_at, lb_errors"
+        "id, service, cluster, version, request, state, requested_by, cancelled_by, retry_of, attempt, rollback_of, \
+         (SELECT r.id FROM deployments r WHERE r.rollback_of = deployments.id ORDER BY r.queue_seq DESC LIMIT 1) \
+             AS rolled_back_by, \
+         error, created_at, started_at, finished_at, lb_errors"
     };
 }
 
@@ -78,6 +82,8 @@ impl DeploymentRow {
             cancelled_by: self.cancelled_by,
             retry_of: self.retry_of,
             attempt: self.attempt,
+            rollback_of: self.rollback_of,
+            rolled_back_by: self.rolled_back_by,
             created_at: self.created_at,
             started_at: self.started_at,
             finished_at: self.finished_at,
@@ -94,6 +100,7 @@ impl DeploymentRow {
 struct HostRow {
     name: String,
     address: String,
+    version: String,
     wave: i32,
     state: String,
     error: Option<String>,
@@ -180,6 +187,8 @@ impl Store {
                 cancelled_by: None,
                 retry_of: new.retry_of.map(|(of, _)| of),
                 attempt: new.retry_of.map_or(1, |(_, attempt)| attempt),
+                rollback_of: None,
+                rolled_back_by: None,
                 created_at,
                 started_at: None,
                 finished_at: None,
@@ -218,8 +227,10 @@ impl Store {
         let Some(row) = row else { return Ok(None) };
 
         let host_rows: Vec<HostRow> = sqlx::query_as(
-            "SELECT name, address, wave, state, error, load_balancer, started_at, finished_at, lb_errors \
-             FROM hosts WHERE deployment_id = $1 ORDER BY position",
+            "SELECT h.name, h.address, COALESCE(h.version, d.version) AS version, h.wave, h.state, h.error, \
+                 h.load_balancer, h.started_at, h.finished_at, h.lb_errors \
+             FROM hosts h JOIN deployments d ON d.id = h.deployment_id \
+             WHERE h.deployment_id = $1 ORDER BY h.position",
         )
         .bind(id)
         .fetch_all(&self.pool)
@@ -252,6 +263,7 @@ impl Store {
                 steps: steps.remove(&h.name).unwrap_or_default(),
                 name: h.name,
                 address: h.address,
+                version: h.version,
                 wave: h.wave,
                 state,
                 started_at: h.started_at,

@@ -25,7 +25,7 @@ impl Store {
         let rows: Vec<RecordRow> = sqlx::query_as(
             "WITH started AS ( \
                  SELECT h.name, h.address, h.state, h.load_balancer, h.started_at, h.finished_at, \
-                        d.id, d.version \
+                        d.id, COALESCE(h.version, d.version) AS version \
                  FROM deployments d JOIN hosts h ON h.deployment_id = d.id \
                  WHERE d.service = $1 AND d.cluster = $2 AND h.started_at IS NOT NULL), \
              latest AS (SELECT DISTINCT ON (name) * FROM started ORDER BY name, started_at DESC), \

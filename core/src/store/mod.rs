@@ -50,12 +50,14 @@ mod deployments;
 mod inventory;
 mod logs;
 mod outbox;
+mod rollback;
 
 pub use claims::{Claim, ClaimedDeployment, PlannedHost, RunHost};
 pub use control::{Cancel, RetryPlan};
 pub use deployments::{Gauges, ListFilter, NewDeployment, Submitted};
 pub use logs::{EVENTS_CHANNEL, NewLogLine};
 pub use outbox::{OutboxBatch, Pending};
+pub use rollback::{NothingToRollBack, Rollback, RollbackTarget, Undoable};
 
 use crate::config::DatabaseConfig;
 use sqlx::PgPool;

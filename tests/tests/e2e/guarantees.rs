@@ -136,7 +136,7 @@ async fn a_cancel_that_lands_as_the_rollout_ends_ends_it_cancelled() {
     // then the cancel was accepted, before the outcome was stored.
     let cancel = app.client.post(app.url(&format!("/v1/deployments/{id}/cancel"))).send().await.unwrap();
     assert_eq!(cancel.status(), 202);
-    assert!(store.finish(uuid, "worker/1", DeploymentState::Succeeded, None).await.unwrap());
+    assert!(store.finish(uuid, "worker/1", DeploymentState::Succeeded, None, None).await.unwrap());
 
     let done = app.deployment(&id).await.unwrap();
     assert_eq!(done.state, DeploymentState::Cancelled, "{done:#?}");
@@ -195,7 +195,12 @@ async fn left_by_a_dead_worker(app: &TestApp, fleet: &Fleet, lb: &Haproxy, reque
         .hosts
         .iter()
         .enumerate()
-        .map(|(wave, (name, address))| PlannedHost { name: name.clone(), address: address.clone(), wave: wave as i32 })
+        .map(|(wave, (name, address))| PlannedHost {
+            name: name.clone(),
+            address: address.clone(),
+            wave: wave as i32,
+            version: None,
+        })
         .collect();
     store.plan_hosts(uuid, &planned).await.unwrap();
     assert!(store.start_host(uuid, dead, "vm-01").await.unwrap());

@@ -1,4 +1,4 @@
-//! The release lifecycle: what runs where.
+//! The release lifecycle: what runs where, and rolling back.
 
 use serde_json::json;
 use std::time::Duration;
@@ -70,6 +70,61 @@ async fn the_hosts_view_shows_each_hosts_version_and_drift_after_a_partial_deplo
     let scoped = client_with(&app.scoped_token("billing-ci", Role::Deployer, other).await.unwrap());
     assert_eq!(scoped.get(app.url(HOSTS)).send().await.unwrap().status().as_u16(), 403);
     let (status, _) = app.get_json("/v1/services/nothing/clusters/sandbox/hosts").await.unwrap();
+    assert_eq!(status, 404);
+    app.shut_down().await;
+}
+
+async fn cli(app: &TestApp, args: &[&str]) -> (Option<i32>, String) {
+    let output = tokio::process::Command::new(vesemir_tests::cli_binary())
+        .args(["--api", &app.base, "--token", &app.admin_token])
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    (output.status.code(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vesemir_rollback_returns_every_host_to_the_version_it_had_before() {
+    let fleet = Fleet::up(3).unwrap();
+    let app = TestApp::start(Some(&fleet), Setup::default()).await.unwrap();
+    let (_, state) = deploy(&app, "1.0.0", &[]).await;
+    assert_eq!(state, DeploymentState::Succeeded);
+    let (_, state) = deploy(&app, "1.1.0", &["vm-03"]).await;
+    assert_eq!(state, DeploymentState::Succeeded);
+    let (second, state) = deploy(&app, "2.0.0", &[]).await;
+    assert_eq!(state, DeploymentState::Succeeded);
+
+    let (code, out) = cli(&app, &["rollback", "demo", "sandbox", "--wait"]).await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains(&format!("rollback of deployment {second}")), "{out}");
+    assert!(out.lines().any(|l| l.contains("vm-03") && l.contains("1.1.0")), "each host's own version: {out}");
+
+    // Each host is back where it was: vm-03 on its own earlier version.
+    for (name, version) in [("vm-01", "1.0.0"), ("vm-02", "1.0.0"), ("vm-03", "1.1.0")] {
+        assert_eq!(fleet.served_version(name).await.unwrap(), version, "{name}");
+    }
+    let undone = app.deployment(&second).await.unwrap();
+    assert_eq!(undone.state, DeploymentState::RolledBack, "{undone:#?}");
+    let view: Inventory = app.get(HOSTS).await.unwrap();
+    let versions: Vec<(&str, Option<&str>)> =
+        view.hosts.iter().map(|h| (h.name.as_str(), h.version.as_deref())).collect();
+    assert_eq!(versions, [("vm-01", Some("1.0.0")), ("vm-02", Some("1.0.0")), ("vm-03", Some("1.1.0"))]);
+
+    // The next rollback undoes the deployment before, all of them to a version asked for.
+    let (code, out) = cli(&app, &["rollback", "demo", "sandbox", "--to", "0.9.0", "--wait"]).await;
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(fleet.served_version("vm-03").await.unwrap(), "0.9.0");
+    // With nothing earlier on record, there is nothing to go back to: said, not guessed.
+    let (status, body) = app.post_json("/v1/services/demo/clusters/sandbox/rollback", &json!({})).await.unwrap();
+    assert_eq!(status, 409, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("earlier version"), "{body}");
+    // A version that is not one is refused; so is a target nobody configured.
+    let (status, _) =
+        app.post_json("/v1/services/demo/clusters/sandbox/rollback", &json!({"to": "$(id)"})).await.unwrap();
+    assert_eq!(status, 400);
+    let (status, _) = app.post_json("/v1/services/nothing/clusters/sandbox/rollback", &json!({})).await.unwrap();
     assert_eq!(status, 404);
     app.shut_down().await;
 }

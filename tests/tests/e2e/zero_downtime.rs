@@ -85,9 +85,19 @@ struct UnderLoad {
 }
 
 async fn roll_under_load(request: Value) -> UnderLoad {
+    roll_under_load_after(&[], request).await
+}
+
+/// The same, once each of `earlier` has succeeded (before the load starts).
+async fn roll_under_load_after(earlier: &[Value], request: Value) -> UnderLoad {
     let fleet = Fleet::up(6).unwrap();
     let lb = Haproxy::start(&fleet).unwrap();
     let app = TestApp::start(Some(&fleet), balanced(vec![lb.over_tcp("lb-1")])).await.unwrap();
+    for earlier in earlier {
+        let id = app.deploy(earlier).await.unwrap();
+        let done = app.wait_final(&id, FINISH).await.unwrap();
+        assert_eq!(done.state, DeploymentState::Succeeded, "{done:#?}");
+    }
     let load = Load::start(&lb.frontend, CLIENTS);
     let sampler = Sampler::start(&lb, names(&fleet));
     settle().await;
@@ -152,6 +162,47 @@ async fn a_window_under_load_drops_no_request() {
     assert_eq!(done.lb_errors.map(|c| c.total()), Some(0), "{:?}", done.lb_errors);
     assert!(done.hosts().iter().all(|h| h.lb_errors.is_none()), "{done:#?}");
     eprintln!("window: {} requests, {} failed, at most {} out", load.ok, load.failed, samples.most_out);
+    app.shut_down().await;
+}
+
+/// A release whose health check fails, with `on_failure = "rollback"`: its first two
+/// waves fail (max_failures 2 of 6), the third never starts, and the rollback returns
+/// the four VMs it changed to the version before, through the same drain, under load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_release_is_rolled_back_under_load_dropping_no_request() {
+    let mut broken = rolling("broken-13", "native");
+    broken["on_failure"] = json!("rollback");
+    broken["max_failures"] = json!(2);
+    let UnderLoad { fleet, lb, app, id, done, load, samples, .. } =
+        roll_under_load_after(&[rolling("13.0.0", "native")], broken).await;
+
+    assert_eq!(done.state, DeploymentState::RolledBack, "{done:#?}");
+    let states: Vec<HostState> = done.hosts().iter().map(|h| h.state).collect();
+    assert_eq!(states.iter().filter(|s| **s == HostState::Failed).count(), 4, "{states:?}");
+    assert_eq!(states.iter().filter(|s| **s == HostState::Skipped).count(), 2, "{states:?}");
+    let rollback = app.deployment(&done.rolled_back_by.expect("linked to its rollback").to_string()).await.unwrap();
+    assert_eq!(rollback.state, DeploymentState::Succeeded, "{rollback:#?}");
+    assert_eq!(rollback.rollback_of, Some(done.id));
+    assert_eq!((rollback.version.as_str(), rollback.hosts().len()), ("13.0.0", 4), "{rollback:#?}");
+    for host in rollback.hosts() {
+        assert_eq!((host.version.as_str(), host.state), ("13.0.0", HostState::Succeeded), "{host:?}");
+        assert_eq!(host.load_balancer, Some(AdminState::Ready), "{host:?}");
+    }
+
+    assert_eq!(load.failed, 0, "requests failed during the rollout and its rollback: {:?}", load.examples);
+    // A host that fails its health check stays out until its rollback puts it back:
+    // never more out than the four the broken release reached.
+    assert!(samples.most_out <= 4, "{} servers were out of rotation at once", samples.most_out);
+    assert_all_back_at_full_weight(&lb, &fleet).await;
+    for (name, _) in &fleet.hosts {
+        assert_eq!(fleet.served_version(name).await.unwrap(), "13.0.0", "{name}");
+    }
+    assert_eq!(rollback.lb_errors.map(|c| c.total()), Some(0), "{:?}", rollback.lb_errors);
+    let logs = app.logs(&id).await.unwrap();
+    let said = |text: &str| logs.iter().any(|l| l.line.contains(text));
+    assert!(said(&format!("rolled back by deployment {}", rollback.id)), "{logs:#?}");
+    assert!(said("deployment rolled_back"), "{logs:#?}");
+    eprintln!("rollback: {} requests, {} failed, at most {} out", load.ok, load.failed, samples.most_out);
     app.shut_down().await;
 }
 

@@ -59,7 +59,7 @@ pub fn host_argv(lock: &str, timeout_seconds: u64, shell: Shell, command: &Shell
 /// The values a host's templates may use, by name.
 pub fn values(job: &HostJob<'_>) -> Values {
     let mut values = Values::from([
-        ("version".to_owned(), job.release.request.version.clone()),
+        ("version".to_owned(), job.version().to_owned()),
         ("service".to_owned(), job.release.request.service.clone()),
         ("cluster".to_owned(), job.release.request.cluster.clone()),
         ("deployment_id".to_owned(), job.release.deployment_id.to_string()),
@@ -108,6 +108,13 @@ pub struct Release<'a> {
 pub struct HostJob<'a> {
     pub release: Release<'a>,
     pub host: &'a RunHost,
+}
+
+impl HostJob<'_> {
+    /// The version this host goes to: its own in a rollback, else the deployment's.
+    pub fn version(&self) -> &str {
+        self.host.version.as_deref().unwrap_or(&self.release.request.version)
+    }
 }
 
 /// How one host ended.

@@ -17,35 +17,6 @@ use uuid::Uuid;
 use vesemir_core::config::Config;
 use vesemir_model::deployment::{DeploymentRequest, StepState, Strategy};
 
-fn hosts(names: &[&str]) -> Vec<DiscoveredHost> {
-    names.iter().map(|n| DiscoveredHost { name: (*n).into(), address: format!("10.0.0.{}", n.len()) }).collect()
-}
-
-fn waves(planned: &[PlannedHost]) -> Vec<(&str, i32)> {
-    planned.iter().map(|h| (h.name.as_str(), h.wave)).collect()
-}
-
-#[test]
-fn hosts_are_ordered_by_name_into_waves_of_concurrency() {
-    let planned = plan_waves(hosts(&["c", "a", "e", "b", "d"]), Amount::Count(2), false);
-    assert_eq!(waves(&planned), [("a", 0), ("b", 0), ("c", 1), ("d", 1), ("e", 2)]);
-}
-
-#[test]
-fn a_percentage_rounds_down_but_never_below_one_host() {
-    let planned = plan_waves(hosts(&["a", "b", "c"]), Amount::Percent(10), false);
-    assert_eq!(waves(&planned), [("a", 0), ("b", 1), ("c", 2)]);
-    let planned = plan_waves(hosts(&["a", "b", "c", "d"]), Amount::Percent(50), false);
-    assert_eq!(waves(&planned), [("a", 0), ("b", 0), ("c", 1), ("d", 1)]);
-}
-
-#[test]
-fn a_canary_goes_first_alone() {
-    let planned = plan_waves(hosts(&["a", "b", "c", "d", "e"]), Amount::Count(2), true);
-    assert_eq!(waves(&planned), [("a", 0), ("b", 1), ("c", 1), ("d", 2), ("e", 2)]);
-    assert!(plan_waves(Vec::new(), Amount::Count(2), true).is_empty());
-}
-
 #[test]
 fn the_threshold_is_exceeded_only_past_max_failures() {
     let none = Threshold::new(Amount::Count(0), 10);
@@ -57,7 +28,7 @@ fn the_threshold_is_exceeded_only_past_max_failures() {
 }
 
 fn run_host(name: &str, state: HostState) -> RunHost {
-    RunHost { name: name.into(), address: "a".into(), wave: 0, state, load_balancer: None }
+    RunHost { name: name.into(), address: "a".into(), wave: 0, state, version: None, load_balancer: None }
 }
 
 #[test]
@@ -211,6 +182,7 @@ fn stored(hosts: &[(&str, i32, HostState)]) -> Arc<MemoryLedger> {
             address: "127.0.0.1".to_owned(),
             wave: *wave,
             state: *state,
+            version: None,
             load_balancer: None,
         })
         .collect();
