@@ -15,6 +15,7 @@ pub mod limit;
 pub mod outbox;
 pub mod routes;
 pub mod validate;
+pub mod webhooks;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -48,6 +49,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("cannot listen on {0}: {1}")]
     Listen(SocketAddr, std::io::Error),
+    #[error("cannot build the webhook client: {0}")]
+    WebhookClient(reqwest::Error),
 }
 
 /// A built API: bound, migrated, ready to serve.
@@ -56,6 +59,7 @@ pub struct App {
     listener: TcpListener,
     router: Router,
     relay: outbox::Relay,
+    notifier: webhooks::Notifier,
     store: Store,
     publisher: Arc<Publisher>,
     hub: Arc<events::Hub>,
@@ -80,15 +84,16 @@ impl App {
         let max_body = config.api.max_body_bytes;
         let hub = events::Hub::new(store.clone());
         let database_url = config.database.url.clone();
-        let state = AppState {
-            config: Arc::new(config),
-            store: store.clone(),
-            publisher: publisher.clone(),
-            nudge,
-            hub: hub.clone(),
-        };
+        let config = Arc::new(config);
+        let notifier = webhooks::Notifier::new(
+            store.clone(),
+            config.clone(),
+            Duration::from_millis(config.api.outbox_interval_ms),
+        )
+        .map_err(StartError::WebhookClient)?;
+        let state = AppState { config, store: store.clone(), publisher: publisher.clone(), nudge, hub: hub.clone() };
         let router = router(state, max_body);
-        Ok(Self { listener, router, relay, store, publisher, hub, database_url })
+        Ok(Self { listener, router, relay, notifier, store, publisher, hub, database_url })
     }
 
     pub fn port(&self) -> u16 {
@@ -99,6 +104,7 @@ impl App {
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let (stop_tx, stop) = watch::channel(false);
         let relay = tokio::spawn(self.relay.run(stop.clone()));
+        let notifier = tokio::spawn(self.notifier.run(stop.clone()));
         let listener = tokio::spawn(self.hub.listen(self.database_url.expose().to_owned(), stop.clone()));
         let served = axum::serve(self.listener, self.router)
             .with_graceful_shutdown(async move {
@@ -107,6 +113,7 @@ impl App {
             })
             .await;
         let _ = relay.await;
+        let _ = notifier.await;
         let _ = listener.await;
         self.publisher.close().await;
         self.store.close().await;
@@ -123,6 +130,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/deployments/{id}/events", get(events::events))
         .route("/v1/deployments/{id}/cancel", axum::routing::post(deployments::cancel))
         .route("/v1/deployments/{id}/retry", axum::routing::post(deployments::retry))
+        .route("/v1/deployments/{id}/deliveries", get(deployments::deliveries))
         .route("/v1/services/{service}/clusters/{cluster}/hosts", get(inventory::hosts))
         .route("/v1/services/{service}/clusters/{cluster}/rollback", axum::routing::post(rollback::roll_back))
         .route("/v1/tokens", get(admin::list_tokens).post(admin::create_token))

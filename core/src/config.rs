@@ -14,6 +14,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use vesemir_model::deployment::{ExecutorKind, OnFailure, Strategy, is_address, is_host_name, is_identifier};
+use vesemir_model::notification::NotificationEvent;
 
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -189,6 +190,36 @@ pub struct ClusterConfig {
     /// Every load balancer in front of the cluster's hosts: each change goes to all.
     #[serde(default)]
     pub load_balancers: Vec<LoadBalancerConfig>,
+    /// Told of every deployment to the cluster, whatever its service.
+    #[serde(default)]
+    pub webhooks: BTreeMap<String, WebhookConfig>,
+}
+
+/// A receiver told when a deployment starts, succeeds, fails, is cancelled or rolled
+/// back: a signed JSON body, delivered with retries from the database.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// An http or https URL.
+    pub url: String,
+    /// The HMAC-SHA256 key that signs every body; at least 16 bytes.
+    pub secret: Secret,
+    /// Only these events; all of them when empty.
+    #[serde(default)]
+    pub events: Vec<NotificationEvent>,
+    /// How long one attempt may take before it counts as failed.
+    #[serde(default = "default_webhook_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+impl WebhookConfig {
+    pub fn wants(&self, event: NotificationEvent) -> bool {
+        self.events.is_empty() || self.events.contains(&event)
+    }
+}
+
+fn default_webhook_timeout_ms() -> u64 {
+    5000
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -327,6 +358,9 @@ pub struct ServiceConfig {
     /// choose otherwise.
     #[serde(default)]
     pub on_failure: OnFailure,
+    /// Told of every deployment of the service.
+    #[serde(default)]
+    pub webhooks: BTreeMap<String, WebhookConfig>,
     #[serde(default = "default_step_timeout")]
     pub step_timeout_seconds: u64,
     /// The shell each command runs in on the host.
@@ -500,6 +534,17 @@ impl Config {
         }
     }
 
+    /// Every webhook told of a deployment of `service` to `cluster`, by its place in
+    /// the configuration.
+    pub fn webhooks_of(&self, service: &str, cluster: &str) -> Vec<(String, &WebhookConfig)> {
+        let services = self.services.get(service).into_iter().flat_map(|s| &s.webhooks);
+        let clusters = self.clusters.get(cluster).into_iter().flat_map(|c| &c.webhooks);
+        services
+            .map(|(hook, config)| (format!("services.{service}.webhooks.{hook}"), config))
+            .chain(clusters.map(|(hook, config)| (format!("clusters.{cluster}.webhooks.{hook}"), config)))
+            .collect()
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key: String, m: String| Err(ConfigError::invalid(key, m));
         for (name, cluster) in &self.clusters {
@@ -546,6 +591,7 @@ impl Config {
                     );
                 }
             }
+            check_webhooks(&cluster.webhooks, &key)?;
             let mut seen = BTreeSet::new();
             for (i, host) in cluster.hosts.iter().enumerate() {
                 if !is_address(&host.address) {
@@ -591,6 +637,7 @@ impl Config {
                 );
             }
             service.check_templates().map_err(|(field, e)| ConfigError::invalid(key(&field), e.to_string()))?;
+            check_webhooks(&service.webhooks, &key)?;
         }
         if self.worker.max_deployments == 0 {
             return invalid("worker.max_deployments".to_owned(), "must be at least 1".to_owned());
@@ -603,6 +650,28 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Webhook names are identifiers; URLs are http(s) with nothing a header or a log line
+/// could be split on; secrets are long enough to sign with.
+fn check_webhooks(hooks: &BTreeMap<String, WebhookConfig>, key: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
+    for (name, hook) in hooks {
+        let at = |field: &str| key(&format!("webhooks.{name}{field}"));
+        if !is_identifier(name) {
+            return Err(ConfigError::invalid(at(""), "a webhook name must match [a-z0-9][a-z0-9._-]*".to_owned()));
+        }
+        let scheme_ok = hook.url.starts_with("http://") || hook.url.starts_with("https://");
+        if !scheme_ok || hook.url.len() > 2048 || hook.url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(ConfigError::invalid(at(".url"), format!("{:?} is not an http or https URL", hook.url)));
+        }
+        if hook.secret.expose().len() < 16 {
+            return Err(ConfigError::invalid(at(".secret"), "must be at least 16 bytes".to_owned()));
+        }
+        if hook.timeout_ms == 0 || hook.timeout_ms > 60_000 {
+            return Err(ConfigError::invalid(at(".timeout_ms"), "must be 1 to 60000".to_owned()));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -640,6 +709,30 @@ mod tests {
     fn unknown_keys_are_refused() {
         let err = Config::parse("[api]\nlisten_on = \"x\"", Path::new(".")).unwrap_err().to_string();
         assert!(err.contains("listen_on"), "{err}");
+    }
+
+    #[test]
+    fn webhooks_of_a_service_and_of_its_cluster_both_hear_of_it_and_bad_ones_are_refused() {
+        let hook = |url: &str, secret: &str| format!("{{ url = \"{url}\", secret = \"{secret}\" }}");
+        let text = format!(
+            "{MINIMAL}\n[services.demo.webhooks]\nchat = {}\n[clusters.sandbox.webhooks]\npager = {}\n",
+            hook("https://hooks.example/a", "0123456789abcdef"),
+            hook("http://127.0.0.1:9/b", "0123456789abcdef")
+        );
+        let config = Config::parse(&text, Path::new(".")).expect("valid");
+        config.validate().expect("valid");
+        let names: Vec<String> = config.webhooks_of("demo", "sandbox").into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["services.demo.webhooks.chat", "clusters.sandbox.webhooks.pager"]);
+        assert!(config.webhooks_of("other", "elsewhere").is_empty());
+        for (url, secret, key) in [
+            ("ftp://x", "0123456789abcdef", "services.demo.webhooks.chat.url"),
+            ("https://a b", "0123456789abcdef", "services.demo.webhooks.chat.url"),
+            ("https://x", "short", "services.demo.webhooks.chat.secret"),
+        ] {
+            let text = format!("{MINIMAL}\n[services.demo.webhooks]\nchat = {}\n", hook(url, secret));
+            let err = Config::parse(&text, Path::new(".")).unwrap().validate().unwrap_err().to_string();
+            assert!(err.contains(key), "{err}");
+        }
     }
 
     #[test]

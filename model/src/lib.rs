@@ -5,6 +5,7 @@
 //!   states, and the rules an identifier must follow.
 //! - [`event`]: the typed lines about a change that the event stream carries.
 //! - [`inventory`]: what runs where: each host's version and load-balancer state.
+//! - [`notification`]: what a webhook is sent, and the log of its deliveries.
 //! - [`access`]: the roles and scopes a token may have, and the audit trail.
 //! - [`api`]: the REST API's pages, errors and health answers.
 //!
@@ -19,3 +20,4 @@ pub mod deployment;
 pub mod event;
 mod fields;
 pub mod inventory;
+pub mod notification;

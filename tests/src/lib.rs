@@ -10,7 +10,7 @@
 //!   [`Process`] runs the real binaries, for faults a process has.
 //!
 //! By concern: `services` (PostgreSQL, RabbitMQ), `fleet`, `app`, `process`; and
-//! `balancing` (HAProxy and load), `chef`, `journal` (hosts' own notes), `proxy`.
+//! `balancing` (HAProxy and load), `chef`, `journal` (hosts' own notes), `proxy`, `receiver` (webhooks).
 //!
 //! Everything a test starts is stopped when its handle drops.
 
@@ -19,6 +19,7 @@ pub mod chef;
 pub mod journal;
 pub mod openapi;
 pub mod proxy;
+pub mod receiver;
 
 mod app;
 mod fleet;

@@ -18,6 +18,7 @@ use vesemir_core::store::{Cancel, ListFilter, NewDeployment, RetryPlan, Submitte
 use vesemir_model::access::{Role, glob};
 use vesemir_model::api::{DeploymentPage, ErrorBody, LogPage};
 use vesemir_model::deployment::{Deployment, DeploymentRequest, DeploymentState, is_host_name, is_identifier};
+use vesemir_model::notification::DeliveryLog;
 
 const DEFAULT_PAGE: i64 = 20;
 const MAX_PAGE: i64 = 100;
@@ -297,4 +298,28 @@ pub async fn retry(State(state): State<AppState>, caller: Caller, DeploymentId(i
     let _ = state.nudge.try_send(deployment.id);
     let location = format!("/v1/deployments/{}", deployment.id);
     Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], axum::Json(deployment)).into_response())
+}
+
+/// A deployment's webhook deliveries
+///
+/// Every notification of the deployment's changes (started, succeeded, failed,
+/// cancelled, rolling_back, rolled_back) to every webhook configured for its service
+/// or cluster: pending ones with their next attempt, delivered ones, and those given
+/// up, with the receiver's last answer.
+#[utoipa::path(
+    get, path = "/v1/deployments/{id}/deliveries", operation_id = "listDeliveries", tag = "deployments",
+    params(DeploymentId),
+    responses(
+        (status = 200, description = "The deliveries, oldest first.", body = DeliveryLog),
+        (status = 400, description = "invalid_id.", body = ErrorBody),
+        (status = 404, response = NotFound),
+    )
+)]
+pub async fn deliveries(State(state): State<AppState>, caller: Caller, DeploymentId(id): DeploymentId) -> Answer {
+    require_scope_of(&state, &caller, id, "reading deliveries").await?;
+    if state.store.deployment_state(id).await?.is_none() {
+        return Err(ApiError::NotFound(format!("deployment {id} does not exist")));
+    }
+    let deliveries = state.store.deliveries(id).await?;
+    Ok(axum::Json(DeliveryLog { deliveries }).into_response())
 }

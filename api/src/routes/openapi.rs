@@ -30,6 +30,7 @@ use vesemir_model::api::ErrorBody;
         crate::events::events,
         super::deployments::cancel,
         super::deployments::retry,
+        super::deployments::deliveries,
         super::rollback::roll_back,
         super::inventory::hosts,
         super::admin::list_tokens,

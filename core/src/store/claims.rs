@@ -256,27 +256,11 @@ impl Store {
     /// Stores the discovered hosts, unless an earlier claim already did (a resumed
     /// deployment keeps its hosts and their progress). Returns the stored hosts.
     pub async fn plan_hosts(&self, id: Uuid, hosts: &[PlannedHost]) -> Result<Vec<RunHost>, StoreError> {
-        let names: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
-        let addresses: Vec<&str> = hosts.iter().map(|h| h.address.as_str()).collect();
-        let waves: Vec<i32> = hosts.iter().map(|h| h.wave).collect();
-        let versions: Vec<Option<&str>> = hosts.iter().map(|h| h.version.as_deref()).collect();
         let mut tx = self.pool.begin().await?;
         let (existing,): (i64,) =
             sqlx::query_as("SELECT count(*) FROM hosts WHERE deployment_id = $1").bind(id).fetch_one(&mut *tx).await?;
         if existing == 0 {
-            sqlx::query(
-                "INSERT INTO hosts (deployment_id, name, address, wave, version, position) \
-                 SELECT $1, t.name, t.address, t.wave, t.version, t.ord - 1 \
-                 FROM unnest($2::text[], $3::text[], $4::int[], $5::text[]) \
-                     WITH ORDINALITY AS t(name, address, wave, version, ord)",
-            )
-            .bind(id)
-            .bind(&names)
-            .bind(&addresses)
-            .bind(&waves)
-            .bind(&versions)
-            .execute(&mut *tx)
-            .await?;
+            insert_hosts(&mut tx, id, hosts).await?;
         }
         tx.commit().await?;
         self.run_hosts(id).await
@@ -478,6 +462,31 @@ impl Store {
         .await?;
         Ok(())
     }
+}
+
+/// Stores a deployment's planned hosts, in their rollout order.
+pub(super) async fn insert_hosts(
+    conn: &mut sqlx::PgConnection,
+    id: Uuid,
+    hosts: &[PlannedHost],
+) -> Result<(), StoreError> {
+    let names: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
+    let addresses: Vec<&str> = hosts.iter().map(|h| h.address.as_str()).collect();
+    let waves: Vec<i32> = hosts.iter().map(|h| h.wave).collect();
+    let versions: Vec<Option<&str>> = hosts.iter().map(|h| h.version.as_deref()).collect();
+    sqlx::query(
+        "INSERT INTO hosts (deployment_id, name, address, wave, version, position) \
+         SELECT $1, t.name, t.address, t.wave, t.version, t.ord - 1 \
+         FROM unnest($2::text[], $3::text[], $4::int[], $5::text[]) WITH ORDINALITY AS t(name, address, wave, version, ord)",
+    )
+    .bind(id)
+    .bind(&names)
+    .bind(&addresses)
+    .bind(&waves)
+    .bind(&versions)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// Ends the deployment a rollback undid, as the rollback ended: `rolled_back` when it

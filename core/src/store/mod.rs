@@ -51,6 +51,7 @@ mod inventory;
 mod logs;
 mod outbox;
 mod rollback;
+mod webhooks;
 
 pub use claims::{Claim, ClaimedDeployment, PlannedHost, RunHost};
 pub use control::{Cancel, RetryPlan};
@@ -58,6 +59,7 @@ pub use deployments::{Gauges, ListFilter, NewDeployment, Submitted};
 pub use logs::{EVENTS_CHANNEL, NewLogLine};
 pub use outbox::{OutboxBatch, Pending};
 pub use rollback::{NothingToRollBack, Rollback, RollbackTarget, Undoable};
+pub use webhooks::{Attempt, DueDelivery};
 
 use crate::config::DatabaseConfig;
 use sqlx::PgPool;

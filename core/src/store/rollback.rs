@@ -223,22 +223,7 @@ pub(super) async fn insert(
     .bind(queue_seq)
     .execute(&mut *conn)
     .await?;
-    let names: Vec<&str> = rollback.hosts.iter().map(|h| h.name.as_str()).collect();
-    let addresses: Vec<&str> = rollback.hosts.iter().map(|h| h.address.as_str()).collect();
-    let waves: Vec<i32> = rollback.hosts.iter().map(|h| h.wave).collect();
-    let versions: Vec<Option<&str>> = rollback.hosts.iter().map(|h| h.version.as_deref()).collect();
-    sqlx::query(
-        "INSERT INTO hosts (deployment_id, name, address, wave, version, position) \
-         SELECT $1, t.name, t.address, t.wave, t.version, t.ord - 1 \
-         FROM unnest($2::text[], $3::text[], $4::int[], $5::text[]) WITH ORDINALITY AS t(name, address, wave, version, ord)",
-    )
-    .bind(id)
-    .bind(&names)
-    .bind(&addresses)
-    .bind(&waves)
-    .bind(&versions)
-    .execute(&mut *conn)
-    .await?;
+    super::claims::insert_hosts(&mut *conn, id, &rollback.hosts).await?;
     let now = Utc::now();
     let lines: Vec<NewLogLine> = rollback
         .notes

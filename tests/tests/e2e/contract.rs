@@ -72,6 +72,7 @@ async fn every_endpoint_answers_as_the_openapi_document_says() {
         (format!("/v1/deployments/{id}"), one),
         (format!("/v1/deployments/{id}/logs"), "/v1/deployments/{id}/logs"),
         (format!("/v1/deployments/{id}/events"), "/v1/deployments/{id}/events"),
+        (format!("/v1/deployments/{id}/deliveries"), "/v1/deployments/{id}/deliveries"),
     ] {
         caller.call(&admin, "GET", &path, documented, None).await;
         caller.call(&scoped, "GET", &path, documented, None).await;
@@ -92,6 +93,21 @@ async fn every_endpoint_answers_as_the_openapi_document_says() {
     caller.call(&admin, "GET", "/v1/services/demo/clusters/sandbox/hosts", hosts, None).await;
     caller.call(&scoped, "GET", "/v1/services/demo/clusters/sandbox/hosts", hosts, None).await;
     caller.call(&admin, "GET", "/v1/services/nothing/clusters/sandbox/hosts", hosts, None).await;
+
+    // Back to the version before 80.0.0: there is none, so a 409; then to one asked for.
+    let rollback = "/v1/services/{service}/clusters/{cluster}/rollback";
+    let target = "/v1/services/demo/clusters/sandbox/rollback";
+    caller.call(&admin, "POST", target, rollback, Some(json!({}))).await;
+    caller.call(&scoped, "POST", target, rollback, Some(json!({}))).await;
+    caller.call(&admin, "POST", target, rollback, Some(json!({"to": "$(id)"}))).await;
+    caller.call(&admin, "POST", "/v1/services/nothing/clusters/sandbox/rollback", rollback, Some(json!({}))).await;
+    let (status, undoing) = caller.call(&admin, "POST", target, rollback, Some(json!({"to": "79.0.0"}))).await;
+    assert_eq!(status, 202, "{undoing}");
+    let undoing = undoing["id"].as_str().unwrap().to_owned();
+    let done = app.wait_final(&undoing, FINISH).await.unwrap();
+    assert_eq!(done.state, DeploymentState::Succeeded, "{done:#?}");
+    caller.call(&admin, "GET", &format!("/v1/deployments/{undoing}"), one, None).await;
+    caller.call(&admin, "GET", &format!("/v1/deployments/{id}"), one, None).await;
 
     let tokens = "/v1/tokens";
     caller.call(&admin, "GET", tokens, tokens, None).await;

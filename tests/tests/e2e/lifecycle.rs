@@ -128,3 +128,108 @@ async fn vesemir_rollback_returns_every_host_to_the_version_it_had_before() {
     assert_eq!(status, 404);
     app.shut_down().await;
 }
+
+const SECRET: &str = "a-webhook-secret-of-some-length";
+
+/// What a receiver must do with `Vesemir-Signature`: recompute the HMAC over the
+/// timestamp and the body, and refuse an old timestamp.
+fn signature_holds(header: &str, body: &[u8]) -> bool {
+    use hmac::{Hmac, KeyInit, Mac};
+    let Some((t, v1)) = header.split_once(",v1=") else { return false };
+    let Some(t) = t.strip_prefix("t=") else { return false };
+    let fresh = t.parse::<i64>().is_ok_and(|t| (chrono::Utc::now().timestamp() - t).abs() < 300);
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(format!("{t}.").as_bytes());
+    mac.update(body);
+    let expected: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    fresh && expected == v1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_receiver_down_for_two_attempts_still_gets_every_event_once_signed() {
+    use vesemir_model::notification::{DeliveryLog, DeliveryState, Notification, NotificationEvent as E};
+    let receiver = vesemir_tests::receiver::Receiver::start(2).await.unwrap();
+    let fleet = Fleet::up(2).unwrap();
+    let extra_config = format!(
+        "[services.demo.webhooks.chat]\nurl = \"{url}/chat\"\nsecret = \"{SECRET}\"\n\
+         [clusters.sandbox.webhooks.pager]\nurl = \"{url}/pager\"\nsecret = \"{SECRET}\"\n\
+         events = [\"rolling_back\", \"rolled_back\"]\n",
+        url = receiver.url
+    );
+    let app = TestApp::start(Some(&fleet), Setup { extra_config, ..Setup::default() }).await.unwrap();
+
+    let (good, state) = deploy(&app, "1.0.0", &[]).await;
+    assert_eq!(state, DeploymentState::Succeeded);
+    let mut broken = demo_request("broken-2");
+    broken["on_failure"] = json!("rollback");
+    let broken = app.deploy(&broken).await.unwrap();
+    let undone = app.wait_final(&broken, FINISH).await.unwrap();
+    assert_eq!(undone.state, DeploymentState::RolledBack, "{undone:#?}");
+    let rollback = undone.rolled_back_by.unwrap().to_string();
+    let dry = {
+        let mut request = demo_request("3.0.0");
+        request["dry_run"] = json!(true);
+        app.deploy(&request).await.unwrap()
+    };
+    app.wait_final(&dry, FINISH).await.unwrap();
+
+    let expected: Vec<(&str, &str, E)> = vec![
+        ("/chat", &good, E::Started),
+        ("/chat", &good, E::Succeeded),
+        ("/chat", &broken, E::Started),
+        ("/chat", &broken, E::RollingBack),
+        ("/pager", &broken, E::RollingBack),
+        ("/chat", &rollback, E::Started),
+        ("/chat", &rollback, E::Succeeded),
+        ("/chat", &broken, E::RolledBack),
+        ("/pager", &broken, E::RolledBack),
+    ];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while receiver.taken().len() < expected.len() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Whatever is still on its way would show as a repeat or an extra.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let taken = receiver.taken();
+    assert_eq!(receiver.refused(), 2, "the receiver was down for two attempts");
+    let mut got: Vec<(String, String, E)> = Vec::new();
+    let mut ids = std::collections::BTreeSet::new();
+    for request in &taken {
+        let note: Notification = serde_json::from_slice(&request.body).unwrap();
+        assert!(signature_holds(request.header("vesemir-signature").unwrap(), &request.body), "{request:?}");
+        assert_eq!(request.header("vesemir-event"), Some(note.event.as_str()));
+        assert_eq!(request.header("vesemir-delivery"), Some(note.delivery.to_string().as_str()));
+        assert!(ids.insert(note.delivery), "delivery {} arrived twice", note.delivery);
+        got.push((request.path.clone(), note.deployment.id.to_string(), note.event));
+    }
+    // Every event once (a dry run notifies nothing), and each deployment's in order.
+    let mut sorted_got = got.clone();
+    sorted_got.sort();
+    let mut sorted_expected: Vec<(String, String, E)> =
+        expected.iter().map(|(p, d, e)| ((*p).to_owned(), (*d).to_owned(), *e)).collect();
+    sorted_expected.sort();
+    assert_eq!(sorted_got, sorted_expected, "{got:#?}");
+    for (path, id) in [("/chat", &good), ("/chat", &broken), ("/chat", &rollback), ("/pager", &broken)] {
+        let order = |list: &[(String, String, E)]| -> Vec<E> {
+            list.iter().filter(|(p, d, _)| p == path && d == id).map(|(_, _, e)| *e).collect()
+        };
+        let wanted: Vec<(String, String, E)> =
+            expected.iter().map(|(p, d, e)| ((*p).to_owned(), (*d).to_owned(), *e)).collect();
+        assert_eq!(order(&got), order(&wanted), "{path} {id}");
+    }
+
+    // The delivery log says what happened: the two refusals cost two extra attempts.
+    let mut retried = 0;
+    for id in [&good, &broken, &rollback] {
+        let log: DeliveryLog = app.get(&format!("/v1/deployments/{id}/deliveries")).await.unwrap();
+        for delivery in &log.deliveries {
+            assert_eq!((delivery.state, delivery.last_status), (DeliveryState::Delivered, Some(200)), "{delivery:?}");
+            retried += delivery.attempts - 1;
+        }
+    }
+    assert_eq!(retried, 2);
+    let log: DeliveryLog = app.get(&format!("/v1/deployments/{dry}/deliveries")).await.unwrap();
+    assert!(log.deliveries.is_empty());
+    app.shut_down().await;
+}
