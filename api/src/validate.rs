@@ -29,6 +29,15 @@ pub fn request(config: &Config, r: &DeploymentRequest) -> Result<(), ApiError> {
             ),
         ));
     }
+    if r.verify && !r.dry_run {
+        return Err(bad("invalid_verify", "verify asks the hosts only in a dry run: set dry_run too"));
+    }
+    if r.verify && service.version_command.is_none() {
+        return Err(bad(
+            "invalid_verify",
+            format!("service {} has no version_command to ask its hosts with", r.service),
+        ));
+    }
     let Some(cluster) = config.clusters.get(&r.cluster) else {
         return Err(bad("unknown_cluster", format!("cluster {:?} is not configured", r.cluster)));
     };

@@ -86,7 +86,14 @@ enum Command {
     },
     /// What runs where: every host of a service on a cluster, with the version Vesemir
     /// last put on it; hosts off the version most run are marked as drift.
-    Hosts { service: String, cluster: String },
+    Hosts {
+        service: String,
+        cluster: String,
+        /// Ask the hosts themselves first (the service's version_command); exits 1 when
+        /// one disagrees with the record.
+        #[arg(long)]
+        verify: bool,
+    },
     /// List deployments, newest first.
     List {
         #[arg(long)]
@@ -259,14 +266,17 @@ async fn run(api: &Api, as_json: bool, command: Command) -> Result<u8, ApiError>
             }
             Ok(0)
         }
-        Command::Hosts { service, cluster } => {
+        Command::Hosts { service, cluster, verify } => {
+            if verify {
+                ask_hosts(api, &service, &cluster).await?;
+            }
             let view = api.inventory(&service, &cluster).await?;
             if as_json {
                 println!("{}", serde_json::to_string_pretty(&view).unwrap_or_default());
             } else {
                 print!("{}", render::inventory(&view));
             }
-            Ok(0)
+            Ok(if verify && view.disagreeing().next().is_some() { EXIT_DEPLOYMENT_FAILED } else { 0 })
         }
         Command::List { service, cluster, state, limit, cursor } => {
             let page =
@@ -303,6 +313,7 @@ async fn deploy(api: &Api, as_json: bool, args: DeployArgs) -> Result<u8, ApiErr
         on_failure: args.on_failure,
         vars: args.vars.into_iter().collect(),
         dry_run: args.dry_run,
+        verify: false,
         canary: args.canary,
     };
     let deployment = api.submit(&body, args.idempotency_key.as_deref()).await?;
@@ -328,6 +339,20 @@ async fn deploy(api: &Api, as_json: bool, args: DeployArgs) -> Result<u8, ApiErr
     let finished = wait(api, &id, as_json).await?;
     print_deployment(&finished, as_json);
     Ok(exit_code(&finished))
+}
+
+/// Asks every host of the target which version it runs (a dry run with `verify`), and
+/// waits for the answers.
+async fn ask_hosts(api: &Api, service: &str, cluster: &str) -> Result<(), ApiError> {
+    let recorded = api.inventory(service, cluster).await?.version;
+    let request = serde_json::json!({
+        "service": service, "cluster": cluster, "version": recorded.as_deref().unwrap_or("unknown"),
+        "dry_run": true, "verify": true, "concurrency": 10,
+    });
+    let request: DeploymentRequest = serde_json::from_value(request).map_err(|e| ApiError::Garbled(e.to_string()))?;
+    let asked = api.submit(&request, None).await?;
+    wait(api, &asked.id.to_string(), true).await?;
+    Ok(())
 }
 
 /// Polls until the deployment reaches a final state, reporting progress on stderr.

@@ -116,26 +116,49 @@ pub(crate) fn inventory(view: &Inventory) -> String {
     let mut out = String::new();
     let version = view.version.as_deref().unwrap_or("none");
     let _ = writeln!(out, "{} on {}: version {version}", view.service, view.cluster);
+    // What the hosts said when asked gets a column once any was asked.
+    let asked = view.hosts.iter().any(|h| h.verified_by.is_some());
     let rows: Vec<Vec<String>> = view
         .hosts
         .iter()
         .map(|h| {
             let at = h.deployed_at.map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true));
-            vec![
+            let mut row = vec![
                 h.name.clone(),
                 h.address.clone(),
                 format!("{}{}", h.version.as_deref().unwrap_or("-"), if h.drift { " (drift)" } else { "" }),
+            ];
+            if asked {
+                let said = h.reported_version.as_deref().unwrap_or(if h.verified_by.is_some() { "?" } else { "-" });
+                row.push(format!("{said}{}", if h.disagrees { " (disagrees)" } else { "" }));
+            }
+            row.extend([
                 at.unwrap_or_else(|| "-".to_owned()),
                 h.deployment_id.map_or_else(|| "-".to_owned(), |id| id.to_string()),
                 h.last_state.map_or("-", |s| s.as_str()).to_owned(),
                 h.load_balancer.map_or("-", |s| s.as_str()).to_owned(),
-            ]
+            ]);
+            row
         })
         .collect();
-    table(&mut out, &["HOST", "ADDRESS", "VERSION", "SINCE", "DEPLOYMENT", "LAST", "LB"], &rows);
+    let header: &[&str] = if asked {
+        &["HOST", "ADDRESS", "VERSION", "REPORTED", "SINCE", "DEPLOYMENT", "LAST", "LB"]
+    } else {
+        &["HOST", "ADDRESS", "VERSION", "SINCE", "DEPLOYMENT", "LAST", "LB"]
+    };
+    table(&mut out, header, &rows);
     let drifted: Vec<&str> = view.drifted().map(|h| h.name.as_str()).collect();
     if !drifted.is_empty() {
         let _ = writeln!(out, "  drift: {} not on {version}", drifted.join(", "));
+    }
+    for h in view.disagreeing() {
+        let said = h.reported_version.as_deref().unwrap_or("nothing it could be asked");
+        let _ = writeln!(
+            out,
+            "  disagrees: {} reports {said}, recorded {}",
+            h.name,
+            h.version.as_deref().unwrap_or("none")
+        );
     }
     out
 }

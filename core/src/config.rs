@@ -361,6 +361,10 @@ pub struct ServiceConfig {
     /// Told of every deployment of the service.
     #[serde(default)]
     pub webhooks: BTreeMap<String, WebhookConfig>,
+    /// A command that prints the version a host runs (its last line is read), for
+    /// `vesemir hosts --verify`; a template like `install_command`.
+    #[serde(default)]
+    pub version_command: Option<String>,
     #[serde(default = "default_step_timeout")]
     pub step_timeout_seconds: u64,
     /// The shell each command runs in on the host.
@@ -406,6 +410,9 @@ impl ServiceConfig {
         if let Some(lb) = &self.load_balancer {
             template::NameTemplate::parse(&lb.server, &self.vars)
                 .map_err(|e| ("load_balancer.server".to_owned(), e))?;
+        }
+        if let Some(command) = &self.version_command {
+            template::ShellTemplate::parse(command, &self.vars).map_err(|e| ("version_command".to_owned(), e))?;
         }
         for name in ANSIBLE_COMMANDS {
             if self.vars.contains_key(name) {

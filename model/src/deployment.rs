@@ -230,9 +230,18 @@ pub struct DeploymentRequest {
     /// Discover and plan only; the deployment ends `planned`.
     #[serde(default)]
     pub dry_run: bool,
+    /// With `dry_run`: also ask every host which version it runs (the service's
+    /// `version_command`); the hosts view then shows where the host and the record
+    /// disagree.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub verify: bool,
     /// A first wave of one host before the others.
     #[serde(default)]
     pub canary: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl DeploymentRequest {

@@ -40,6 +40,19 @@ pub struct HostRecord {
     pub load_balancer: Option<AdminState>,
     /// On another version than most of the target's hosts (or on none while they are).
     pub drift: bool,
+    /// What the host itself said when last asked (`version_command`, `vesemir hosts
+    /// --verify`): the last line it printed; null if it was never asked or failed.
+    #[serde(default)]
+    pub reported_version: Option<String>,
+    /// When it was asked, and by which verification (a dry run with `verify`).
+    #[serde(default)]
+    pub verified_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub verified_by: Option<Uuid>,
+    /// The host's answer differs from the record: it was changed behind Vesemir's
+    /// back (or the command failed).
+    #[serde(default)]
+    pub disagrees: bool,
 }
 
 impl Inventory {
@@ -57,6 +70,7 @@ impl Inventory {
         let version = runs.iter().max_by_key(|(_, (count, newest))| (*count, *newest)).map(|(v, _)| (*v).to_owned());
         for host in &mut hosts {
             host.drift = version.is_some() && host.version != version;
+            host.disagrees = host.verified_by.is_some() && host.reported_version != host.version;
         }
         hosts.sort_by(|a, b| a.name.cmp(&b.name));
         Self { service, cluster, version, hosts }
@@ -64,6 +78,11 @@ impl Inventory {
 
     pub fn drifted(&self) -> impl Iterator<Item = &HostRecord> {
         self.hosts.iter().filter(|h| h.drift)
+    }
+
+    /// Hosts whose own answer differs from the record.
+    pub fn disagreeing(&self) -> impl Iterator<Item = &HostRecord> {
+        self.hosts.iter().filter(|h| h.disagrees)
     }
 }
 
@@ -82,6 +101,10 @@ mod tests {
             last_state: None,
             load_balancer: None,
             drift: false,
+            reported_version: None,
+            verified_at: None,
+            verified_by: None,
+            disagrees: false,
         }
     }
 
@@ -95,6 +118,21 @@ mod tests {
         assert_eq!(view.version.as_deref(), Some("1"));
         let drifted: Vec<&str> = view.drifted().map(|h| h.name.as_str()).collect();
         assert_eq!(drifted, ["a", "d"], "sorted by name; a host never deployed is drift too");
+    }
+
+    #[test]
+    fn a_host_asked_that_answers_another_version_disagrees() {
+        let asked = |reported: Option<&str>| HostRecord {
+            reported_version: reported.map(str::to_owned),
+            verified_by: Some(Uuid::nil()),
+            ..host("a", Some("1"), 1)
+        };
+        let view = Inventory::new("s".into(), "c".into(), vec![asked(Some("1")), host("b", Some("1"), 1)]);
+        assert_eq!(view.disagreeing().count(), 0, "agreeing, or never asked");
+        let view = Inventory::new("s".into(), "c".into(), vec![asked(Some("9"))]);
+        assert_eq!(view.disagreeing().count(), 1);
+        let view = Inventory::new("s".into(), "c".into(), vec![asked(None)]);
+        assert_eq!(view.disagreeing().count(), 1, "a host that could not answer");
     }
 
     #[test]

@@ -6,15 +6,17 @@ use crate::lb::{self, Balancers};
 use crate::lease::LeaseKeeper;
 use crate::ledger::Ledger;
 use crate::log_pump::{LogPump, LogSink};
-use crate::playbook::Playbook;
+use crate::playbook::{self, Playbook};
 use crate::rollout::{Outcome, Rollout, Stop};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use vesemir_core::config::Config;
 use vesemir_core::plan;
-use vesemir_core::store::{ClaimedDeployment, PlannedHost, Rollback, Store, StoreError};
-use vesemir_model::deployment::{DeploymentState, ExecutorKind, HostState, OnFailure, Strategy};
+use vesemir_core::store::{ClaimedDeployment, PlannedHost, Rollback, RunHost, Store, StoreError, VERSION_STEP};
+use vesemir_model::deployment::{
+    Amount, DeploymentRequest, DeploymentState, ExecutorKind, HostState, OnFailure, Strategy,
+};
 use vesemir_model::event::Event;
 
 /// What the consumer should do with the message once the deployment is handled.
@@ -138,6 +140,9 @@ impl Runner {
         } else {
             logs.system(None, format!("resuming with {} stored hosts", hosts.len())).await;
         }
+        if request.dry_run && request.verify {
+            return self.verify(claim, ledger, logs, lease, hosts).await;
+        }
         if request.dry_run {
             return Ok(Finished(DeploymentState::Planned, None, None));
         }
@@ -155,20 +160,9 @@ impl Runner {
                 lease.fence(),
             ),
         };
-        let rollout = Rollout {
-            ledger,
-            token: &claim.token,
-            release: Release {
-                deployment_id: claim.id,
-                request,
-                service,
-                cluster,
-                playbook: &playbook,
-                balancers: &balancers,
-            },
-            logs,
-            stop: Stop { shutdown: self.shutdown.clone(), fence: lease.fence() },
-        };
+        let release =
+            Release { deployment_id: claim.id, request, service, cluster, playbook: &playbook, balancers: &balancers };
+        let rollout = self.rollout(claim, ledger, logs, lease, release);
         let executor = match request.executor.unwrap_or(service.executor) {
             ExecutorKind::Native => self.native.as_ref(),
             ExecutorKind::Ansible => self.ansible.as_ref(),
@@ -223,6 +217,67 @@ impl Runner {
                 logs.system(None, format!("no rollback: {nothing}")).await;
                 Finished(DeploymentState::Failed, Some(format!("{message}; nothing to roll back: {nothing}")), None)
             }
+        })
+    }
+}
+
+impl Runner {
+    /// The rollout of `release` under this claim.
+    fn rollout<'a>(
+        &self,
+        claim: &'a ClaimedDeployment,
+        ledger: &'a Arc<dyn Ledger>,
+        logs: &'a LogSink,
+        lease: &LeaseKeeper,
+        release: Release<'a>,
+    ) -> Rollout<'a> {
+        let stop = Stop { shutdown: self.shutdown.clone(), fence: lease.fence() };
+        Rollout { ledger, token: &claim.token, release, logs, stop }
+    }
+
+    /// A dry run that asks every host which version it runs: the service's
+    /// `version_command` as a one-step playbook, through the native executor, with
+    /// no load-balancer change. A host that cannot answer does not stop the others.
+    async fn verify(
+        &self,
+        claim: &ClaimedDeployment,
+        ledger: &Arc<dyn Ledger>,
+        logs: &LogSink,
+        lease: &LeaseKeeper,
+        hosts: Vec<RunHost>,
+    ) -> Result<Step, StoreError> {
+        let request = &claim.request;
+        let (Some(cluster), Some(service)) =
+            (self.config.clusters.get(&request.cluster), self.config.services.get(&request.service))
+        else {
+            return Ok(failed(logs, "the target is no longer configured".to_owned()).await);
+        };
+        let Some(command) = &service.version_command else {
+            return Ok(failed(logs, format!("service {} has no version_command", request.service)).await);
+        };
+        let playbook = Playbook {
+            description: "Ask the host which version it runs.".to_owned(),
+            steps: vec![playbook::Step {
+                name: VERSION_STEP.to_owned(),
+                action: playbook::Action::Run { command: command.clone(), timeout_seconds: None },
+            }],
+        };
+        let balancers = Balancers::new(Vec::new(), Duration::ZERO, lease.fence());
+        let asking = DeploymentRequest { max_failures: Amount::Percent(100), ..request.clone() };
+        let release = Release {
+            deployment_id: claim.id,
+            request: &asking,
+            service,
+            cluster,
+            playbook: &playbook,
+            balancers: &balancers,
+        };
+        let rollout = self.rollout(claim, ledger, logs, lease, release);
+        Ok(match rollout.run(self.native.as_ref(), hosts).await? {
+            Outcome::Succeeded => Finished(DeploymentState::Planned, None, None),
+            Outcome::Failed(message) => Finished(DeploymentState::Planned, Some(message), None),
+            Outcome::Cancelled(message) => Finished(DeploymentState::Cancelled, Some(message), None),
+            Outcome::Interrupted => Interrupted,
         })
     }
 }

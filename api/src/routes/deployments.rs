@@ -48,7 +48,7 @@ fn name_filter(field: &str, value: Option<String>) -> Result<Option<String>, Api
         (status = 200, description = "A repeat of an earlier submit with the same Idempotency-Key and body: that deployment, as it is now.", body = Deployment),
         (status = 202, description = "Accepted: recorded and queued; `state` is `queued` and `hosts` is empty.", body = Deployment,
             headers(("Location" = String, description = "The deployment's URL."))),
-        (status = 400, description = "malformed_json, invalid_body (not an object, an unknown field, a wrong type), invalid_idempotency_key, or a refused value: unknown_service, unknown_cluster, unknown_host, invalid_version, invalid_hosts, invalid_selector, invalid_executor, invalid_concurrency, invalid_weight, invalid_sleep_seconds, invalid_vars.", body = ErrorBody),
+        (status = 400, description = "malformed_json, invalid_body (not an object, an unknown field, a wrong type), invalid_idempotency_key, or a refused value: unknown_service, unknown_cluster, unknown_host, invalid_version, invalid_hosts, invalid_selector, invalid_executor, invalid_concurrency, invalid_weight, invalid_sleep_seconds, invalid_vars, invalid_verify.", body = ErrorBody),
         (status = 413, response = PayloadTooLarge),
         (status = 415, response = UnsupportedMediaType),
         (status = 422, description = "The Idempotency-Key was already used with a different request (code idempotency_key_reused).", body = ErrorBody),

@@ -54,6 +54,10 @@ pub async fn hosts(
                 last_state: None,
                 load_balancer: None,
                 drift: false,
+                reported_version: None,
+                verified_at: None,
+                verified_by: None,
+                disagrees: false,
             });
         }
     }

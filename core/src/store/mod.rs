@@ -56,6 +56,7 @@ mod webhooks;
 pub use claims::{Claim, ClaimedDeployment, PlannedHost, RunHost};
 pub use control::{Cancel, RetryPlan};
 pub use deployments::{Gauges, ListFilter, NewDeployment, Submitted};
+pub use inventory::VERSION_STEP;
 pub use logs::{EVENTS_CHANNEL, NewLogLine};
 pub use outbox::{OutboxBatch, Pending};
 pub use rollback::{NothingToRollBack, Rollback, RollbackTarget, Undoable};

@@ -122,6 +122,7 @@ impl Store {
                  (SELECT COALESCE(p.version, pd.version) FROM hosts p JOIN deployments pd ON pd.id = p.deployment_id \
                   WHERE pd.service = d.service AND pd.cluster = d.cluster AND p.name = h.name \
                     AND p.state = 'succeeded' AND p.deployment_id <> d.id AND p.finished_at < h.started_at \
+                    AND (pd.request->>'dry_run')::boolean IS NOT TRUE \
                   ORDER BY p.finished_at DESC LIMIT 1) \
              FROM hosts h JOIN deployments d ON d.id = h.deployment_id \
              WHERE h.deployment_id = $1 AND (h.state = 'succeeded' OR (h.state IN ('failed', 'unreachable') \

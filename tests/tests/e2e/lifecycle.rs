@@ -74,6 +74,52 @@ async fn the_hosts_view_shows_each_hosts_version_and_drift_after_a_partial_deplo
     app.shut_down().await;
 }
 
+/// `--verify` asks the hosts themselves, and names the one changed behind Vesemir's
+/// back; asking changes no record and takes no host out of rotation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_finds_a_host_changed_behind_vesemirs_back() {
+    let fleet = Fleet::up(3).unwrap();
+    let app = TestApp::start(Some(&fleet), Setup::default()).await.unwrap();
+    let (first, state) = deploy(&app, "1.0.0", &[]).await;
+    assert_eq!(state, DeploymentState::Succeeded);
+    fleet.exec("vm-02", &["/opt/sandbox-app/bin/install", "6.6.6"]).unwrap();
+
+    let (code, out) = cli(&app, &["hosts", "demo", "sandbox", "--verify"]).await;
+    assert_eq!(code, Some(1), "a host disagrees: {out}");
+    assert!(out.contains("disagrees: vm-02 reports 6.6.6, recorded 1.0.0"), "{out}");
+    let view: Inventory = app.get(HOSTS).await.unwrap();
+    let row = |name: &str| view.hosts.iter().find(|h| h.name == name).unwrap().clone();
+    let (vm1, vm2) = (row("vm-01"), row("vm-02"));
+    assert_eq!((vm1.reported_version.as_deref(), vm1.disagrees), (Some("1.0.0"), false), "{vm1:#?}");
+    assert_eq!((vm2.reported_version.as_deref(), vm2.disagrees), (Some("6.6.6"), true), "{vm2:#?}");
+    assert!(vm2.verified_at.is_some() && vm2.verified_by.is_some());
+    // The record is what Vesemir did, not what it found.
+    let first: Option<uuid::Uuid> = Some(first.parse().unwrap());
+    assert_eq!((vm2.version.as_deref(), vm2.last_deployment_id), (Some("1.0.0"), first), "{vm2:#?}");
+    let asked = app.deployment(&vm2.verified_by.unwrap().to_string()).await.unwrap();
+    assert_eq!(asked.state, DeploymentState::Planned, "{asked:#?}");
+    assert!(asked.hosts().iter().all(|h| h.load_balancer.is_none() && h.steps.len() == 1), "{asked:#?}");
+
+    // Put right, the hosts agree again.
+    fleet.exec("vm-02", &["/opt/sandbox-app/bin/install", "1.0.0"]).unwrap();
+    let (code, out) = cli(&app, &["hosts", "demo", "sandbox", "--verify"]).await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(!out.contains("disagrees"), "{out}");
+
+    // Asking is a dry run's, and needs a version_command.
+    let mut real = demo_request("1.0.0");
+    real["verify"] = json!(true);
+    let (status, body) = app.submit(&real).await.unwrap();
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_verify")), "{body}");
+    let mut other = demo_request("1.0.0");
+    other["service"] = json!("noted");
+    other["dry_run"] = json!(true);
+    other["verify"] = json!(true);
+    let (status, _) = app.submit(&other).await.unwrap();
+    assert_eq!(status, 400);
+    app.shut_down().await;
+}
+
 async fn cli(app: &TestApp, args: &[&str]) -> (Option<i32>, String) {
     let output = tokio::process::Command::new(vesemir_tests::cli_binary())
         .args(["--api", &app.base, "--token", &app.admin_token])
