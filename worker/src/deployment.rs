@@ -168,12 +168,9 @@ impl Runner {
             ExecutorKind::Ansible => self.ansible.as_ref(),
         };
         Ok(match rollout.run(executor, hosts).await? {
-            Outcome::Succeeded => {
-                logs.system(None, "deployment succeeded").await;
-                Finished(DeploymentState::Succeeded, None, None)
-            }
+            // The line that announces the outcome is written with it, by `Store::finish`.
+            Outcome::Succeeded => Finished(DeploymentState::Succeeded, None, None),
             Outcome::Failed(message) => {
-                logs.system(None, format!("deployment failed: {message}")).await;
                 if request.on_failure.unwrap_or(service.on_failure) == OnFailure::Rollback {
                     let strategy = request.strategy.unwrap_or(service.strategy);
                     self.plan_rollback(claim, &playbook, strategy, logs, message).await?
