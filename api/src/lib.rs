@@ -27,7 +27,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tower_http::trace::TraceLayer;
 use uuid::Uuid;
-use vesemir_core::config::{Config, Secret};
+use vesemir_core::config::{Config, Live, Secret};
 use vesemir_core::queue::Publisher;
 use vesemir_core::store::{Store, StoreError};
 
@@ -36,7 +36,8 @@ const NUDGE_CAPACITY: usize = 1024;
 
 #[derive(Debug, Clone)]
 pub struct AppState {
-    pub config: Arc<Config>,
+    /// The configuration in force; SIGHUP replaces it (see [`Live`]).
+    pub live: Arc<Live>,
     pub store: Store,
     pub publisher: Arc<Publisher>,
     pub nudge: mpsc::Sender<Uuid>,
@@ -53,6 +54,13 @@ pub enum StartError {
     WebhookClient(reqwest::Error),
 }
 
+impl AppState {
+    /// The configuration in force now: a request keeps the one it started with.
+    pub fn config(&self) -> Arc<Config> {
+        self.live.get()
+    }
+}
+
 /// A built API: bound, migrated, ready to serve.
 #[derive(Debug)]
 pub struct App {
@@ -64,10 +72,14 @@ pub struct App {
     publisher: Arc<Publisher>,
     hub: Arc<events::Hub>,
     database_url: Secret,
+    live: Arc<Live>,
 }
 
 impl App {
-    pub async fn build(config: Config) -> Result<Self, StartError> {
+    /// Builds the API on the configuration in force in `live`; what it binds and
+    /// connects to is read once, here.
+    pub async fn build(live: Arc<Live>) -> Result<Self, StartError> {
+        let config = live.get();
         let store = Store::connect(&config.database).await?;
         store.migrate().await?;
         let listener =
@@ -84,16 +96,18 @@ impl App {
         let max_body = config.api.max_body_bytes;
         let hub = events::Hub::new(store.clone());
         let database_url = config.database.url.clone();
-        let config = Arc::new(config);
-        let notifier = webhooks::Notifier::new(
-            store.clone(),
-            config.clone(),
-            Duration::from_millis(config.api.outbox_interval_ms),
-        )
-        .map_err(StartError::WebhookClient)?;
-        let state = AppState { config, store: store.clone(), publisher: publisher.clone(), nudge, hub: hub.clone() };
+        let notifier =
+            webhooks::Notifier::new(store.clone(), live.clone(), Duration::from_millis(config.api.outbox_interval_ms))
+                .map_err(StartError::WebhookClient)?;
+        let state = AppState {
+            live: live.clone(),
+            store: store.clone(),
+            publisher: publisher.clone(),
+            nudge,
+            hub: hub.clone(),
+        };
         let router = router(state, max_body);
-        Ok(Self { listener, router, relay, notifier, store, publisher, hub, database_url })
+        Ok(Self { listener, router, relay, notifier, store, publisher, hub, database_url, live })
     }
 
     pub fn port(&self) -> u16 {
@@ -105,6 +119,7 @@ impl App {
         let (stop_tx, stop) = watch::channel(false);
         let relay = tokio::spawn(self.relay.run(stop.clone()));
         let notifier = tokio::spawn(self.notifier.run(stop.clone()));
+        let reloader = tokio::spawn(vesemir_core::config::reload_on_hangup(self.live, |_| Ok(()), stop.clone()));
         let listener = tokio::spawn(self.hub.listen(self.database_url.expose().to_owned(), stop.clone()));
         let served = axum::serve(self.listener, self.router)
             .with_graceful_shutdown(async move {
@@ -114,6 +129,7 @@ impl App {
             .await;
         let _ = relay.await;
         let _ = notifier.await;
+        let _ = reloader.await;
         let _ = listener.await;
         self.publisher.close().await;
         self.store.close().await;

@@ -1,7 +1,7 @@
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use vesemir_core::config::Config;
+use vesemir_core::config::Live;
 use vesemir_core::store::Store;
 use vesemir_model::access::Role;
 use vesemir_model::access::Scope;
@@ -98,10 +98,11 @@ async fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let result = async {
-        let config = Config::load(&args.config)?;
+        let live = Live::load(args.config.clone())?;
+        let config = live.get();
         match args.command.unwrap_or(Command::Serve) {
             Command::Serve => {
-                let app = vesemir_api::App::build(config).await?;
+                let app = vesemir_api::App::build(live).await?;
                 tracing::info!(port = app.port(), "listening");
                 app.run(vesemir_core::telemetry::shutdown_signal()).await?;
             }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tracing::{info, warn};
-use vesemir_core::config::Config;
+use vesemir_core::config::Live;
 use vesemir_core::store::{Attempt, DueDelivery, Store};
 
 /// Notifications routed, and deliveries attempted, per round.
@@ -55,7 +55,7 @@ pub fn signature(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
 #[derive(Debug)]
 pub struct Notifier {
     pub store: Store,
-    pub config: Arc<Config>,
+    pub live: Arc<Live>,
     pub client: reqwest::Client,
     pub interval: Duration,
 }
@@ -63,14 +63,14 @@ pub struct Notifier {
 impl Notifier {
     /// A notifier with its own HTTP client: no redirects (the answer is the
     /// receiver's), no proxy from the environment.
-    pub fn new(store: Store, config: Arc<Config>, interval: Duration) -> Result<Self, reqwest::Error> {
+    pub fn new(store: Store, live: Arc<Live>, interval: Duration) -> Result<Self, reqwest::Error> {
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
             .connect_timeout(Duration::from_secs(5))
             .user_agent(concat!("vesemir/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        Ok(Self { store, config, client, interval })
+        Ok(Self { store, live, client, interval })
     }
 
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
@@ -85,8 +85,9 @@ impl Notifier {
     }
 
     async fn round(&self) {
+        let config = self.live.get();
         let route = |service: &str, cluster: &str, event| {
-            self.config
+            config
                 .webhooks_of(service, cluster)
                 .into_iter()
                 .filter(|(_, hook)| hook.wants(event))
@@ -110,7 +111,8 @@ impl Notifier {
     async fn deliver(&self, due: DueDelivery) {
         let id = due.notification.delivery;
         let deployment = &due.notification.deployment;
-        let hooks = self.config.webhooks_of(&deployment.service, &deployment.cluster);
+        let config = self.live.get();
+        let hooks = config.webhooks_of(&deployment.service, &deployment.cluster);
         let attempt = match hooks.iter().find(|(name, _)| *name == due.webhook) {
             None => Attempt::Failed {
                 status: None,

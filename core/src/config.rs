@@ -4,7 +4,10 @@
 //! Relative paths in the file (keys, known_hosts, the playbooks directory) are resolved
 //! against the directory that holds the file, so a configuration can be moved as a unit.
 
+mod live;
 mod position;
+
+pub use live::{Live, ReloadError, reload_on_hangup};
 
 use crate::template;
 pub use position::Position;
@@ -685,7 +688,7 @@ fn check_webhooks(hooks: &BTreeMap<String, WebhookConfig>, key: &dyn Fn(&str) ->
 mod tests {
     use super::*;
 
-    const MINIMAL: &str = r#"
+    pub(super) const MINIMAL: &str = r#"
         [clusters.sandbox]
         ssh = { user = "deploy", private_key = "keys/id", known_hosts = "keys/known_hosts" }
         hosts = [{ name = "vm-01", address = "127.0.20.1" }]

@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use toml::Table;
 use uuid::Uuid;
-use vesemir_core::config::Config;
+use vesemir_core::config::{Config, Live};
 use vesemir_model::access::Role;
 use vesemir_model::access::Scope;
 use vesemir_model::api::LogPage;
@@ -119,7 +119,7 @@ impl TestApp {
         let control_dir = ScratchDir::new("vs")?;
         let (config, config_text) = config_for(&database.url, &control_dir, fleet, &setup)?;
 
-        let app = vesemir_api::App::build(config.clone()).await?;
+        let app = vesemir_api::App::build(Live::new(config.clone(), None)).await?;
         let base = format!("http://127.0.0.1:{}", app.port());
         let (api_stop, stopped) = oneshot::channel::<()>();
         let api_task = tokio::spawn(async move {
@@ -164,7 +164,7 @@ impl TestApp {
     }
 
     async fn add_worker_with(&mut self, config: Config) -> anyhow::Result<()> {
-        let worker = vesemir_worker::Worker::build(config).await?;
+        let worker = vesemir_worker::Worker::build(Live::new(config, None)).await?;
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(worker.run(async move {
             let _ = stopped.await;

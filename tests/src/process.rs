@@ -47,6 +47,14 @@ impl Process {
         std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
     }
 
+    /// Rewrites its configuration file and sends SIGHUP, as `systemctl reload` does.
+    pub fn reload_with(&self, config: &str) -> anyhow::Result<()> {
+        std::fs::write(self.dir.path().join("vesemir.toml"), config)?;
+        let status = Command::new("kill").args(["-HUP", &self.pid().to_string()]).status()?;
+        anyhow::ensure!(status.success(), "kill -HUP {} failed", self.pid());
+        Ok(())
+    }
+
     /// As a crash would end it: no shutdown, no cleanup.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

@@ -37,7 +37,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
-use vesemir_core::config::Config;
+use vesemir_core::config::{Config, Live};
 use vesemir_core::queue;
 use vesemir_core::retry::Backoff;
 use vesemir_core::store::{Store, StoreError};
@@ -61,6 +61,9 @@ pub enum BuildError {
 #[derive(Debug)]
 pub struct Worker {
     id: String,
+    /// The configuration in force; SIGHUP replaces it, and each deployment takes the
+    /// one in force when its message arrives.
+    live: Arc<Live>,
     runner: Runner,
     shutdown_tx: watch::Sender<bool>,
 }
@@ -68,7 +71,8 @@ pub struct Worker {
 impl Worker {
     /// Checks every service's playbook, connects to the database and applies
     /// migrations; the broker is reached in `run`.
-    pub async fn build(config: Config) -> Result<Self, BuildError> {
+    pub async fn build(live: Arc<Live>) -> Result<Self, BuildError> {
+        let config = live.get();
         playbook::check_services(&config)?;
         let health = HealthCheck::new().map_err(|e| BuildError::HealthClient(error_chain(&e)))?;
         let store = Store::connect(&config.database).await?;
@@ -83,7 +87,8 @@ impl Worker {
         let (shutdown_tx, shutdown) = watch::channel(false);
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         let id = format!("{}:{}", host.trim(), std::process::id());
-        Ok(Self { id, runner: Runner { config: Arc::new(config), store, native, ansible, shutdown }, shutdown_tx })
+        let runner = Runner { config, store, native, ansible, shutdown };
+        Ok(Self { id, live, runner, shutdown_tx })
     }
 
     pub fn id(&self) -> &str {
@@ -100,6 +105,9 @@ impl Worker {
         let mut stop = self.runner.shutdown.clone();
         let mut tasks = JoinSet::new();
         let config = &self.runner.config;
+        // A configuration whose playbooks do not check is refused, as at start.
+        let check = |config: &Config| playbook::check_services(config).map_err(|e| e.to_string());
+        let reloader = tokio::spawn(vesemir_core::config::reload_on_hangup(self.live.clone(), check, stop.clone()));
 
         let mut backoff = Backoff::new(RECONNECT_DELAY, MAX_RECONNECT_DELAY);
         while !*stop.borrow() {
@@ -130,7 +138,8 @@ impl Worker {
                     }
                     delivery = consumer.next() => match delivery {
                         Some(Ok(delivery)) => {
-                            tasks.spawn(consumer::handle(self.runner.clone(), self.id.clone(), delivery));
+                            let runner = Runner { config: self.live.get(), ..self.runner.clone() };
+                            tasks.spawn(consumer::handle(runner, self.id.clone(), delivery));
                         }
                         Some(Err(e)) => {
                             warn!(error = %e, "consuming failed; reconnecting");
@@ -154,6 +163,7 @@ impl Worker {
         }
         // Also when the stop came while the broker was unreachable.
         drain(&mut tasks).await;
+        let _ = reloader.await;
         self.runner.store.close().await;
         info!(worker = %self.id, "stopped");
     }

@@ -1,7 +1,7 @@
 use clap::Parser;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use vesemir_core::config::Config;
+use vesemir_core::config::Live;
 use vesemir_worker::Worker;
 
 /// Vesemir's worker: consumes deployments and rolls them out.
@@ -18,8 +18,7 @@ async fn main() -> ExitCode {
     vesemir_core::telemetry::init("info,sqlx=warn,lapin=warn");
     let args = Args::parse();
     let result = async {
-        let config = Config::load(&args.config)?;
-        let worker = Worker::build(config).await?;
+        let worker = Worker::build(Live::load(args.config)?).await?;
         worker.run(vesemir_core::telemetry::shutdown_signal()).await;
         anyhow::Ok(())
     };

@@ -71,7 +71,7 @@ pub async fn submit(
             Some(key)
         }
     };
-    validate::request(&state.config, &request)?;
+    validate::request(&state.config(), &request)?;
 
     let submitted = state
         .store

@@ -34,11 +34,12 @@ pub async fn hosts(
     caller: Caller,
     Path((service, cluster)): Path<(String, String)>,
 ) -> Answer {
+    let config = state.config();
     require_scope(&state, &caller, (&service, &cluster), "reading hosts", None).await?;
-    if !state.config.services.contains_key(&service) {
+    if !config.services.contains_key(&service) {
         return Err(ApiError::NotFound(format!("service {service:?} is not configured")));
     }
-    let Some(listed) = state.config.clusters.get(&cluster) else {
+    let Some(listed) = config.clusters.get(&cluster) else {
         return Err(ApiError::NotFound(format!("cluster {cluster:?} is not configured")));
     };
     let mut records = state.store.host_records(&service, &cluster).await?;

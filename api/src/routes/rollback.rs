@@ -46,11 +46,12 @@ pub async fn roll_back(
     Path((service, cluster)): Path<(String, String)>,
     Json(body): Json<RollbackRequest>,
 ) -> Answer {
+    let config = state.config();
     require_scope(&state, &caller, (&service, &cluster), "rolling back", None).await?;
-    let Some(service_config) = state.config.services.get(&service) else {
+    let Some(service_config) = config.services.get(&service) else {
         return Err(ApiError::NotFound(format!("service {service:?} is not configured")));
     };
-    if !state.config.clusters.contains_key(&cluster) {
+    if !config.clusters.contains_key(&cluster) {
         return Err(ApiError::NotFound(format!("cluster {cluster:?} is not configured")));
     }
     if let Some(to) = &body.to

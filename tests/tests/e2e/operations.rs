@@ -1,4 +1,5 @@
-//! Acting on deployments: cancel and retry, and who may.
+//! Acting on deployments (cancel and retry, and who may), and running Vesemir:
+//! reloading its configuration.
 
 use serde_json::json;
 use std::time::Duration;
@@ -157,5 +158,68 @@ async fn a_retry_deploys_only_what_did_not_succeed_and_only_admins_may() {
     assert_eq!(again.status, 409, "nothing left to retry: {again:?}");
     let unknown = post(&app, &app.client, "/v1/deployments/0190a6b0-0000-7000-8000-000000000000/retry").await;
     assert_eq!(unknown.status, 404);
+    app.shut_down().await;
+}
+
+const FRESH_SERVICE: &str = r#"
+[services.fresh.vars]
+install_command = "/opt/sandbox-app/bin/install {{version}}"
+restart_command = "/opt/sandbox-app/bin/restart"
+[services.fresh.health]
+url = "http://{{host.address}}:8080/health"
+"#;
+
+/// A real API and a real worker take a new service on SIGHUP, without a restart, and
+/// refuse a configuration that does not load, keeping the one in force.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_adds_a_service_without_a_restart_and_refuses_a_broken_configuration() {
+    let fleet = Fleet::up(1).unwrap();
+    let app = TestApp::start(Some(&fleet), Setup { workers: 0, ..Setup::default() }).await.unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = app.config_text.replacen("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{port}\""), 1);
+    let api = vesemir_tests::Process::start("vesemir-api", &config, &["serve"], &[("RUST_LOG", "info")]).unwrap();
+    let worker = vesemir_tests::Process::start("vesemir-worker", &config, &[], &[("RUST_LOG", "info")]).unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let submit = |service: &str, version: &str| {
+        let mut request = demo_request(version);
+        request["service"] = json!(service);
+        app.client.post(format!("{base}/v1/deployments")).json(&request).send()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while reqwest::get(format!("{base}/healthz")).await.is_err() {
+        assert!(tokio::time::Instant::now() < deadline, "vesemir-api did not start: {}", api.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(submit("fresh", "1.0.0").await.unwrap().status().as_u16(), 400, "not configured yet");
+
+    let grown = format!("{config}\n{FRESH_SERVICE}");
+    api.reload_with(&grown).unwrap();
+    worker.reload_with(&grown).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let answer = loop {
+        let answer = submit("fresh", "1.0.0").await.unwrap();
+        if answer.status().as_u16() != 400 || tokio::time::Instant::now() > deadline {
+            break answer;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(answer.status().as_u16(), 202, "{}", api.log());
+    let id = answer.json::<Deployment>().await.unwrap().id.to_string();
+    let done = app.wait_final(&id, FINISH).await.unwrap();
+    assert_eq!(done.state, DeploymentState::Succeeded, "the worker knows the new service too: {done:#?}");
+
+    for process in [&api, &worker] {
+        process.reload_with("[services.broken\n").unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !(api.log().contains("reload refused") && worker.log().contains("reload refused")) {
+        assert!(tokio::time::Instant::now() < deadline, "{}\n{}", api.log(), worker.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let answer = submit("fresh", "2.0.0").await.unwrap();
+    assert_eq!(answer.status().as_u16(), 202, "the configuration in force stays");
+    let id = answer.json::<Deployment>().await.unwrap().id.to_string();
+    assert_eq!(app.wait_final(&id, FINISH).await.unwrap().state, DeploymentState::Succeeded);
+    assert!(reqwest::get(format!("{base}/healthz")).await.unwrap().status().is_success());
     app.shut_down().await;
 }
