@@ -273,7 +273,7 @@ pub struct EventParams {
         EventParams,
     ),
     responses(
-        (status = 200, description = "An event stream: every log line, host result, step change and state change, in order. Each event has `id` = the line's `seq`, `event` = `log`, `step`, `host` or `state` (the line's event type, `log` for a plain line), and `data` = the LogLine as JSON. Keep-alive comments every 15 s; the stream ends after the final state.", body = String, content_type = "text/event-stream"),
+        (status = 200, description = "An event stream: every log line, host result, step change and state change, in order. Each event has `id` = the line's `seq`, `event` = `log`, `step`, `host`, `rotation` or `state` (the line's event type, `log` for a plain line), and `data` = the LogLine as JSON. Keep-alive comments every 15 s; the stream ends after the final state.", body = String, content_type = "text/event-stream"),
         (status = 400, description = "invalid_id, invalid_last_event_id (also for a negative `after`), or invalid_query.", body = ErrorBody),
         (status = 404, response = NotFound),
     )

@@ -14,6 +14,7 @@ pub mod extract;
 pub mod limit;
 pub mod outbox;
 pub mod routes;
+pub mod ui;
 pub mod validate;
 pub mod webhooks;
 
@@ -152,10 +153,12 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/tokens", get(admin::list_tokens).post(admin::create_token))
         .route("/v1/tokens/{name}", axum::routing::delete(admin::revoke_token))
         .route("/v1/audit", get(admin::audit))
+        .route("/v1/whoami", get(admin::whoami))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
         .route("/openapi.json", get(openapi::openapi))
+        .merge(ui::router())
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))

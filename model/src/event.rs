@@ -25,6 +25,9 @@ pub enum Event {
         #[serde(default)]
         load_balancer: Option<AdminState>,
     },
+    /// Where Vesemir now means the host's server to be in the load balancers: out of
+    /// rotation (`drain`, `maint`) or back in it (`ready`).
+    Rotation { host: String, load_balancer: AdminState },
     /// A host's step started or ended.
     Step {
         host: String,
@@ -37,11 +40,12 @@ pub enum Event {
 }
 
 impl Event {
-    /// The name of the event's kind: `state`, `host` or `step`.
+    /// The name of the event's kind: `state`, `host`, `rotation` or `step`.
     pub fn kind(&self) -> &'static str {
         match self {
             Event::State { .. } => "state",
             Event::Host { .. } => "host",
+            Event::Rotation { .. } => "rotation",
             Event::Step { .. } => "step",
         }
     }

@@ -1,4 +1,4 @@
-//! Admin endpoints: tokens and the audit trail.
+//! Tokens and the audit trail (admin), and who a token is (anyone).
 
 use crate::AppState;
 use crate::auth::require_unscoped_admin;
@@ -13,7 +13,7 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 use vesemir_core::access::Caller;
 use vesemir_model::access::Scope;
-use vesemir_model::api::{AuditPage, CreatedToken, ErrorBody, NewToken, TokenList};
+use vesemir_model::api::{AuditPage, CreatedToken, ErrorBody, NewToken, TokenList, Whoami};
 use vesemir_model::deployment::is_identifier;
 
 /// Create a token (admin)
@@ -96,4 +96,15 @@ pub async fn audit(State(state): State<AppState>, caller: Caller, Query(params):
     let limit = page_limit(params.limit, 100, 1000)?;
     let entries = state.store.audit_log(params.after.unwrap_or(0), limit).await?;
     Ok(axum::Json(AuditPage { entries }).into_response())
+}
+
+/// Who this token is
+///
+/// Its name, role and scope: what the web view offers depends on them.
+#[utoipa::path(
+    get, path = "/v1/whoami", operation_id = "whoami", tag = "admin",
+    responses((status = 200, description = "The caller.", body = Whoami))
+)]
+pub async fn whoami(caller: Caller) -> Answer {
+    Ok(axum::Json(Whoami { name: caller.name, role: caller.role, scope: caller.scope }).into_response())
 }

@@ -37,6 +37,7 @@ use vesemir_model::api::ErrorBody;
         super::admin::create_token,
         super::admin::revoke_token,
         super::admin::audit,
+        super::admin::whoami,
         super::health::healthz,
         super::health::readyz,
         super::health::metrics,
@@ -48,7 +49,7 @@ use vesemir_model::api::ErrorBody;
     tags(
         (name = "deployments", description = "Submit, read, follow, cancel, retry and roll back deployments."),
         (name = "hosts", description = "What runs where: each host's version and load-balancer state."),
-        (name = "admin", description = "Tokens and the audit trail: admin tokens without a scope only."),
+        (name = "admin", description = "Tokens and the audit trail: admin tokens without a scope only; and who a token is, for any."),
         (name = "health", description = "Probes and metrics: no token needed."),
     )
 )]

@@ -119,6 +119,8 @@ async fn every_endpoint_answers_as_the_openapi_document_says() {
     caller.call(&admin, "DELETE", "/v1/tokens/ci", "/v1/tokens/{name}", None).await;
     caller.call(&admin, "DELETE", "/v1/tokens/nobody", "/v1/tokens/{name}", None).await;
     caller.call(&admin, "GET", "/v1/audit", "/v1/audit", None).await;
+    caller.call(&scoped, "GET", "/v1/whoami", "/v1/whoami", None).await;
+    caller.call(&anonymous, "GET", "/v1/whoami", "/v1/whoami", None).await;
     for path in ["/healthz", "/readyz", "/metrics", "/openapi.json"] {
         caller.call(&anonymous, "GET", path, path, None).await;
     }

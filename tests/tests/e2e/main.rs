@@ -6,6 +6,7 @@
 
 mod ansible;
 mod api;
+mod browser;
 mod chef;
 mod cli;
 mod contract;

@@ -188,7 +188,15 @@ impl Journal {
     pub async fn record_load_balancer(&self, state: AdminState) -> Result<(), ClaimLost> {
         self.fence.check()?;
         match self.ledger.record_load_balancer(self.holder(), &self.host, state).await {
-            Ok(true) => Ok(()),
+            Ok(true) => {
+                let line = match state {
+                    AdminState::Ready => "back in rotation".to_owned(),
+                    out => format!("out of rotation ({out})"),
+                };
+                let event = Event::Rotation { host: self.host.clone(), load_balancer: state };
+                self.logs.event(Some(&self.host), line, event).await;
+                Ok(())
+            }
             Ok(false) => Err(ClaimLost),
             Err(e) => {
                 // Without the record, a successor could not know: the change is not made.
