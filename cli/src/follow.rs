@@ -2,11 +2,16 @@
 //! with `Last-Event-ID` after a dropped connection so no line is lost or repeated.
 
 use crate::api::{Api, ApiError};
+use crate::board::{Board, Screen};
 use crate::render;
+use chrono::Utc;
 use std::io::IsTerminal;
 use std::time::Duration;
 use vesemir_model::deployment::{Deployment, LogLine};
 use vesemir_model::event::Event;
+
+/// How often the live block is redrawn when nothing happens (its times move on).
+const REDRAW: Duration = Duration::from_millis(250);
 
 /// Reconnections in a row before giving up.
 const MAX_RECONNECTS: u32 = 30;
@@ -60,10 +65,16 @@ impl SseParser {
 }
 
 /// Follows until the deployment's final state; returns the deployment as it ended.
+/// On a terminal (and without `--json`), a live block is redrawn below the lines.
 pub(crate) async fn follow(api: &Api, id: &str, host: Option<&str>, as_json: bool) -> Result<Deployment, ApiError> {
-    let progress = !as_json && std::io::stderr().is_terminal();
+    let mut live = if !as_json && std::io::stdout().is_terminal() {
+        Some((Board::new(&api.deployment(id).await?), Screen::default()))
+    } else {
+        None
+    };
     let mut last: Option<String> = None;
     let mut reconnects = 0;
+    let mut redraw = tokio::time::interval(REDRAW);
     loop {
         let mut response = match api.events(id, last.as_deref()).await {
             Ok(response) => response,
@@ -79,37 +90,52 @@ pub(crate) async fn follow(api: &Api, id: &str, host: Option<&str>, as_json: boo
         };
         let mut parser = SseParser::default();
         loop {
-            let chunk = match response.chunk().await {
+            let chunk = tokio::select! {
+                chunk = response.chunk() => chunk,
+                _ = redraw.tick() => {
+                    if let Some((board, screen)) = &mut live {
+                        screen.draw(&[], &board.render(Utc::now()));
+                    }
+                    continue;
+                }
+            };
+            let chunk = match chunk {
                 Ok(Some(chunk)) => chunk,
                 // The connection ended or broke: resume from the last event seen.
                 Ok(None) | Err(_) => break,
             };
             reconnects = 0;
+            let mut shown = Vec::new();
+            let mut finished = false;
             for event in parser.feed(&chunk) {
                 if event.id.is_some() {
                     last.clone_from(&event.id);
                 }
                 let Ok(line) = serde_json::from_str::<LogLine>(&event.data) else { continue };
-                show(&line, host, as_json);
-                if progress
-                    && matches!(line.event, Some(Event::Host { .. }))
-                    && let Ok(d) = api.deployment(id).await
-                {
-                    eprintln!("{}", render::progress(&d));
+                if host.is_none_or(|h| line.host.as_deref() == Some(h)) {
+                    shown.push(line.clone());
                 }
-                if line.event.as_ref().is_some_and(Event::is_final) {
-                    return api.deployment(id).await;
+                if let Some((board, _)) = &mut live {
+                    board.apply(&line);
                 }
+                finished |= line.event.as_ref().is_some_and(Event::is_final);
+            }
+            match &mut live {
+                Some((board, screen)) => {
+                    let lines: Vec<String> = shown.iter().map(render::log_line).collect();
+                    screen.draw(&lines, &board.render(Utc::now()));
+                }
+                None => shown.iter().for_each(|line| show(line, as_json)),
+            }
+            if finished {
+                return api.deployment(id).await;
             }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
-fn show(line: &LogLine, host: Option<&str>, as_json: bool) {
-    if host.is_some_and(|h| line.host.as_deref() != Some(h)) {
-        return;
-    }
+fn show(line: &LogLine, as_json: bool) {
     if as_json {
         println!("{}", serde_json::to_string(line).unwrap_or_default());
     } else {

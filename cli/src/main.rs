@@ -5,6 +5,7 @@
 //! 3 when the API cannot be reached or refuses the request.
 
 mod api;
+mod board;
 mod follow;
 mod render;
 

@@ -93,3 +93,84 @@ async fn usage_and_connection_errors_have_their_own_exit_codes() {
     assert!(String::from_utf8_lossy(&refused.stderr).contains("unknown_service"));
     app.shut_down().await;
 }
+
+/// A terminal of its own: a tmux server on its own socket, killed on drop.
+struct Terminal {
+    socket: String,
+}
+
+impl Terminal {
+    fn run(command: &str) -> Self {
+        let socket = format!("vesemir-test-{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
+        let status = std::process::Command::new("tmux")
+            .args(["-L", &socket, "new-session", "-d", "-x", "150", "-y", "45", command])
+            .status()
+            .unwrap();
+        assert!(status.success(), "tmux did not start");
+        Self { socket }
+    }
+
+    /// What the screen shows now.
+    fn screen(&self) -> String {
+        let output =
+            std::process::Command::new("tmux").args(["-L", &self.socket, "capture-pane", "-p"]).output().unwrap();
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    async fn wait_for(&self, what: &str, holds: impl Fn(&str) -> bool) -> String {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(90);
+        loop {
+            let screen = self.screen();
+            if holds(&screen) {
+                return screen;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the screen never showed {what}:\n{screen}");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("tmux").args(["-L", &self.socket, "kill-server"]).status();
+    }
+}
+
+/// On a terminal, `--follow` keeps a block at the bottom, redrawn in place: hosts done,
+/// the wave, each host in flight with its step and time, and the hosts out of rotation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_follow_on_a_terminal_redraws_a_live_view_of_the_rollout() {
+    let fleet = Fleet::up(2).unwrap();
+    let app = TestApp::start(Some(&fleet), Setup::default()).await.unwrap();
+    let mut request = vesemir_tests::demo_request("8.0.0");
+    request["sleep_seconds"] = serde_json::json!(2);
+    let id = app.deploy(&request).await.unwrap();
+    let cli = vesemir_tests::cli_binary();
+    let command =
+        format!("{} --api {} --token {} status {id} --follow; sleep 120", cli.display(), app.base, app.admin_token);
+    let terminal = Terminal::run(&command);
+
+    let mid = terminal
+        .wait_for("a host in flight", |screen| {
+            screen.contains("hosts done · wave")
+                && screen.lines().any(|l| {
+                    let words: Vec<&str> = l.split_whitespace().collect();
+                    // "vm-01  install  1.2 s": a host, its step, and its time so far.
+                    words.len() >= 4 && words[0].starts_with("vm-0") && words[3] == "s"
+                })
+        })
+        .await;
+    assert!(mid.contains("── demo 8.0.0 to sandbox · running"), "{mid}");
+    let done = terminal
+        .wait_for("the end", |screen| screen.contains("· succeeded") && screen.contains("2/2 hosts done"))
+        .await;
+    // Redrawn in place, not printed again and again: the block is on the screen once.
+    let bars = done.lines().filter(|l| l.starts_with('[') && l.contains("hosts done")).count();
+    assert_eq!(bars, 1, "{done}");
+    assert!(done.contains("pause: succeeded"), "log lines scroll above the block:\n{done}");
+    assert_eq!(
+        app.wait_final(&id, std::time::Duration::from_secs(60)).await.unwrap().state,
+        DeploymentState::Succeeded
+    );
+    app.shut_down().await;
+}
