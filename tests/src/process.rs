@@ -18,10 +18,16 @@ pub struct Process {
 impl Process {
     /// Runs `binary` with `--config` pointing at `config`, plus `args`.
     pub fn start(binary: &str, config: &str, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        Self::start_at(&cli_binary().with_file_name(binary), config, args, env)
+    }
+
+    /// The same, for a binary at `program` (one a package installed, say).
+    pub fn start_at(program: &Path, config: &str, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let binary = program.display().to_string();
         let dir = ScratchDir::new("vp")?;
         let path = dir.path().join("vesemir.toml");
         std::fs::write(&path, config)?;
-        let child = Command::new(cli_binary().with_file_name(binary))
+        let child = Command::new(program)
             .arg("--config")
             .arg(&path)
             .args(args)

@@ -223,3 +223,53 @@ async fn a_reload_adds_a_service_without_a_restart_and_refuses_a_broken_configur
     assert!(reqwest::get(format!("{base}/healthz")).await.unwrap().status().is_success());
     app.shut_down().await;
 }
+
+/// `scripts/package` builds a Debian package that, unpacked into a scratch root, runs:
+/// its API serves the test database and its worker deploys with the packaged playbooks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_debian_package_installs_and_its_api_and_worker_deploy() {
+    let scratch = vesemir_tests::ScratchDir::new("vdeb").unwrap();
+    let bin_dir = vesemir_tests::cli_binary().parent().unwrap().to_owned();
+    let built = std::process::Command::new(vesemir_tests::repo_root().join("scripts/package"))
+        .arg("--bin-dir")
+        .arg(&bin_dir)
+        .arg("--out")
+        .arg(scratch.path())
+        .output()
+        .unwrap();
+    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    let deb = String::from_utf8_lossy(&built.stdout).trim().to_owned();
+    let info = std::process::Command::new("dpkg-deb").args(["--info", &deb]).output().unwrap();
+    let info = String::from_utf8_lossy(&info.stdout).into_owned();
+    assert!(info.contains("Package: vesemir") && info.contains("postinst") && info.contains("conffiles"), "{info}");
+    let root = scratch.path().join("root");
+    let unpacked = std::process::Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root).status().unwrap();
+    assert!(unpacked.success());
+    for file in ["usr/bin/vesemir", "lib/systemd/system/vesemir-worker.service", "etc/vesemir/vesemir.toml"] {
+        assert!(root.join(file).exists(), "{file} is not in the package");
+    }
+    let unit = std::fs::read_to_string(root.join("lib/systemd/system/vesemir-api.service")).unwrap();
+    assert!(unit.contains("ExecStart=/usr/bin/vesemir-api") && unit.contains("ExecReload="), "{unit}");
+
+    let fleet = Fleet::up(1).unwrap();
+    let playbooks = root.join("usr/share/vesemir/playbooks");
+    let setup = Setup { workers: 0, playbooks_dir: Some(playbooks), ..Setup::default() };
+    let app = TestApp::start(Some(&fleet), setup).await.unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = app.config_text.replacen("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{port}\""), 1);
+    let api = vesemir_tests::Process::start_at(&root.join("usr/bin/vesemir-api"), &config, &["serve"], &[]).unwrap();
+    let _worker = vesemir_tests::Process::start_at(&root.join("usr/bin/vesemir-worker"), &config, &[], &[]).unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while reqwest::get(format!("{base}/readyz")).await.map(|r| r.status().as_u16()).unwrap_or(0) != 200 {
+        assert!(tokio::time::Instant::now() < deadline, "the packaged API did not start: {}", api.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let answer = app.client.post(format!("{base}/v1/deployments")).json(&demo_request("9.0.0")).send().await.unwrap();
+    assert_eq!(answer.status().as_u16(), 202);
+    let id = answer.json::<Deployment>().await.unwrap().id.to_string();
+    let done = app.wait_final(&id, FINISH).await.unwrap();
+    assert_eq!(done.state, DeploymentState::Succeeded, "{done:#?}");
+    assert_eq!(fleet.served_version("vm-01").await.unwrap(), "9.0.0");
+    app.shut_down().await;
+}
