@@ -92,6 +92,7 @@ async fn token(store: &Store, command: TokenCommand) -> anyhow::Result<()> {
 #[tokio::main]
 async fn main() -> ExitCode {
     vesemir_core::telemetry::init("info,sqlx=warn,lapin=warn,tower_http=info");
+    let _hangups = vesemir_core::config::survive_hangups();
     let args = Args::parse();
     if let Some(Command::Openapi) = args.command {
         println!("{}", vesemir_api::routes::openapi::document());

@@ -7,7 +7,7 @@
 mod live;
 mod position;
 
-pub use live::{Live, ReloadError, reload_on_hangup};
+pub use live::{Live, ReloadError, reload_on_hangup, survive_hangups};
 
 use crate::template;
 pub use position::Position;

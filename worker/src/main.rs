@@ -16,6 +16,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> ExitCode {
     vesemir_core::telemetry::init("info,sqlx=warn,lapin=warn");
+    let _hangups = vesemir_core::config::survive_hangups();
     let args = Args::parse();
     let result = async {
         let worker = Worker::build(Live::load(args.config)?).await?;

@@ -86,6 +86,13 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     changed
 }
 
+/// Makes SIGHUP harmless from the first moment of a process: its default action ends
+/// the process, and a reload sent while it starts (before [`reload_on_hangup`]
+/// listens) must not. Keep the returned value for the life of the process.
+pub fn survive_hangups() -> Option<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
+}
+
 /// Reloads `live` on every SIGHUP until `shutdown`, logging what happened.
 pub async fn reload_on_hangup(
     live: Arc<Live>,

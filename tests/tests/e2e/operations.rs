@@ -191,6 +191,11 @@ async fn a_reload_adds_a_service_without_a_restart_and_refuses_a_broken_configur
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(submit("fresh", "1.0.0").await.unwrap().status().as_u16(), 400, "not configured yet");
+    // Both listen for reloads once they run: the worker once it consumes.
+    while !worker.log().contains("consuming") {
+        assert!(tokio::time::Instant::now() < deadline, "vesemir-worker did not start: {}", worker.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     let grown = format!("{config}\n{FRESH_SERVICE}");
     api.reload_with(&grown).unwrap();
