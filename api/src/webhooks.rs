@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 use vesemir_core::config::Live;
 use vesemir_core::store::{Attempt, DueDelivery, Store};
+use vesemir_core::telemetry::error_chain;
 
 /// Notifications routed, and deliveries attempted, per round.
 const BATCH: i64 = 32;
@@ -159,11 +160,6 @@ impl Notifier {
             warn!(delivery = id, error = %e, "recording a delivery failed");
         }
     }
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let causes: Vec<String> = std::iter::successors(Some(error), |e| e.source()).map(ToString::to_string).collect();
-    causes.join(": ")
 }
 
 #[cfg(test)]

@@ -38,3 +38,10 @@ pub async fn shutdown_signal() {
     }
     tracing::info!("shutdown signal received");
 }
+
+/// An error with its causes, on one line: what a deployment's log and error, and a
+/// webhook delivery's, show.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let causes: Vec<String> = std::iter::successors(Some(error), |e| e.source()).map(ToString::to_string).collect();
+    causes.join(": ").replace('\n', " ").trim().to_owned()
+}

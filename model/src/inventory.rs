@@ -55,6 +55,27 @@ pub struct HostRecord {
     pub disagrees: bool,
 }
 
+impl HostRecord {
+    /// A host no deployment has started on yet (a static cluster lists it).
+    pub fn unrecorded(name: &str, address: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            address: address.to_owned(),
+            version: None,
+            deployment_id: None,
+            deployed_at: None,
+            last_deployment_id: None,
+            last_state: None,
+            load_balancer: None,
+            drift: false,
+            reported_version: None,
+            verified_at: None,
+            verified_by: None,
+            disagrees: false,
+        }
+    }
+}
+
 impl Inventory {
     /// Builds the view from the hosts' records: the target's version is the one most
     /// hosts run (ties to the newest deployment's), and every host off it is drift.
@@ -92,19 +113,9 @@ mod tests {
 
     fn host(name: &str, version: Option<&str>, at: i64) -> HostRecord {
         HostRecord {
-            name: name.to_owned(),
-            address: "10.0.0.1".to_owned(),
             version: version.map(str::to_owned),
-            deployment_id: None,
             deployed_at: DateTime::from_timestamp(at, 0),
-            last_deployment_id: None,
-            last_state: None,
-            load_balancer: None,
-            drift: false,
-            reported_version: None,
-            verified_at: None,
-            verified_by: None,
-            disagrees: false,
+            ..HostRecord::unrecorded(name, "10.0.0.1")
         }
     }
 

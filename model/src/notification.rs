@@ -1,56 +1,25 @@
 //! Webhooks: what a receiver is sent when a deployment changes state, and the record
 //! of each delivery.
 
-use crate::deployment::DeploymentState;
+use crate::deployment::{DeploymentState, string_enum};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use std::fmt;
 use uuid::Uuid;
 
-/// The changes a webhook is told of.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(rename_all = "snake_case")]
-pub enum NotificationEvent {
-    /// A worker took the deployment and started its rollout.
-    Started,
-    Succeeded,
-    Failed,
-    Cancelled,
-    /// It failed, and its rollback is queued (`deployment.rolled_back_by`).
-    RollingBack,
-    /// Its rollback succeeded: every host it changed is back on its earlier version.
-    RolledBack,
-}
-
-impl NotificationEvent {
-    pub const ALL: [Self; 6] =
-        [Self::Started, Self::Succeeded, Self::Failed, Self::Cancelled, Self::RollingBack, Self::RolledBack];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Started => "started",
-            Self::Succeeded => "succeeded",
-            Self::Failed => "failed",
-            Self::Cancelled => "cancelled",
-            Self::RollingBack => "rolling_back",
-            Self::RolledBack => "rolled_back",
-        }
+string_enum!(
+    /// The changes a webhook is told of.
+    NotificationEvent {
+        /// A worker took the deployment and started its rollout.
+        Started => "started",
+        Succeeded => "succeeded",
+        Failed => "failed",
+        Cancelled => "cancelled",
+        /// It failed, and its rollback is queued (`deployment.rolled_back_by`).
+        RollingBack => "rolling_back",
+        /// Its rollback succeeded: every host it changed is back on its earlier version.
+        RolledBack => "rolled_back",
     }
-}
-
-impl fmt::Display for NotificationEvent {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for NotificationEvent {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Self::ALL.into_iter().find(|e| e.as_str() == s).ok_or_else(|| format!("unknown event {s:?}"))
-    }
-}
+);
 
 /// The deployment as it was when the event happened.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,35 +48,14 @@ pub struct Notification {
     pub deployment: NotifiedDeployment,
 }
 
-/// `pending` (being tried, with backoff) → `delivered` | `failed` (given up).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(rename_all = "snake_case")]
-pub enum DeliveryState {
-    Pending,
-    Delivered,
-    Failed,
-}
-
-impl DeliveryState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Delivered => "delivered",
-            Self::Failed => "failed",
-        }
+string_enum!(
+    /// `pending` (being tried, with backoff) → `delivered` | `failed` (given up).
+    DeliveryState {
+        Pending => "pending",
+        Delivered => "delivered",
+        Failed => "failed",
     }
-}
-
-impl std::str::FromStr for DeliveryState {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        [Self::Pending, Self::Delivered, Self::Failed]
-            .into_iter()
-            .find(|state| state.as_str() == s)
-            .ok_or_else(|| format!("unknown delivery state {s:?}"))
-    }
-}
+);
 
 /// One event's delivery to one webhook, as the delivery log shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

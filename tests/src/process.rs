@@ -44,6 +44,22 @@ impl Process {
         Ok(Self { child, dir })
     }
 
+    /// The real `vesemir-api` at `program` (the built one, or a package's) serving
+    /// `config` (a [`TestApp`]'s) on a free loopback port, once it answers `/healthz`.
+    /// Returns it and its base URL.
+    pub async fn start_api(program: &Path, config: &str, env: &[(&str, &str)]) -> anyhow::Result<(Self, String)> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let config = config.replacen("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{port}\""), 1);
+        let process = Self::start_at(program, &config, &["serve"], env)?;
+        let base = format!("http://127.0.0.1:{port}");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while reqwest::get(format!("{base}/healthz")).await.is_err() {
+            anyhow::ensure!(tokio::time::Instant::now() < deadline, "vesemir-api did not start: {}", process.log());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok((process, base))
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -88,17 +104,10 @@ const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 impl SkewedApi {
     pub async fn start(app: &TestApp, skew: &str) -> anyhow::Result<Self> {
         anyhow::ensure!(Path::new(LIBFAKETIME).exists(), "{LIBFAKETIME} is missing: install Debian's faketime");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let config = app.config_text.replacen("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{port}\""), 1);
         // Timers run on the real monotonic clock; only the wall clock is shifted.
         let env = [("LD_PRELOAD", LIBFAKETIME), ("FAKETIME", skew), ("FAKETIME_DONT_FAKE_MONOTONIC", "1")];
-        let process = Process::start("vesemir-api", &config, &["serve"], &env)?;
-        let api = Self { base: format!("http://127.0.0.1:{port}"), _process: process };
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while reqwest::get(format!("{}/healthz", api.base)).await.is_err() {
-            anyhow::ensure!(tokio::time::Instant::now() < deadline, "vesemir-api did not start");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        Ok(api)
+        let program = cli_binary().with_file_name("vesemir-api");
+        let (process, base) = Process::start_api(&program, &app.config_text, &env).await?;
+        Ok(Self { base, _process: process })
     }
 }

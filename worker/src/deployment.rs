@@ -11,7 +11,7 @@ use crate::rollout::{Outcome, Rollout, Stop};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
-use vesemir_core::config::Config;
+use vesemir_core::config::{ClusterConfig, Config, ServiceConfig};
 use vesemir_core::plan;
 use vesemir_core::store::{ClaimedDeployment, PlannedHost, Rollback, RunHost, Store, StoreError, VERSION_STEP};
 use vesemir_model::deployment::{
@@ -107,6 +107,7 @@ impl Runner {
             );
             return Ok(failed(logs, message).await);
         };
+        let strategy = request.strategy.unwrap_or(service.strategy);
 
         let mut hosts = self.store.run_hosts(claim.id).await?;
         if hosts.is_empty() {
@@ -118,7 +119,6 @@ impl Runner {
                 Ok(found) => found,
                 Err(e) => return Ok(failed(logs, format!("discovery failed: {e}")).await),
             };
-            let strategy = request.strategy.unwrap_or(service.strategy);
             let found = found.into_iter().map(|h| PlannedHost::new(&h.name, &h.address)).collect();
             hosts = self
                 .store
@@ -141,7 +141,7 @@ impl Runner {
             logs.system(None, format!("resuming with {} stored hosts", hosts.len())).await;
         }
         if request.dry_run && request.verify {
-            return self.verify(claim, ledger, logs, lease, hosts).await;
+            return self.verify(claim, (cluster, service), ledger, logs, lease, hosts).await;
         }
         if request.dry_run {
             return Ok(Finished(DeploymentState::Planned, None, None));
@@ -172,7 +172,6 @@ impl Runner {
             Outcome::Succeeded => Finished(DeploymentState::Succeeded, None, None),
             Outcome::Failed(message) => {
                 if request.on_failure.unwrap_or(service.on_failure) == OnFailure::Rollback {
-                    let strategy = request.strategy.unwrap_or(service.strategy);
                     self.plan_rollback(claim, &playbook, strategy, logs, message).await?
                 } else {
                     Finished(DeploymentState::Failed, Some(message), None)
@@ -238,17 +237,13 @@ impl Runner {
     async fn verify(
         &self,
         claim: &ClaimedDeployment,
+        (cluster, service): (&ClusterConfig, &ServiceConfig),
         ledger: &Arc<dyn Ledger>,
         logs: &LogSink,
         lease: &LeaseKeeper,
         hosts: Vec<RunHost>,
     ) -> Result<Step, StoreError> {
         let request = &claim.request;
-        let (Some(cluster), Some(service)) =
-            (self.config.clusters.get(&request.cluster), self.config.services.get(&request.service))
-        else {
-            return Ok(failed(logs, "the target is no longer configured".to_owned()).await);
-        };
         let Some(command) = &service.version_command else {
             return Ok(failed(logs, format!("service {} has no version_command", request.service)).await);
         };

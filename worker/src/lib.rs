@@ -181,8 +181,4 @@ async fn drain(tasks: &mut JoinSet<()>) {
     }
 }
 
-/// An error with its causes, on one line: what a deployment's log and error show.
-pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
-    let causes: Vec<String> = std::iter::successors(Some(error), |e| e.source()).map(ToString::to_string).collect();
-    causes.join(": ").replace('\n', " ").trim().to_owned()
-}
+pub(crate) use vesemir_core::telemetry::error_chain;

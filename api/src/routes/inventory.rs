@@ -45,21 +45,7 @@ pub async fn hosts(
     let mut records = state.store.host_records(&service, &cluster).await?;
     for host in &listed.hosts {
         if !records.iter().any(|r| r.name == host.name) {
-            records.push(HostRecord {
-                name: host.name.clone(),
-                address: host.address.clone(),
-                version: None,
-                deployment_id: None,
-                deployed_at: None,
-                last_deployment_id: None,
-                last_state: None,
-                load_balancer: None,
-                drift: false,
-                reported_version: None,
-                verified_at: None,
-                verified_by: None,
-                disagrees: false,
-            });
+            records.push(HostRecord::unrecorded(&host.name, &host.address));
         }
     }
     Ok(axum::Json(Inventory::new(service, cluster, records)).into_response())

@@ -189,6 +189,7 @@ impl Store {
             )));
         }
         let id = insert(&mut tx, rollback, requested_by, None).await?;
+        sqlx::query("INSERT INTO outbox (deployment_id) VALUES ($1)").bind(id).execute(&mut *tx).await?;
         let detail = serde_json::json!({ "rollback_of": rollback.of, "version": rollback.request.version });
         super::access::audit(&mut tx, requested_by, "rollback", Some(id), detail).await?;
         tx.commit().await?;
@@ -196,10 +197,11 @@ impl Store {
     }
 }
 
-/// Stores a rollback deployment with its planned hosts, its first log lines and its
-/// outbox row, inside the caller's transaction. `queue_seq` puts it in the undone
+/// Stores a rollback deployment with its planned hosts and its first log lines, inside
+/// the caller's transaction, which also queues it. `queue_seq` puts it in the undone
 /// deployment's place in the target's queue (an automatic rollback goes before
-/// anything submitted after the deployment it undoes).
+/// anything submitted after the deployment it undoes, and the finish that frees the
+/// target wakes it as the next in line).
 pub(super) async fn insert(
     conn: &mut sqlx::PgConnection,
     rollback: &Rollback,
@@ -232,10 +234,6 @@ pub(super) async fn insert(
         .map(|line| NewLogLine { host: None, stream: LogStream::System, line: line.clone(), at: now, event: None })
         .collect();
     logs::append(&mut *conn, id, &lines).await?;
-    sqlx::query(concat!("INSERT INTO outbox (deployment_id) VALUES ($1) ", supersede!()))
-        .bind(id)
-        .execute(&mut *conn)
-        .await?;
     Ok(id)
 }
 

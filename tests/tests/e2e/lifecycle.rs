@@ -54,13 +54,8 @@ async fn the_hosts_view_shows_each_hosts_version_and_drift_after_a_partial_deplo
     assert!(vm1.deployed_at.is_some() && vm1.load_balancer.is_none(), "{vm1:#?}");
 
     // The same, for people.
-    let output = tokio::process::Command::new(vesemir_tests::cli_binary())
-        .args(["--api", &app.base, "--token", &app.admin_token, "hosts", "demo", "sandbox"])
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert_eq!(output.status.code(), Some(0), "{stdout}");
+    let (code, stdout) = cli(&app, &["hosts", "demo", "sandbox"]).await;
+    assert_eq!(code, Some(0), "{stdout}");
     assert!(stdout.contains("demo on sandbox: version 1.0.0"), "{stdout}");
     assert!(stdout.lines().any(|l| l.contains("vm-02") && l.contains("2.0.0 (drift)")), "{stdout}");
     assert!(stdout.contains("drift: vm-02 not on 1.0.0"), "{stdout}");

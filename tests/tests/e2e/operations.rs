@@ -175,21 +175,19 @@ url = "http://{{host.address}}:8080/health"
 async fn a_reload_adds_a_service_without_a_restart_and_refuses_a_broken_configuration() {
     let fleet = Fleet::up(1).unwrap();
     let app = TestApp::start(Some(&fleet), Setup { workers: 0, ..Setup::default() }).await.unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let config = app.config_text.replacen("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{port}\""), 1);
-    let api = vesemir_tests::Process::start("vesemir-api", &config, &["serve"], &[("RUST_LOG", "info")]).unwrap();
-    let worker = vesemir_tests::Process::start("vesemir-worker", &config, &[], &[("RUST_LOG", "info")]).unwrap();
-    let base = format!("http://127.0.0.1:{port}");
+    let info = [("RUST_LOG", "info")];
+    let program = vesemir_tests::cli_binary().with_file_name("vesemir-api");
+    let (api, base) = vesemir_tests::Process::start_api(&program, &app.config_text, &info).await.unwrap();
+    // The API's own file names the port it listens on; a reload keeps it.
+    let listen = format!("listen = \"{}\"", base.trim_start_matches("http://"));
+    let config = app.config_text.replacen("listen = \"127.0.0.1:0\"", &listen, 1);
+    let worker = vesemir_tests::Process::start("vesemir-worker", &config, &[], &info).unwrap();
     let submit = |service: &str, version: &str| {
         let mut request = demo_request(version);
         request["service"] = json!(service);
         app.client.post(format!("{base}/v1/deployments")).json(&request).send()
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while reqwest::get(format!("{base}/healthz")).await.is_err() {
-        assert!(tokio::time::Instant::now() < deadline, "vesemir-api did not start: {}", api.log());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     assert_eq!(submit("fresh", "1.0.0").await.unwrap().status().as_u16(), 400, "not configured yet");
     // Both listen for reloads once they run: the worker once it consumes.
     while !worker.log().contains("consuming") {
@@ -260,16 +258,10 @@ async fn the_debian_package_installs_and_its_api_and_worker_deploy() {
     let playbooks = root.join("usr/share/vesemir/playbooks");
     let setup = Setup { workers: 0, playbooks_dir: Some(playbooks), ..Setup::default() };
     let app = TestApp::start(Some(&fleet), setup).await.unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let config = app.config_text.replacen("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{port}\""), 1);
-    let api = vesemir_tests::Process::start_at(&root.join("usr/bin/vesemir-api"), &config, &["serve"], &[]).unwrap();
-    let _worker = vesemir_tests::Process::start_at(&root.join("usr/bin/vesemir-worker"), &config, &[], &[]).unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while reqwest::get(format!("{base}/readyz")).await.map(|r| r.status().as_u16()).unwrap_or(0) != 200 {
-        assert!(tokio::time::Instant::now() < deadline, "the packaged API did not start: {}", api.log());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let (_api, base) =
+        vesemir_tests::Process::start_api(&root.join("usr/bin/vesemir-api"), &app.config_text, &[]).await.unwrap();
+    let worker = root.join("usr/bin/vesemir-worker");
+    let _worker = vesemir_tests::Process::start_at(&worker, &app.config_text, &[], &[]).unwrap();
     let answer = app.client.post(format!("{base}/v1/deployments")).json(&demo_request("9.0.0")).send().await.unwrap();
     assert_eq!(answer.status().as_u16(), 202);
     let id = answer.json::<Deployment>().await.unwrap().id.to_string();
