@@ -4,6 +4,7 @@
 
 use crate::AppState;
 use crate::error::ApiError;
+use crate::tokens::Known;
 use axum::extract::FromRequestParts;
 use axum::http::HeaderMap;
 use axum::http::request::Parts;
@@ -32,11 +33,24 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Calle
         .ok_or_else(|| ApiError::Unauthorized("the Authorization header must be Bearer <token>".to_owned()))?;
     let invalid = || ApiError::Unauthorized("the token is not valid, or was revoked".to_owned());
     let (id, secret) = access::parse(token).ok_or_else(invalid)?;
-    let (info, hash) = state.store.token(id).await?.ok_or_else(invalid)?;
-    if info.revoked_at.is_some() || !access::verify(secret, &hash) {
+    let known = match state.tokens.get(id) {
+        Some(known) => known,
+        None => {
+            let ticket = state.tokens.ticket();
+            let (info, hash) = state.store.token(id).await?.ok_or_else(invalid)?;
+            if info.revoked_at.is_some() {
+                return Err(invalid());
+            }
+            let known = Known { hash, caller: Caller { name: info.name, role: info.role, scope: info.scope } };
+            state.tokens.remember(ticket, id, known.clone());
+            known
+        }
+    };
+    // A wrong secret for a known id is refused like an unknown one.
+    if !access::verify(secret, &known.hash) {
         return Err(invalid());
     }
-    Ok(Caller { name: info.name, role: info.role, scope: info.scope })
+    Ok(known.caller)
 }
 
 /// Refuses (403) a caller whose role is below `needed`.

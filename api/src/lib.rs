@@ -14,6 +14,7 @@ pub mod extract;
 pub mod limit;
 pub mod outbox;
 pub mod routes;
+pub mod tokens;
 pub mod ui;
 pub mod validate;
 pub mod webhooks;
@@ -43,6 +44,7 @@ pub struct AppState {
     pub publisher: Arc<Publisher>,
     pub nudge: mpsc::Sender<Uuid>,
     pub hub: Arc<events::Hub>,
+    pub tokens: Arc<tokens::TokenCache>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +74,7 @@ pub struct App {
     store: Store,
     publisher: Arc<Publisher>,
     hub: Arc<events::Hub>,
+    tokens: Arc<tokens::TokenCache>,
     database_url: Secret,
     live: Arc<Live>,
 }
@@ -100,15 +103,17 @@ impl App {
         let notifier =
             webhooks::Notifier::new(store.clone(), live.clone(), Duration::from_millis(config.api.outbox_interval_ms))
                 .map_err(StartError::WebhookClient)?;
+        let tokens = Arc::new(tokens::TokenCache::default());
         let state = AppState {
             live: live.clone(),
             store: store.clone(),
             publisher: publisher.clone(),
             nudge,
             hub: hub.clone(),
+            tokens: tokens.clone(),
         };
         let router = router(state, max_body);
-        Ok(Self { listener, router, relay, notifier, store, publisher, hub, database_url, live })
+        Ok(Self { listener, router, relay, notifier, store, publisher, hub, tokens, database_url, live })
     }
 
     pub fn port(&self) -> u16 {
@@ -122,6 +127,7 @@ impl App {
         let notifier = tokio::spawn(self.notifier.run(stop.clone()));
         let reloader = tokio::spawn(vesemir_core::config::reload_on_hangup(self.live, |_| Ok(()), stop.clone()));
         let listener = tokio::spawn(self.hub.listen(self.database_url.expose().to_owned(), stop.clone()));
+        let revocations = tokio::spawn(self.tokens.listen(self.database_url.expose().to_owned(), stop.clone()));
         let served = axum::serve(self.listener, self.router)
             .with_graceful_shutdown(async move {
                 shutdown.await;
@@ -132,6 +138,7 @@ impl App {
         let _ = notifier.await;
         let _ = reloader.await;
         let _ = listener.await;
+        let _ = revocations.await;
         self.publisher.close().await;
         self.store.close().await;
         served

@@ -16,6 +16,8 @@ use vesemir_core::queue::Publisher;
 use vesemir_core::store::{Pending, Store};
 
 const SWEEP_BATCH: i64 = 100;
+/// Fresh ids published together at most.
+const FRESH_BATCH: usize = 64;
 
 #[derive(Debug)]
 pub struct Relay {
@@ -33,27 +35,36 @@ impl Relay {
         // Often enough that a reaped deployment waits at most 1.5 × `reap_after`.
         let mut reap = tokio::time::interval(self.reap_after / 2);
         reap.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut fresh = Vec::with_capacity(FRESH_BATCH);
         loop {
             tokio::select! {
                 _ = shutdown.changed() => break,
-                Some(id) = self.nudges.recv() => self.publish_fresh(id).await,
+                n = self.nudges.recv_many(&mut fresh, FRESH_BATCH) => {
+                    if n == 0 {
+                        break;
+                    }
+                    self.publish_fresh(&fresh).await;
+                    fresh.clear();
+                }
                 _ = sweep.tick() => self.sweep().await,
                 _ = reap.tick() => self.reap().await,
             }
         }
     }
 
-    /// A deployment just committed by this replica.
-    async fn publish_fresh(&self, id: Uuid) {
-        match self.publisher.publish(id).await {
+    /// Deployments just committed by this replica: whatever piled up while the last
+    /// batch was out goes in the next, so a busy API publishes and clears in batches.
+    async fn publish_fresh(&self, ids: &[Uuid]) {
+        match self.publisher.publish(ids).await {
             Ok(()) => {
-                if let Err(e) = self.store.outbox_confirmed(Pending::fresh(id)).await {
-                    // The sweep will publish it again: a duplicate, which the claim absorbs.
-                    warn!(deployment = %id, error = %e, "clearing the outbox row failed");
+                let rows: Vec<Pending> = ids.iter().copied().map(Pending::fresh).collect();
+                if let Err(e) = self.store.outbox_confirmed(&rows).await {
+                    // The sweep will publish them again: duplicates, which the claim absorbs.
+                    warn!(deployments = ids.len(), error = %e, "clearing outbox rows failed");
                 }
             }
             Err(e) => {
-                warn!(deployment = %id, error = %e, "publishing failed; the outbox will retry")
+                warn!(deployments = ids.len(), error = %e, "publishing failed; the outbox will retry")
             }
         }
     }
@@ -62,35 +73,30 @@ impl Relay {
     async fn sweep(&self) {
         let min_age_ms = self.interval.as_millis() as i64;
         let mut batch = match self.store.outbox_batch(min_age_ms, SWEEP_BATCH).await {
+            Ok(batch) if batch.pending.is_empty() => return,
             Ok(batch) => batch,
             Err(e) => {
                 warn!(error = %e, "reading the outbox failed");
                 return;
             }
         };
-        let mut published = 0;
-        for row in batch.pending.clone() {
-            let result = match self.publisher.publish(row.id).await {
-                Ok(()) => {
-                    published += 1;
-                    batch.confirmed(row).await
-                }
-                Err(e) => {
-                    warn!(deployment = %row.id, error = %e, "re-publishing failed; will retry");
-                    // Stop here: the broker is likely down, and each attempt waits.
-                    let _ = batch.failed(row, &e.to_string()).await;
-                    break;
-                }
-            };
-            if let Err(e) = result {
-                warn!(deployment = %row.id, error = %e, "updating the outbox failed");
-                break;
+        let pending = std::mem::take(&mut batch.pending);
+        let ids: Vec<Uuid> = pending.iter().map(|p| p.id).collect();
+        let published = self.publisher.publish(&ids).await;
+        let recorded = match &published {
+            Ok(()) => batch.confirmed(&pending).await,
+            Err(e) => {
+                warn!(deployments = ids.len(), error = %e, "re-publishing failed; will retry");
+                batch.failed(&pending, &e.to_string()).await
             }
+        };
+        if let Err(e) = recorded {
+            warn!(error = %e, "updating the outbox failed");
         }
-        if let Err(e) = batch.commit().await {
-            warn!(error = %e, "committing the outbox sweep failed");
-        } else if published > 0 {
-            info!(published, "outbox: re-published unconfirmed deployments");
+        match batch.commit().await {
+            Err(e) => warn!(error = %e, "committing the outbox sweep failed"),
+            Ok(()) if published.is_ok() => info!(published = ids.len(), "outbox: re-published unconfirmed deployments"),
+            Ok(()) => {}
         }
     }
 

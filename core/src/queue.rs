@@ -80,10 +80,12 @@ impl Publisher {
         Self { config, link: Mutex::new(None) }
     }
 
-    /// Publishes one id and waits for the broker to confirm it.
-    pub async fn publish(&self, id: Uuid) -> Result<(), QueueError> {
+    /// Publishes ids and waits until the broker confirmed every one: sent together,
+    /// confirmed together, so a batch costs about one round trip. On an error, some
+    /// may have been stored: publishing again makes duplicates, which the claim absorbs.
+    pub async fn publish(&self, ids: &[Uuid]) -> Result<(), QueueError> {
         let mut link = self.link.lock().await;
-        let result = self.publish_on(&mut link, id).await;
+        let result = self.publish_on(&mut link, ids).await;
         if result.is_err() {
             // A broken channel stays broken: start over on the next publish.
             *link = None;
@@ -91,7 +93,7 @@ impl Publisher {
         result
     }
 
-    async fn publish_on(&self, link: &mut Option<(Connection, Channel)>, id: Uuid) -> Result<(), QueueError> {
+    async fn publish_on(&self, link: &mut Option<(Connection, Channel)>, ids: &[Uuid]) -> Result<(), QueueError> {
         if link.as_ref().is_none_or(|(connection, _)| !connection.status().connected()) {
             let (connection, channel) = open(&self.config).await?;
             within(channel.confirm_select(ConfirmSelectOptions::default())).await?;
@@ -100,24 +102,34 @@ impl Publisher {
         let Some((_, channel)) = link.as_ref() else {
             return Err(QueueError::Timeout(BROKER_TIMEOUT));
         };
-        let body = id.to_string();
-        let properties = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_content_type(ShortString::from("text/plain"))
-            .with_message_id(ShortString::from(body.as_str()));
-        let confirm = within(channel.basic_publish(
-            ShortString::from(""),
-            self.config.queue.as_str().into(),
-            BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
-            body.as_bytes(),
-            properties,
-        ))
-        .await?;
-        match within(confirm).await? {
-            Confirmation::Ack(None) => Ok(()),
-            // Unroutable (returned) or refused: not stored by the broker.
-            Confirmation::Ack(Some(_)) | Confirmation::Nack(_) | Confirmation::NotRequested => Err(QueueError::Nacked),
+        let mut confirms = Vec::with_capacity(ids.len());
+        for id in ids {
+            let body = id.to_string();
+            let properties = BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_content_type(ShortString::from("text/plain"))
+                .with_message_id(ShortString::from(body.as_str()));
+            confirms.push(
+                within(channel.basic_publish(
+                    ShortString::from(""),
+                    self.config.queue.as_str().into(),
+                    BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
+                    body.as_bytes(),
+                    properties,
+                ))
+                .await?,
+            );
         }
+        for confirm in confirms {
+            match within(confirm).await? {
+                Confirmation::Ack(None) => {}
+                // Unroutable (returned) or refused: not stored by the broker.
+                Confirmation::Ack(Some(_)) | Confirmation::Nack(_) | Confirmation::NotRequested => {
+                    return Err(QueueError::Nacked);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Whether the last publish left a live connection (for readiness).

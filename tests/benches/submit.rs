@@ -1,5 +1,8 @@
 //! Submit throughput and submit-to-claim latency, beside PostgreSQL's own
-//! INSERT+COMMIT rate on the same server, in one run. Prints figures; asserts nothing.
+//! INSERT+COMMIT rate on the same server, in one run: a one-row insert, and the very
+//! rows a submit writes (deployment, outbox row, audit entry) in one prepared
+//! statement, from pgbench's C client. With the CPU each costs the whole machine.
+//! Prints figures; asserts nothing.
 //!
 //! Run with `scripts/bench` (it provides PostgreSQL and RabbitMQ like the tests do).
 
@@ -12,7 +15,7 @@ use std::time::{Duration, Instant};
 use vesemir_tests::{ScratchDir, Setup, TestApp, demo_request};
 
 const CLIENTS: usize = 32;
-const SUBMITS: usize = 4000;
+const SUBMITS: usize = 20000;
 const WARMUP: usize = 300;
 const PGBENCH_SECONDS: u32 = 10;
 const CLAIM_SAMPLES: usize = 200;
@@ -51,26 +54,62 @@ async fn submit_load(app: &TestApp, total: usize) -> (f64, Vec<f64>) {
     (rate, latencies)
 }
 
-fn pgbench(database_url: &str) -> f64 {
+/// What PostgreSQL alone does in place of a submit: the deployment, its outbox row
+/// and its audit entry, in one statement as the store writes them. (pgbench reads
+/// `:name` as a variable, hence the spaces after the JSON colons.)
+const SUBMIT_SQL: &str = "WITH deployment AS (INSERT INTO deployments (id, service, cluster, version, request, \
+    requested_by, idempotency_key, request_hash, retry_of, attempt) VALUES (gen_random_uuid(), 'demo', 'sandbox', \
+    '1.0.0', '{\"service\": \"demo\", \"cluster\": \"sandbox\", \"version\": \"1.0.0\"}', 'test-admin', NULL, \
+    'b5bb9d8014a0f9b1d61e21e796d78dccdf1352f23cd32812f4850b878ae4944c', NULL, 1) RETURNING id, created_at), \
+    queued AS (INSERT INTO outbox (deployment_id) SELECT id FROM deployment), \
+    audited AS (INSERT INTO audit (actor, action, deployment_id, detail) SELECT 'test-admin', 'submit', id, \
+    '{\"service\": \"demo\"}' FROM deployment) SELECT created_at FROM deployment;\n";
+
+/// pgbench's rate for `script` (prepared statements, as sqlx uses), and the busy CPU
+/// seconds of the whole machine per transaction.
+fn pgbench(database_url: &str, script: &str) -> (f64, f64) {
     let scratch = ScratchDir::new("vb").unwrap();
-    let script = scratch.path().join("insert.sql");
-    std::fs::write(&script, "INSERT INTO bench_insert (payload) VALUES ('{\"service\": \"demo\"}');\n").unwrap();
-    let run = |sql: &str| {
-        let status = Command::new("psql").args([database_url, "-q", "-c", sql]).status().unwrap();
-        assert!(status.success());
-    };
-    run("CREATE TABLE bench_insert (id bigserial PRIMARY KEY, payload jsonb, created_at timestamptz DEFAULT now())");
+    let path = scratch.path().join("script.sql");
+    std::fs::write(&path, script).unwrap();
+    let machine0 = machine_cpu_seconds();
     let output = Command::new("pgbench")
-        .args(["-n", "-c", &CLIENTS.to_string(), "-j", "2", "-T", &PGBENCH_SECONDS.to_string(), "-f"])
-        .arg(&script)
+        .args(["-n", "-M", "prepared", "-c", &CLIENTS.to_string(), "-j", "2", "-T", &PGBENCH_SECONDS.to_string()])
+        .arg("-f")
+        .arg(&path)
         .arg(database_url)
         .output()
         .expect("pgbench runs");
+    let machine = machine_cpu_seconds() - machine0;
     let text = String::from_utf8_lossy(&output.stdout);
-    run("DROP TABLE bench_insert");
-    text.lines()
+    let count: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("number of transactions actually processed: ")?.split('/').next()?.parse().ok())
+        .unwrap_or(1.0);
+    let tps = text
+        .lines()
         .find_map(|l| l.strip_prefix("tps = ").and_then(|rest| rest.split_whitespace().next()?.parse().ok()))
-        .unwrap_or_else(|| panic!("no tps in pgbench output: {text}{}", String::from_utf8_lossy(&output.stderr)))
+        .unwrap_or_else(|| panic!("no tps in pgbench output: {text}{}", String::from_utf8_lossy(&output.stderr)));
+    (tps, machine / count)
+}
+
+fn psql(database_url: &str, sql: &str) {
+    let status = Command::new("psql").args([database_url, "-q", "-c", sql]).status().unwrap();
+    assert!(status.success());
+}
+
+/// Busy CPU seconds of the whole machine (the API, its clients, PostgreSQL, RabbitMQ).
+fn machine_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap();
+    let cpu: Vec<f64> = stat.lines().next().unwrap().split_whitespace().skip(1).map(|f| f.parse().unwrap()).collect();
+    // user, nice, system, (idle, iowait), irq, softirq, steal
+    (cpu[0] + cpu[1] + cpu[2] + cpu[5] + cpu[6] + cpu[7]) / 100.0
+}
+
+/// CPU seconds of this process: the bench's HTTP clients and the API in it.
+fn own_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    fields[11..13].iter().map(|f| f.parse::<f64>().unwrap()).sum::<f64>() / 100.0
 }
 
 async fn claim_latency(app: &TestApp) -> Vec<f64> {
@@ -102,24 +141,49 @@ async fn claim_latency(app: &TestApp) -> Vec<f64> {
 async fn main() {
     let app = TestApp::start(None, Setup { workers: 0, ..Setup::default() }).await.unwrap();
     submit_load(&app, WARMUP).await;
+    let (machine0, own0) = (machine_cpu_seconds(), own_cpu_seconds());
     let (rate, latencies) = submit_load(&app, SUBMITS).await;
-    let tps = pgbench(app.database_url());
+    let (machine, own) = (machine_cpu_seconds() - machine0, own_cpu_seconds() - own0);
+    let database_url = app.database_url().to_owned();
+    psql(
+        &database_url,
+        "CREATE TABLE bench_insert (id bigserial PRIMARY KEY, payload jsonb, created_at timestamptz DEFAULT now())",
+    );
+    let (one_row, one_row_cpu) =
+        pgbench(&database_url, "INSERT INTO bench_insert (payload) VALUES ('{\"service\": \"demo\"}');\n");
+    psql(&database_url, "DROP TABLE bench_insert");
+    let (statement, statement_cpu) = pgbench(&database_url, SUBMIT_SQL);
     app.shut_down().await;
 
     // A fresh database and queue with one worker: no backlog in front of the samples.
     let app = TestApp::start(None, Setup::default()).await.unwrap();
     let claims = claim_latency(&app).await;
 
+    let us = |seconds: f64| seconds * 1e6;
     println!("Vesemir submit benchmark ({CLIENTS} concurrent clients, debug={})", cfg!(debug_assertions));
     println!(
-        "  POST /v1/deployments         {rate:>8.0} req/s   p50 {:>6.2} ms   p99 {:>6.2} ms   ({SUBMITS} requests)",
+        "  POST /v1/deployments              {rate:>8.0} req/s   p50 {:>6.2} ms   p99 {:>6.2} ms   ({SUBMITS} requests)",
         percentile(&latencies, 0.50),
         percentile(&latencies, 0.99),
     );
-    println!("  pgbench one-row INSERT+COMMIT {tps:>8.0} tx/s    ({PGBENCH_SECONDS} s, same server, same database)");
-    println!("  ratio submit / INSERT+COMMIT  {:>8.2}", rate / tps);
     println!(
-        "  submit -> worker claim        p50 {:>6.2} ms   p99 {:>6.2} ms   ({} dry runs, one every 50 ms)",
+        "  pgbench one-row INSERT+COMMIT     {one_row:>8.0} tx/s    ({PGBENCH_SECONDS} s, prepared, same server and database)"
+    );
+    println!("  pgbench a submit's own statement  {statement:>8.0} tx/s    (deployment + outbox row + audit entry)");
+    println!("  ratio submit / one-row INSERT     {:>8.2}", rate / one_row);
+    println!("  ratio submit / its own statement  {:>8.2}", rate / statement);
+    println!(
+        "  machine CPU per submit            {:>8.0} us   (of which clients and API {:.0} us; PostgreSQL, RabbitMQ and the kernel the rest)",
+        us(machine / SUBMITS as f64),
+        us(own / SUBMITS as f64),
+    );
+    println!(
+        "  machine CPU per pgbench tx        {:>8.0} us one-row   {:.0} us a submit's statement",
+        us(one_row_cpu),
+        us(statement_cpu)
+    );
+    println!(
+        "  submit -> worker claim            p50 {:>6.2} ms   p99 {:>6.2} ms   ({} dry runs, one every 50 ms)",
         percentile(&claims, 0.50),
         percentile(&claims, 0.99),
         claims.len(),

@@ -64,6 +64,17 @@ impl Process {
         self.child.id()
     }
 
+    /// Its configuration file.
+    pub fn config_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("vesemir.toml")
+    }
+
+    /// Sends it a signal by name (`STOP`, `CONT`, `HUP` …).
+    pub fn signal(&self, name: &str) {
+        let sent = Command::new("kill").args([format!("-{name}"), self.pid().to_string()]).status();
+        assert!(sent.is_ok_and(|s| s.success()), "kill -{name} {} failed", self.pid());
+    }
+
     /// What it wrote to its standard error (its log).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
@@ -71,9 +82,8 @@ impl Process {
 
     /// Rewrites its configuration file and sends SIGHUP, as `systemctl reload` does.
     pub fn reload_with(&self, config: &str) -> anyhow::Result<()> {
-        std::fs::write(self.dir.path().join("vesemir.toml"), config)?;
-        let status = Command::new("kill").args(["-HUP", &self.pid().to_string()]).status()?;
-        anyhow::ensure!(status.success(), "kill -HUP {} failed", self.pid());
+        std::fs::write(self.config_path(), config)?;
+        self.signal("HUP");
         Ok(())
     }
 

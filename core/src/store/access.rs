@@ -5,8 +5,22 @@ use crate::access::NewToken;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::PgConnection;
+use sqlx::postgres::PgListener;
+use std::collections::HashMap;
+use std::time::Duration;
 use uuid::Uuid;
 use vesemir_model::access::{AuditEntry, Role, Scope, TokenInfo};
+
+/// Where a revocation is announced (the payload is the token's id), so that every
+/// API process drops the token from its cache at once.
+pub const TOKEN_REVOKED_CHANNEL: &str = "vesemir_token_revoked";
+/// Where each token cache answers a revocation: `"<token id> <cache id>"`.
+pub const TOKEN_DROPPED_CHANNEL: &str = "vesemir_token_dropped";
+/// The `application_name` of a token cache's listening connection, before a space
+/// and the cache's id: how a revocation knows whose answers to wait for.
+pub const TOKEN_CACHE_NAME: &str = "vesemir-token-cache";
+/// How long a revocation waits for the caches' answers before cutting off the silent ones.
+const DROP_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(sqlx::FromRow)]
 struct TokenRow {
@@ -129,18 +143,71 @@ impl Store {
     }
 
     /// Revokes a token by name; false when there is no such live token.
+    ///
+    /// Returns only once every token cache that was listening has dropped the token,
+    /// or has been cut off from the database (which empties it): a revoked token is
+    /// refused by every API process before this returns.
     pub async fn revoke_token(&self, name: &str, actor: &str) -> Result<bool, StoreError> {
+        // Listening first, so that no cache's answer can come before we hear.
+        let mut answers = PgListener::connect_with(&self.pool).await?;
+        answers.listen(TOKEN_DROPPED_CHANNEL).await?;
         let mut tx = self.pool.begin().await?;
-        let done = sqlx::query("UPDATE tokens SET revoked_at = now() WHERE name = $1 AND revoked_at IS NULL")
-            .bind(name)
+        let revoked: Option<(Uuid, DateTime<Utc>)> = sqlx::query_as(
+            "UPDATE tokens SET revoked_at = now() WHERE name = $1 AND revoked_at IS NULL RETURNING id, revoked_at",
+        )
+        .bind(name)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((id, revoked_at)) = revoked else { return Ok(false) };
+        audit(&mut tx, actor, "token.revoke", None, serde_json::json!({ "name": name })).await?;
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(TOKEN_REVOKED_CHANNEL)
+            .bind(id.to_string())
             .execute(&mut *tx)
             .await?;
-        if done.rows_affected() == 0 {
-            return Ok(false);
-        }
-        audit(&mut tx, actor, "token.revoke", None, serde_json::json!({ "name": name })).await?;
         tx.commit().await?;
+        self.await_dropped(&mut answers, id, revoked_at).await?;
         Ok(true)
+    }
+
+    /// Waits until each cache listening since before `since` says it dropped `token`;
+    /// cuts the connection of any that has not said so within [`DROP_TIMEOUT`].
+    async fn await_dropped(
+        &self,
+        answers: &mut PgListener,
+        token: Uuid,
+        since: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let caches: Vec<(i32, String)> = sqlx::query_as(
+            "SELECT pid, substr(application_name, length($1) + 2) FROM pg_stat_activity \
+             WHERE datname = current_database() AND starts_with(application_name, $1 || ' ') \
+                 AND backend_start < $2",
+        )
+        .bind(TOKEN_CACHE_NAME)
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut waiting: HashMap<String, i32> = caches.into_iter().map(|(pid, cache)| (cache, pid)).collect();
+        let token = token.to_string();
+        let deadline = tokio::time::Instant::now() + DROP_TIMEOUT;
+        while !waiting.is_empty() {
+            let Ok(Ok(Some(answer))) = tokio::time::timeout_at(deadline, answers.try_recv()).await else { break };
+            if let Some((dropped, cache)) = answer.payload().split_once(' ')
+                && dropped == token
+            {
+                waiting.remove(cache);
+            }
+        }
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        let silent: Vec<i32> = waiting.into_values().collect();
+        tracing::warn!(caches = silent.len(), "token caches did not confirm a revocation in time; cutting them off");
+        sqlx::query("SELECT pg_terminate_backend(pid) FROM unnest($1::int4[]) AS pid")
+            .bind(&silent)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// The audit trail after an entry id, oldest first.

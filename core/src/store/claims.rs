@@ -92,13 +92,9 @@ impl Store {
                  started_at = COALESCE(started_at, now()), reaps = 0 \
              WHERE id = $1 AND state IN ('queued', 'running', 'cancelling') \
                AND (worker_id IS NULL OR lease_expires_at < now()) \
-               AND NOT (state = 'queued' AND (request->>'dry_run')::boolean IS NOT TRUE AND EXISTS ( \
-                   SELECT 1 FROM deployments other \
-                   WHERE other.service = deployments.service AND other.cluster = deployments.cluster \
-                     AND other.id <> deployments.id AND ",
-            blocks_target!("other"),
-            " AND (other.state <> 'queued' OR other.queue_seq < deployments.queue_seq))) \
-             RETURNING request, rollback_of",
+               AND NOT (state = 'queued' AND (request->>'dry_run')::boolean IS NOT TRUE AND ",
+            waits_behind!("deployments"),
+            ") RETURNING request, rollback_of",
         ))
         .bind(id)
         .bind(token)

@@ -148,14 +148,22 @@ impl Store {
     /// (or refuses, if the request differs).
     pub async fn submit(&self, new: NewDeployment<'_>) -> Result<Submitted, StoreError> {
         let hash = request_hash(new.request);
-        let mut tx = self.pool.begin().await?;
         let id = Uuid::now_v7();
+        let action = if new.retry_of.is_some() { "retry" } else { "submit" };
+        let detail = serde_json::json!({ "service": new.request.service, "cluster": new.request.cluster, "version": new.request.version });
+        // The deployment, its outbox row and its audit entry in one statement: one
+        // round trip and one commit, all or nothing.
         let inserted: Option<(DateTime<Utc>,)> = sqlx::query_as(
-            "INSERT INTO deployments (id, service, cluster, version, request, requested_by, \
-                 idempotency_key, request_hash, retry_of, attempt) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
-             ON CONFLICT (requested_by, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING \
-             RETURNING created_at",
+            "WITH deployment AS ( \
+                 INSERT INTO deployments (id, service, cluster, version, request, requested_by, \
+                     idempotency_key, request_hash, retry_of, attempt) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+                 ON CONFLICT (requested_by, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING \
+                 RETURNING id, created_at), \
+             queued AS (INSERT INTO outbox (deployment_id) SELECT id FROM deployment), \
+             audited AS (INSERT INTO audit (actor, action, deployment_id, detail) \
+                 SELECT $6, $11, id, $12 FROM deployment) \
+             SELECT created_at FROM deployment",
         )
         .bind(id)
         .bind(&new.request.service)
@@ -167,15 +175,12 @@ impl Store {
         .bind(&hash)
         .bind(new.retry_of.map(|(of, _)| of))
         .bind(new.retry_of.map_or(1, |(_, attempt)| attempt))
-        .fetch_optional(&mut *tx)
+        .bind(action)
+        .bind(detail)
+        .fetch_optional(&self.pool)
         .await?;
 
         if let Some((created_at,)) = inserted {
-            sqlx::query("INSERT INTO outbox (deployment_id) VALUES ($1)").bind(id).execute(&mut *tx).await?;
-            let detail = serde_json::json!({ "service": new.request.service, "cluster": new.request.cluster, "version": new.request.version });
-            let action = if new.retry_of.is_some() { "retry" } else { "submit" };
-            super::access::audit(&mut tx, new.requested_by, action, Some(id), detail).await?;
-            tx.commit().await?;
             // Everything a new deployment holds is known here: no need to read it back.
             return Ok(Submitted::Created(Deployment {
                 id,
@@ -199,7 +204,6 @@ impl Store {
                 hosts: Some(Vec::new()),
             }));
         }
-        tx.rollback().await?;
 
         // The key exists: the conflicting insert waited for the first one to commit.
         let key = new.idempotency_key.unwrap_or_default();

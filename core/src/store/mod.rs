@@ -35,6 +35,30 @@ macro_rules! blocks_target {
     };
 }
 
+/// A queued deployment `$alias` that must wait: its target is held (a deployment
+/// running or cancelling on it), or a deployment submitted before it still waits.
+/// Dry runs neither hold nor wait. Two probes of an index each, so a long queue on
+/// one target costs each question no more than a short one.
+macro_rules! waits_behind {
+    ($alias:literal) => {
+        concat!(
+            "(EXISTS (SELECT 1 FROM deployments other WHERE other.service = ",
+            $alias,
+            ".service AND other.cluster = ",
+            $alias,
+            ".cluster AND other.state IN ('running', 'cancelling') \
+                 AND (other.request->>'dry_run')::boolean IS NOT TRUE) \
+             OR EXISTS (SELECT 1 FROM deployments other WHERE other.service = ",
+            $alias,
+            ".service AND other.cluster = ",
+            $alias,
+            ".cluster AND other.state = 'queued' AND other.queue_seq < ",
+            $alias,
+            ".queue_seq AND (other.request->>'dry_run')::boolean IS NOT TRUE))"
+        )
+    };
+}
+
 /// The claim `$2` holds deployment `$1` with a live lease: the condition of every
 /// write that starts or prepares an action on a host.
 macro_rules! live_claim {
@@ -53,6 +77,7 @@ mod outbox;
 mod rollback;
 mod webhooks;
 
+pub use access::{TOKEN_CACHE_NAME, TOKEN_DROPPED_CHANNEL, TOKEN_REVOKED_CHANNEL};
 pub use claims::{Claim, ClaimedDeployment, PlannedHost, RunHost};
 pub use control::{Cancel, RetryPlan};
 pub use deployments::{Gauges, ListFilter, NewDeployment, Submitted};

@@ -29,14 +29,16 @@ pub struct OutboxBatch {
 }
 
 impl OutboxBatch {
-    /// The broker confirmed this id: it no longer needs relaying.
-    pub async fn confirmed(&mut self, row: Pending) -> Result<(), StoreError> {
-        confirm(&mut self.tx, row).await
+    /// The broker confirmed these ids: they no longer need relaying.
+    pub async fn confirmed(&mut self, rows: &[Pending]) -> Result<(), StoreError> {
+        confirm(&mut self.tx, rows).await
     }
 
-    pub async fn failed(&mut self, row: Pending, error: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE deployment_id = $1")
-            .bind(row.id)
+    /// Publishing these failed: counted, with why, for whoever looks at the outbox.
+    pub async fn failed(&mut self, rows: &[Pending], error: &str) -> Result<(), StoreError> {
+        let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+        sqlx::query("UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE deployment_id = ANY($1)")
+            .bind(&ids)
             .bind(error)
             .execute(&mut *self.tx)
             .await?;
@@ -49,14 +51,18 @@ impl OutboxBatch {
     }
 }
 
-/// Deletes the row only at the generation that was published: an enqueue made since
+/// Deletes each row only at the generation that was published: an enqueue made since
 /// (a wake-up, a release) moved the generation on and keeps the row for another publish.
-async fn confirm(conn: &mut sqlx::PgConnection, row: Pending) -> Result<(), StoreError> {
-    sqlx::query("DELETE FROM outbox WHERE deployment_id = $1 AND generation = $2")
-        .bind(row.id)
-        .bind(row.generation)
-        .execute(conn)
-        .await?;
+async fn confirm(conn: &mut sqlx::PgConnection, rows: &[Pending]) -> Result<(), StoreError> {
+    let (ids, generations): (Vec<Uuid>, Vec<i64>) = rows.iter().map(|r| (r.id, r.generation)).unzip();
+    sqlx::query(
+        "DELETE FROM outbox o USING unnest($1::uuid[], $2::int8[]) AS p (id, generation) \
+         WHERE o.deployment_id = p.id AND o.generation = p.generation",
+    )
+    .bind(&ids)
+    .bind(&generations)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
@@ -80,9 +86,9 @@ impl Store {
 
     /// The request that created the row published it: drop the row, unless it was
     /// enqueued again meanwhile.
-    pub async fn outbox_confirmed(&self, row: Pending) -> Result<(), StoreError> {
+    pub async fn outbox_confirmed(&self, rows: &[Pending]) -> Result<(), StoreError> {
         let mut conn = self.pool.acquire().await?;
-        confirm(&mut conn, row).await
+        confirm(&mut conn, rows).await
     }
 
     /// Queues `id` again through the outbox (an operator's or a test's nudge; the
@@ -120,12 +126,9 @@ impl Store {
                         OR d.reaped_at < now() - make_interval(secs => $1 * power(2, LEAST(d.reaps, 6)))) \
                    AND CASE WHEN d.state = 'queued' THEN \
                          d.created_at < now() - make_interval(secs => $1) \
-                         AND ((d.request->>'dry_run')::boolean IS TRUE OR NOT EXISTS ( \
-                             SELECT 1 FROM deployments other \
-                             WHERE other.service = d.service AND other.cluster = d.cluster \
-                               AND other.id <> d.id AND ",
-            blocks_target!("other"),
-            "                  AND (other.state <> 'queued' OR other.queue_seq < d.queue_seq))) \
+                         AND ((d.request->>'dry_run')::boolean IS TRUE OR NOT ",
+            waits_behind!("d"),
+            ") \
                        ELSE (d.worker_id IS NULL OR d.lease_expires_at < now()) \
                          AND COALESCE(d.lease_expires_at, d.created_at) < now() - make_interval(secs => $1) \
                        END \

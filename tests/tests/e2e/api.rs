@@ -374,6 +374,110 @@ async fn tokens_authenticate_roles_authorize_and_the_audit_trail_remembers() {
     app.shut_down().await;
 }
 
+/// The token caches listening on `database_url`: process id by connection.
+async fn token_caches(pool: &sqlx::PgPool) -> BTreeSet<i32> {
+    let pids: Vec<(i32,)> = sqlx::query_as(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() \
+         AND starts_with(application_name, 'vesemir-token-cache ')",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    pids.into_iter().map(|(pid,)| pid).collect()
+}
+
+/// Waits until the token caches' connections are as `wanted` says.
+async fn wait_for_caches(pool: &sqlx::PgPool, wanted: impl Fn(&BTreeSet<i32>) -> bool) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let now = token_caches(pool).await;
+        if wanted(&now) {
+            // A cache listens a moment after its connection shows.
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "token caches: {now:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_token_is_refused_by_every_replica_before_the_revoke_returns() {
+    let app = app().await;
+    let program = vesemir_tests::cli_binary().with_file_name("vesemir-api");
+    let (replica, other) = vesemir_tests::Process::start_api(&program, &app.config_text, &[]).await.unwrap();
+    let pool = sqlx::PgPool::connect(app.database_url()).await.unwrap();
+    wait_for_caches(&pool, |now| now.len() == 2).await;
+    let status = |client: reqwest::Client, base: String| async move {
+        client.get(format!("{base}/v1/deployments")).send().await.unwrap().status().as_u16()
+    };
+
+    // Each replica serves the token from memory, and both refuse it the moment a
+    // revoke through either of them (or the local command) has returned.
+    for round in 0..6 {
+        let name = format!("ci-{round}");
+        let token = app.token(&name, Role::Deployer).await.unwrap();
+        let user = client_with(&token);
+        for _ in 0..3 {
+            assert_eq!(status(user.clone(), other.clone()).await, 200);
+            assert_eq!(status(user.clone(), app.url("")).await, 200);
+        }
+        match round % 3 {
+            0 => assert_eq!(
+                app.client.delete(app.url(&format!("/v1/tokens/{name}"))).send().await.unwrap().status(),
+                204
+            ),
+            1 => assert_eq!(app.client.delete(format!("{other}/v1/tokens/{name}")).send().await.unwrap().status(), 204),
+            _ => {
+                let config = replica.config_path();
+                let revoked = std::process::Command::new(&program)
+                    .arg("--config")
+                    .arg(&config)
+                    .args(["token", "revoke", &name])
+                    .env_remove("DATABASE_URL")
+                    .output()
+                    .unwrap();
+                assert!(revoked.status.success(), "{}", String::from_utf8_lossy(&revoked.stderr));
+            }
+        }
+        assert_eq!(status(user.clone(), other.clone()).await, 401, "round {round}, the other replica");
+        assert_eq!(status(user.clone(), app.url("")).await, 401, "round {round}, this replica");
+    }
+
+    // A replica that cannot answer (stopped) is cut off from its listening connection
+    // instead: when it runs again it has forgotten every token.
+    let token = app.token("ci-stopped", Role::Deployer).await.unwrap();
+    let user = client_with(&token);
+    assert_eq!(status(user.clone(), other.clone()).await, 200);
+    let before = token_caches(&pool).await;
+    replica.signal("STOP");
+    let revoked = app.client.delete(app.url("/v1/tokens/ci-stopped")).send().await.unwrap();
+    assert_eq!(revoked.status(), 204);
+    let after = token_caches(&pool).await;
+    assert_eq!(after.len(), 1, "the stopped replica's listening connection was cut: {before:?} then {after:?}");
+    replica.signal("CONT");
+    wait_for_caches(&pool, |now| now.len() == 2 && now.is_superset(&after)).await;
+    assert_eq!(status(user.clone(), other.clone()).await, 401);
+
+    // A revocation made while no cache listened (here, behind the API's back) is
+    // honoured once they listen again: listening anew starts from an empty cache.
+    let token = app.token("ci-unheard", Role::Deployer).await.unwrap();
+    let user = client_with(&token);
+    assert_eq!(status(user.clone(), other.clone()).await, 200);
+    let before = token_caches(&pool).await;
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM unnest($1::int4[]) AS pid")
+        .bind(before.iter().copied().collect::<Vec<_>>())
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE tokens SET revoked_at = now() WHERE name = 'ci-unheard'").execute(&pool).await.unwrap();
+    wait_for_caches(&pool, |now| now.len() == 2 && now.is_disjoint(&before)).await;
+    assert_eq!(status(user.clone(), other.clone()).await, 401);
+    assert_eq!(status(user, app.url("")).await, 401);
+    pool.close().await;
+    app.shut_down().await;
+}
+
 /// The `.route("PATH", …)` paths of the API's router, read from its source.
 fn routed_paths() -> BTreeSet<String> {
     let source = std::fs::read_to_string(vesemir_tests::repo_root().join("api/src/lib.rs")).unwrap();

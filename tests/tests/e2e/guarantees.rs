@@ -117,9 +117,9 @@ async fn a_wake_up_during_a_publish_is_published_too() {
     // frees up meanwhile and the same id is queued again.
     store.enqueue(id).await.unwrap();
     store.enqueue(id).await.unwrap();
-    store.outbox_confirmed(Pending { id, generation: 0 }).await.unwrap();
+    store.outbox_confirmed(&[Pending { id, generation: 0 }]).await.unwrap();
     assert_eq!(store.outbox_len().await.unwrap(), 1, "the wake-up waits for its own publish");
-    store.outbox_confirmed(Pending { id, generation: 1 }).await.unwrap();
+    store.outbox_confirmed(&[Pending { id, generation: 1 }]).await.unwrap();
     assert_eq!(store.outbox_len().await.unwrap(), 0);
     store.close().await;
 }

@@ -130,8 +130,8 @@ async fn a_duplicated_message_does_not_run_a_deployment_twice() {
     let id = app.deploy(&demo_request("2.0.0")).await.unwrap();
     // The broker may deliver any message twice; publish the id again to make sure.
     let publisher = vesemir_core::queue::Publisher::new(app.config.queue.clone());
-    publisher.publish(id.parse().unwrap()).await.unwrap();
-    publisher.publish(id.parse().unwrap()).await.unwrap();
+    publisher.publish(&[id.parse().unwrap()]).await.unwrap();
+    publisher.publish(&[id.parse().unwrap()]).await.unwrap();
     let done = app.wait_final(&id, FINISH).await.unwrap();
     assert_eq!(done.state, DeploymentState::Succeeded);
 
