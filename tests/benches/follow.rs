@@ -1,5 +1,6 @@
 //! Following a deployment live: the latency from a line printed on a VM to the same
-//! line printed by `vesemir status --follow`, and what 100 followers of one deployment
+//! line printed by `vesemir status --follow` (with the shipped default log batching,
+//! and with the test ground's shorter one), and what 100 followers of one deployment
 //! cost the API (its CPU) and the database (transactions per second), beside one
 //! follower, in one run. Prints figures; asserts nothing.
 //!
@@ -77,24 +78,8 @@ async fn followers_cost(app: &TestApp, api: &str, api_pid: u32, n: usize) -> (f6
     (cpu, tps)
 }
 
-#[tokio::main]
-async fn main() {
-    let fleet = Fleet::up(1).unwrap();
-    let playbooks = playbooks_with(
-        "ticker",
-        &format!(
-            "[[steps]]\nname = \"ticks\"\naction = \"run\"\ncommand = \"for i in $(seq 1 {TICKS}); do echo tick $(date +%s%N); sleep 0.05; done\"\n"
-        ),
-    )
-    .unwrap();
-    let setup = Setup {
-        playbook: "ticker".to_owned(),
-        playbooks_dir: Some(playbooks.path().to_path_buf()),
-        ..Setup::default()
-    };
-    let app = TestApp::start(Some(&fleet), setup).await.unwrap();
-
-    // Latency, through the real CLI.
+/// Deploys the ticker and follows it with the CLI: each tick's latency, in ms.
+async fn follow_latency(app: &TestApp) -> Vec<f64> {
     let id = app.deploy(&demo_request("1.0.0")).await.unwrap();
     let mut follower = tokio::process::Command::new(binary("vesemir"))
         .args(["--api", &app.base, "--token", &app.admin_token, "status", &id, "--follow"])
@@ -111,6 +96,32 @@ async fn main() {
     }
     follower.wait().await.unwrap();
     latencies.sort_by(f64::total_cmp);
+    latencies
+}
+
+#[tokio::main]
+async fn main() {
+    let fleet = Fleet::up(1).unwrap();
+    let playbooks = playbooks_with(
+        "ticker",
+        &format!(
+            "[[steps]]\nname = \"ticks\"\naction = \"run\"\ncommand = \"for i in $(seq 1 {TICKS}); do echo tick $(date +%s%N); sleep 0.05; done\"\n"
+        ),
+    )
+    .unwrap();
+    let setup = Setup {
+        playbook: "ticker".to_owned(),
+        playbooks_dir: Some(playbooks.path().to_path_buf()),
+        ..Setup::default()
+    };
+    // Latency through the real CLI, with the shipped default batching first.
+    let default_batch_ms = vesemir_core::config::WorkerConfig::default().log_batch_ms;
+    let shipped = Setup { log_batch_ms: Some(default_batch_ms), ..setup.clone() };
+    let app = TestApp::start(Some(&fleet), shipped).await.unwrap();
+    let shipped_latencies = follow_latency(&app).await;
+    app.shut_down().await;
+    let app = TestApp::start(Some(&fleet), setup).await.unwrap();
+    let latencies = follow_latency(&app).await;
 
     // Cost of followers, on an API process of its own.
     let dir = ScratchDir::new("vf").unwrap();
@@ -143,12 +154,16 @@ async fn main() {
     let (cpu_100, tps_100) = followers_cost(&app, &api_url, pid, 100).await;
 
     println!("Follow benchmark (one VM printing {TICKS} lines, one every 50 ms; debug={})", cfg!(debug_assertions));
-    println!(
-        "  VM line -> printed by `vesemir status --follow`   p50 {:>6.1} ms   p99 {:>6.1} ms   ({} lines)",
-        percentile(&latencies, 0.5),
-        percentile(&latencies, 0.99),
-        latencies.len()
-    );
+    for (batching, latencies) in
+        [(format!("{default_batch_ms} ms, the default"), &shipped_latencies), ("50 ms".to_owned(), &latencies)]
+    {
+        println!(
+            "  VM line -> printed by `vesemir status --follow`   p50 {:>6.1} ms   p99 {:>6.1} ms   ({} lines, log_batch_ms {batching})",
+            percentile(latencies, 0.5),
+            percentile(latencies, 0.99),
+            latencies.len()
+        );
+    }
     println!("  API CPU, 1 follower        {cpu_1:>6.3} s/s     database {tps_1:>7.1} transactions/s");
     println!("  API CPU, 100 followers     {cpu_100:>6.3} s/s     database {tps_100:>7.1} transactions/s");
     println!(

@@ -1,7 +1,10 @@
 //! Orchestration overhead of a rollout: 20 sandbox VMs at concurrency 5, each host
 //! running one step of a fixed length, against the ideal (waves × step time). Then
 //! waves against a sliding window where host times vary (one host in five takes three
-//! times as long), each beside its floor. Prints figures; asserts nothing.
+//! times as long), each beside its floor. Last, the shipped rolling playbook behind a
+//! real HAProxy, step by step, beside the floor: the same steps done by plain `ssh`
+//! (multiplexed) and the Runtime API, polling every millisecond
+//! (`vesemir_tests::floor`). Prints figures; asserts nothing.
 //!
 //! Run with `scripts/bench` (it provides PostgreSQL and RabbitMQ like the tests do).
 
@@ -9,8 +12,11 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::json;
+use std::collections::BTreeMap;
 use std::time::Duration;
 use vesemir_model::deployment::DeploymentState;
+use vesemir_tests::balancing::{BACKEND, Haproxy};
+use vesemir_tests::floor::plain_ssh_rollout;
 use vesemir_tests::{Fleet, Setup, TestApp, playbooks_with};
 
 const HOSTS: usize = 20;
@@ -109,4 +115,72 @@ async fn main() {
     }
     println!("  window / waves {:.3}   (work / concurrency = {:.2} s)", walls[1] / walls[0], work / CONCURRENCY as f64);
     app.shut_down().await;
+    rolling_behind_haproxy(&fleet).await;
+}
+
+/// The weight a host goes back at, before full weight.
+const WEIGHT: u8 = 10;
+
+/// The shipped rolling playbook behind HAProxy: where a host's time goes, step by
+/// step, and how far it is from the floor's.
+async fn rolling_behind_haproxy(fleet: &Fleet) {
+    let lb = Haproxy::start(fleet).unwrap();
+    let setup =
+        Setup { load_balancers: vec![lb.over_tcp("lb-1")], backend: Some(BACKEND.to_owned()), ..Setup::default() };
+    let app = TestApp::start(Some(fleet), setup).await.unwrap();
+    let request = json!({"service": "demo", "cluster": "sandbox", "version": "4.0.0",
+        "concurrency": CONCURRENCY, "strategy": "window", "weight": WEIGHT});
+    let id = app.deploy(&request).await.unwrap();
+    let done = app.wait_final(&id, Duration::from_secs(600)).await.unwrap();
+    assert_eq!(done.state, DeploymentState::Succeeded, "{done:#?}");
+    app.shut_down().await;
+
+    let ms = |from: Option<DateTime<Utc>>, to: Option<DateTime<Utc>>| (seconds(to) - seconds(from)) * 1000.0;
+    let mut steps: BTreeMap<(usize, String), Vec<f64>> = BTreeMap::new();
+    let (mut hosts, mut gaps) = (Vec::new(), Vec::new());
+    for host in done.hosts() {
+        let total = ms(host.started_at, host.finished_at);
+        let mut in_steps = 0.0;
+        for (position, step) in host.steps.iter().enumerate() {
+            let took = ms(Some(step.started_at), step.finished_at);
+            in_steps += took;
+            steps.entry((position, step.name.clone())).or_default().push(took);
+        }
+        hosts.push(total);
+        gaps.push(total - in_steps);
+    }
+    let first_start = done.hosts().iter().map(|h| seconds(h.started_at)).fold(f64::MAX, f64::min);
+    let last_end = done.hosts().iter().map(|h| seconds(h.finished_at)).fold(f64::MIN, f64::max);
+    let wall = last_end - first_start;
+
+    let commands = ["/opt/sandbox-app/bin/install 5.0.0".to_owned(), "/opt/sandbox-app/bin/restart".to_owned()];
+    let (floor_wall, floor_hosts) =
+        plain_ssh_rollout(fleet, &commands, CONCURRENCY, Some((&lb, WEIGHT))).await.unwrap();
+    let mut floor: Vec<f64> = floor_hosts.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+
+    let sorted = |v: &mut Vec<f64>| v.sort_by(f64::total_cmp);
+    println!(
+        "The rolling playbook behind HAProxy: {HOSTS} VMs, window of {CONCURRENCY}, back at {WEIGHT}% then 100% \
+         (HAProxy checks every 200 ms, rise 2)"
+    );
+    println!("  {:<22} {:>9} {:>9}", "step", "median ms", "p95 ms");
+    for ((_, name), mut took) in steps {
+        sorted(&mut took);
+        println!("  {name:<22} {:>9.1} {:>9.1}", percentile(&took, 0.5), percentile(&took, 0.95));
+    }
+    sorted(&mut gaps);
+    sorted(&mut hosts);
+    sorted(&mut floor);
+    println!("  {:<22} {:>9.1} {:>9.1}", "(between steps)", percentile(&gaps, 0.5), percentile(&gaps, 0.95));
+    println!("  {:<22} {:>9.1} {:>9.1}", "host, Vesemir", percentile(&hosts, 0.5), percentile(&hosts, 0.95));
+    println!("  {:<22} {:>9.1} {:>9.1}", "host, floor", percentile(&floor, 0.5), percentile(&floor, 0.95));
+    println!(
+        "  overhead per host      median {:>6.1} ms   (Vesemir's median host time minus the floor's)",
+        percentile(&hosts, 0.5) - percentile(&floor, 0.5)
+    );
+    println!(
+        "  wall                   Vesemir {wall:>6.2} s   floor {:>6.2} s   ratio {:.3}",
+        floor_wall.as_secs_f64(),
+        wall / floor_wall.as_secs_f64()
+    );
 }

@@ -3,7 +3,9 @@
 #
 #   fleet.sh up DIR N               start VMs vm-01..vm-NN on 127.0.B.1..N, where
 #                                   B is a free subnet byte (20..250); returns
-#                                   once every sshd and app answers
+#                                   once every sshd and app answers. Past 99
+#                                   VMs, names have four digits (vm-0001) and
+#                                   each 250 VMs take one more subnet byte
 #   fleet.sh down DIR               tear every VM down and free the subnet
 #   fleet.sh sshd-stop DIR NAME     stop one VM's sshd (its app keeps running)
 #   fleet.sh sshd-start DIR NAME    start it again
@@ -19,7 +21,7 @@
 #   /opt/sandbox-app/bin/install VERSION   install a release, repoint current
 #   /opt/sandbox-app/bin/restart           restart the app on the current release
 #
-# Files in DIR: subnet (B), hosts.tsv (name<TAB>address), id_ed25519(.pub),
+# Files in DIR: subnet (B, one per line), hosts.tsv (name<TAB>address), id_ed25519(.pub),
 # authorized_keys, known_hosts (address ssh-ed25519 key, one per VM), and
 # vms/NAME/ with pid (unshare), init.pid (the VM's PID 1 as seen from the
 # host), sshd_config, sshd.log, console.log and app/.
@@ -105,7 +107,7 @@ lock_is_stale() {
     pid_alive "$(read_file "$lock/up.pid")" && return 1
     owner=$(cat "$lock/owner")
     [ -d "$owner" ] || return 0
-    [ "$(read_file "$owner/subnet")" = "$b" ] || return 0
+    grep -qx "$b" "$owner/subnet" 2>/dev/null || return 0
     ! any_vm_alive "$owner"
 }
 
@@ -144,17 +146,29 @@ claim_subnet() {
 
 release_subnet() {
     local dir=$1 b lock
-    b=$(read_file "$dir/subnet")
-    [ -n "$b" ] || return 0
-    lock=$LOCK_ROOT/$b
+    [ -f "$dir/subnet" ] || return 0
     mkdir -p "$LOCK_ROOT"
-    (
-        flock 9
-        if [ "$(read_file "$lock/owner")" = "$dir" ]; then
-            rm -rf "$lock"
-        fi
-    ) 9>"$LOCK_ROOT/.claim.lock"
+    for b in $(cat "$dir/subnet"); do
+        lock=$LOCK_ROOT/$b
+        (
+            flock 9
+            if [ "$(read_file "$lock/owner")" = "$dir" ]; then
+                rm -rf "$lock"
+            fi
+        ) 9>"$LOCK_ROOT/.claim.lock"
+    done
     rm -f "$dir/subnet"
+}
+
+# VM I of a fleet of N: its name, and its address on the claimed subnets.
+vm_name() {
+    if [ "$2" -le 99 ]; then printf 'vm-%02d' "$1"; else printf 'vm-%04d' "$1"; fi
+}
+vm_address() {
+    local i=$1
+    shift
+    local subnets=("$@")
+    printf '127.0.%s.%s' "${subnets[$(((i - 1) / 250))]}" "$(((i - 1) % 250 + 1))"
 }
 
 # ---------------------------------------------------------------- host setup
@@ -405,8 +419,8 @@ vm_ready() {
 
 cmd_up() {
     local dir=$1 n=$2 b i name addr deadline pending
-    if ! [[ $n =~ ^[0-9]+$ ]] || [ "$n" -lt 1 ] || [ "$n" -gt 99 ]; then
-        die "N must be 1..99"
+    if ! [[ $n =~ ^[0-9]+$ ]] || [ "$n" -lt 1 ] || [ "$n" -gt 2000 ]; then
+        die "N must be 1..2000"
     fi
     [ -f "$APP_SRC" ] || die "missing $APP_SRC"
     mkdir -p "$dir"
@@ -428,8 +442,13 @@ cmd_up() {
     trap 'cmd_down "$dir"' EXIT
     trap 'exit 1' TERM INT HUP
 
-    b=$(claim_subnet "$dir")
-    echo "$b" >"$dir/subnet"
+    local subnets=()
+    : >"$dir/subnet"
+    for _ in $(seq 1 $(((n + 249) / 250))); do
+        b=$(claim_subnet "$dir")
+        echo "$b" >>"$dir/subnet"
+        subnets+=("$b")
+    done
 
     rm -rf "$dir/vms" "$dir/hosts.tsv" "$dir/known_hosts" \
         "$dir/id_ed25519" "$dir/id_ed25519.pub" "$dir/authorized_keys"
@@ -443,33 +462,33 @@ cmd_up() {
     : >"$dir/known_hosts"
 
     for i in $(seq 1 "$n"); do
-        name=$(printf 'vm-%02d' "$i")
-        prepare_vm "$dir" "$name" "127.0.$b.$i"
+        prepare_vm "$dir" "$(vm_name "$i" "$n")" "$(vm_address "$i" "${subnets[@]}")"
     done
     for i in $(seq 1 "$n"); do
-        start_vm "$dir" "$(printf 'vm-%02d' "$i")"
+        start_vm "$dir" "$(vm_name "$i" "$n")"
     done
     for i in $(seq 1 "$n"); do
-        name=$(printf 'vm-%02d' "$i")
+        name=$(vm_name "$i" "$n")
         record_init_pid "$dir/vms/$name" || {
             cat "$dir/vms/$name/console.log" >&2 || true
             die "$name did not start"
         }
     done
 
-    deadline=$((SECONDS + READY_TIMEOUT))
+    # A big fleet takes its time to boot on a small machine.
+    deadline=$((SECONDS + READY_TIMEOUT + n / 10))
     pending=$(seq 1 "$n")
     while [ -n "$pending" ]; do
         local still=""
         for i in $pending; do
-            vm_ready "127.0.$b.$i" || still="$still $i"
+            vm_ready "$(vm_address "$i" "${subnets[@]}")" || still="$still $i"
         done
         pending=${still# }
         [ -n "$pending" ] || break
         if [ "$SECONDS" -ge "$deadline" ]; then
             local names=""
             for i in $pending; do
-                name=$(printf 'vm-%02d' "$i")
+                name=$(vm_name "$i" "$n")
                 names="$names $name"
                 printf '== %s console\n' "$name" >&2
                 tail -n 20 "$dir/vms/$name/console.log" >&2 || true
@@ -481,7 +500,7 @@ cmd_up() {
         sleep 0.1
     done
 
-    rm -f "$LOCK_ROOT/$b/up.pid"
+    for b in "${subnets[@]}"; do rm -f "$LOCK_ROOT/$b/up.pid"; done
     trap - EXIT TERM INT HUP
 }
 

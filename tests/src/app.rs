@@ -48,6 +48,8 @@ pub struct Setup {
     pub extra_config: String,
     /// The worker's `ansible-playbook` (default: the one in `PATH`).
     pub ansible_playbook: Option<String>,
+    /// The worker's `log_batch_ms` (default: the test ground's).
+    pub log_batch_ms: Option<u64>,
 }
 
 impl Default for Setup {
@@ -65,6 +67,7 @@ impl Default for Setup {
             playbooks_dir: None,
             extra_config: String::new(),
             ansible_playbook: None,
+            log_batch_ms: None,
         }
     }
 }
@@ -354,6 +357,9 @@ fn config_for(
     set(&mut doc, "worker.playbooks_dir", path_text(&playbooks))?;
     set(&mut doc, "worker.ssh_control_dir", path_text(control_dir.path()))?;
     set(&mut doc, "worker.ansible_playbook", setup.ansible_playbook.as_deref().unwrap_or("ansible-playbook"))?;
+    if let Some(ms) = setup.log_batch_ms {
+        set(&mut doc, "worker.log_batch_ms", i64::try_from(ms)?)?;
+    }
     for service in BALANCED_SERVICES {
         set(&mut doc, &format!("services.{service}.playbook"), setup.playbook.as_str())?;
     }

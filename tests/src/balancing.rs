@@ -57,17 +57,23 @@ impl Haproxy {
 
     /// Sends one Runtime API command, as an operator would; returns HAProxy's answer.
     pub async fn command(&self, command: &str) -> anyhow::Result<String> {
-        let client = RuntimeClient::new(Transport::Tcp(self.runtime.clone()), Duration::from_secs(3));
-        Ok(client.command(command).await?)
+        runtime_command(&self.runtime, command).await
     }
 
     /// Every named server of the backend, as this load balancer sees it.
     pub async fn servers(&self, names: &[String]) -> anyhow::Result<BTreeMap<String, Server>> {
-        servers(&self.runtime, names).await
+        servers_of(&self.runtime, names).await
     }
 }
 
-async fn servers(runtime: &str, names: &[String]) -> anyhow::Result<BTreeMap<String, Server>> {
+/// Sends one command to the Runtime API at `runtime` (`127.0.0.1:PORT`).
+pub async fn runtime_command(runtime: &str, command: &str) -> anyhow::Result<String> {
+    let client = RuntimeClient::new(Transport::Tcp(runtime.to_owned()), Duration::from_secs(3));
+    Ok(client.command(command).await?)
+}
+
+/// The named servers of the backend, as the Runtime API at `runtime` sees them.
+pub async fn servers_of(runtime: &str, names: &[String]) -> anyhow::Result<BTreeMap<String, Server>> {
     let client = RuntimeClient::new(Transport::Tcp(runtime.to_owned()), Duration::from_secs(3));
     let state = client.command(&format!("show servers state {BACKEND}")).await?;
     let stat = client.command(&format!("show stat {BACKEND} 4 -1")).await?;
@@ -201,7 +207,7 @@ impl Sampler {
         let task = tokio::spawn(async move {
             let mut samples = Samples::default();
             while !flag.load(Ordering::Relaxed) {
-                if let Ok(servers) = servers(&runtime, &names).await {
+                if let Ok(servers) = servers_of(&runtime, &names).await {
                     samples.count += 1;
                     samples.most_out = samples.most_out.max(servers.values().filter(|s| !s.in_rotation()).count());
                     for (name, server) in servers {

@@ -1,12 +1,16 @@
 //! The HTTP health check of a host, from the worker: a GET that must answer the
-//! expected status, retried at an interval.
+//! expected status, retried for a while.
 
 use crate::error_chain;
 use crate::executor::Journal;
 use crate::executor::output::OutputTail;
 use std::time::Duration;
 use vesemir_core::config::HealthConfig;
+use vesemir_core::retry::Backoff;
 use vesemir_model::deployment::LogStream;
+
+/// The wait before the first retry; later ones grow to the configured interval.
+const FIRST_RETRY: Duration = Duration::from_millis(20);
 
 #[derive(Debug, Clone)]
 pub struct HealthCheck {
@@ -34,7 +38,11 @@ impl HealthCheck {
         self.client.get(url).timeout(timeout).send().await
     }
 
-    /// Polls `url` until it answers the expected status or the retries run out.
+    /// Polls `url` until it answers the expected status, or for as long as `retries`
+    /// attempts `interval_ms` apart would take. Within that time it probes at once,
+    /// then soon after and less and less often (up to `interval_ms` apart): a service
+    /// that comes up a moment after its restart is seen a moment after, not an
+    /// interval after.
     pub async fn wait_healthy(
         &self,
         url: &str,
@@ -42,9 +50,12 @@ impl HealthCheck {
         journal: &Journal,
         tail: &mut OutputTail,
     ) -> Result<(), HealthError> {
-        let attempts = config.retries.max(1);
+        let interval = Duration::from_millis(config.interval_ms);
+        let patience = interval.saturating_mul(config.retries.max(1) - 1);
+        let deadline = tokio::time::Instant::now() + patience;
+        let mut pace = Backoff::new(FIRST_RETRY.min(interval), interval);
         let mut last = String::new();
-        for attempt in 1..=attempts {
+        for attempt in 1.. {
             let answer = self.probe(url, Duration::from_millis(config.timeout_ms)).await;
             last = match answer {
                 Ok(response) if response.status().as_u16() == config.expected_status => {
@@ -57,14 +68,18 @@ impl HealthCheck {
                 Err(e) if e.is_timeout() => format!("no answer within {} ms", config.timeout_ms),
                 Err(e) => format!("request failed: {}", error_chain(&e)),
             };
-            let line = format!("health check {url}: {last} (attempt {attempt} of {attempts})");
+            let line = format!("health check {url}: {last} (attempt {attempt})");
             tail.push(&line);
             journal.log(LogStream::System, line).await;
-            if attempt < attempts {
-                tokio::time::sleep(Duration::from_millis(config.interval_ms)).await;
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                break;
             }
+            // The last attempt comes at the deadline, not a wait past it.
+            tokio::time::sleep(pace.next_wait().min(deadline - now)).await;
         }
-        Err(HealthError { message: format!("health check {url} failed after {attempts} attempts: {last}") })
+        let waited = patience.as_millis();
+        Err(HealthError { message: format!("health check {url} failed for {waited} ms: {last}") })
     }
 }
 

@@ -1,4 +1,4 @@
-//! HAProxy's Runtime API: one command per connection, over TCP, a local unix socket,
+//! HAProxy's Runtime API: one exchange per connection, over TCP, a local unix socket,
 //! or through SSH to the load balancer's unix socket (with `socat` on that host).
 //!
 //! Answers are parsed strictly: a change succeeds only on HAProxy's empty answer;
@@ -113,16 +113,16 @@ impl RuntimeClient {
         self.change(&format!("set weight {backend}/{server} {percent}%")).await
     }
 
-    /// The server's admin state, weights, status and current sessions.
+    /// The server's admin state, weights, status and current sessions, in one
+    /// exchange: HAProxy runs `;`-separated commands in turn and ends each answer
+    /// with an empty line.
     pub async fn server(&self, backend: &str, server: &str) -> Result<ServerStatus, LbError> {
-        let state_command = format!("show servers state {backend}");
-        let state = self.command(&state_command).await?;
-        let (admin, weight, initial_weight) = parse_servers_state(&state, server)
-            .map_err(|answer| LbError::Refused { command: state_command, answer })?;
-        let stat_command = format!("show stat {backend} 4 -1");
-        let stat = self.command(&stat_command).await?;
-        let (status, sessions) =
-            parse_stat(&stat, server).map_err(|answer| LbError::Refused { command: stat_command, answer })?;
+        let command = format!("show servers state {backend}; show stat {backend} 4 -1");
+        let answer = self.command(&command).await?;
+        let refused = |answer: String| LbError::Refused { command: command.clone(), answer };
+        let (state, stat) = answer.split_once("\n\n").ok_or_else(|| refused(answer.trim().to_owned()))?;
+        let (admin, weight, initial_weight) = parse_servers_state(state, server).map_err(refused)?;
+        let (status, sessions) = parse_stat(stat, server).map_err(refused)?;
         Ok(ServerStatus { admin, status, sessions, weight, initial_weight })
     }
 

@@ -17,6 +17,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use vesemir_core::config::{ClusterConfig, RuntimeApi};
+use vesemir_core::retry::Backoff;
+
+/// The first wait of a poll; later ones grow to the service's `poll_interval_ms`.
+const FIRST_POLL: Duration = Duration::from_millis(10);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LbError {
@@ -184,17 +188,25 @@ impl Balancers {
         .await
     }
 
+    /// How a wait polls: soon at first, then less and less often, up to `poll` apart,
+    /// so that a condition that holds quickly is seen quickly and a long wait costs
+    /// the load balancers no more reads than before.
+    fn pace(&self) -> Backoff {
+        Backoff::new(FIRST_POLL.min(self.poll), self.poll)
+    }
+
     /// Waits until no load balancer holds a session on the server, or `timeout`.
     /// Returns how many sessions were left (0 when drained in time).
     pub async fn wait_drained(&self, backend: &str, server: &str, timeout: Duration) -> Result<u64, LbError> {
         let deadline = tokio::time::Instant::now() + timeout;
+        let mut pace = self.pace();
         loop {
             let statuses = self.read_holding(backend, server, AdminState::Drain, None).await?;
             let sessions: u64 = statuses.iter().map(|s| s.sessions).sum();
             if sessions == 0 || tokio::time::Instant::now() >= deadline {
                 return Ok(sessions);
             }
-            tokio::time::sleep(self.poll).await;
+            pace.sleep().await;
         }
     }
 
@@ -208,6 +220,7 @@ impl Balancers {
         timeout: Duration,
     ) -> Result<Report, LbError> {
         let deadline = tokio::time::Instant::now() + timeout;
+        let mut pace = self.pace();
         loop {
             let statuses = self.read_holding(backend, server, AdminState::Ready, weight).await?;
             if statuses.iter().all(ServerStatus::is_up) {
@@ -231,7 +244,7 @@ impl Balancers {
                     seen.join(", ")
                 )));
             }
-            tokio::time::sleep(self.poll).await;
+            pace.sleep().await;
         }
     }
 }
