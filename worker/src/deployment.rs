@@ -33,6 +33,9 @@ pub enum Disposition {
 pub struct Runner {
     pub config: Arc<Config>,
     pub store: Store,
+    /// A small pool of its own for lease renewals: a renewal must never wait behind
+    /// the worker's own writes, which a wide rollout makes many at once.
+    pub leases: Store,
     /// The executors a service or request can choose.
     pub native: Arc<dyn Executor>,
     pub ansible: Arc<dyn Executor>,
@@ -42,7 +45,8 @@ pub struct Runner {
 impl Runner {
     pub async fn run(&self, claim: ClaimedDeployment) -> Disposition {
         let ledger: Arc<dyn Ledger> = Arc::new(self.store.clone());
-        let lease = LeaseKeeper::start(ledger.clone(), claim.id, claim.token.clone(), self.config.worker.lease_seconds);
+        let leases: Arc<dyn Ledger> = Arc::new(self.leases.clone());
+        let lease = LeaseKeeper::start(leases, claim.id, claim.token.clone(), self.config.worker.lease_seconds);
         let (logs, pump) = LogPump::start(
             ledger.clone(),
             claim.id,

@@ -37,11 +37,14 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
-use vesemir_core::config::{Config, Live};
+use vesemir_core::config::{Config, DatabaseConfig, Live};
 use vesemir_core::queue;
 use vesemir_core::retry::Backoff;
 use vesemir_core::store::{Store, StoreError};
 
+/// Connections of the pool that renews leases (renewals are one short statement
+/// each, a few per lease period per deployment held).
+const LEASE_CONNECTIONS: u32 = 2;
 /// Waits between attempts to reach the broker: from about this…
 const RECONNECT_DELAY: Duration = Duration::from_secs(1);
 /// …up to this.
@@ -77,6 +80,8 @@ impl Worker {
         let health = HealthCheck::new().map_err(|e| BuildError::HealthClient(error_chain(&e)))?;
         let store = Store::connect(&config.database).await?;
         store.migrate().await?;
+        let leases =
+            Store::connect(&DatabaseConfig { max_connections: LEASE_CONNECTIONS, ..config.database.clone() }).await?;
         let native = Arc::new(NativeExecutor::new(config.worker.ssh_control_dir.clone(), health.clone()));
         let ansible = Arc::new(AnsibleExecutor::new(
             config.worker.ansible_playbook.clone(),
@@ -87,7 +92,7 @@ impl Worker {
         let (shutdown_tx, shutdown) = watch::channel(false);
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         let id = format!("{}:{}", host.trim(), std::process::id());
-        let runner = Runner { config, store, native, ansible, shutdown };
+        let runner = Runner { config, store, leases, native, ansible, shutdown };
         Ok(Self { id, live, runner, shutdown_tx })
     }
 
