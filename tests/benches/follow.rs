@@ -130,6 +130,9 @@ async fn main() {
     let mut api = tokio::process::Command::new(binary("vesemir-api"))
         .arg("--config")
         .arg(&config)
+        // The configuration says where the test's database and queue are.
+        .env_remove("DATABASE_URL")
+        .env_remove("AMQP_URL")
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
         .kill_on_drop(true)
