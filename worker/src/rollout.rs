@@ -217,33 +217,42 @@ impl Rollout<'_> {
         let width = self.release.request.concurrency.of(hosts.len()).max(1);
         let mut canary = self.release.request.canary && queue.front().is_some_and(|h| h.wave == 0);
         let (mut in_flight, mut interrupted, mut failed) = (FuturesUnordered::new(), false, None);
+        let mut finished: Vec<Result<Option<Vec<HostReport>>, StoreError>> = Vec::new();
         loop {
-            while !interrupted && in_flight.len() < if canary { 1 } else { width } {
-                let Some(&host) = queue.front() else { break };
+            // Every host that finished counts before another may start.
+            for result in finished.drain(..) {
+                canary = false;
+                match result {
+                    Ok(Some(reports)) => progress.failures += reports.iter().filter(|r| r.state.is_failure()).count(),
+                    Ok(None) => interrupted = true,
+                    // The other hosts finish their playbooks before the error is returned.
+                    Err(e) => {
+                        interrupted = true;
+                        failed.get_or_insert(e);
+                    }
+                }
+            }
+            let room = in_flight.len() < if canary { 1 } else { width };
+            if let (false, true, Some(&host)) = (interrupted, room, queue.front()) {
                 if self.stop.requested() {
                     interrupted = true;
-                    break;
+                    continue;
                 }
-                if host.state != HostState::Running && self.stopping(progress).await? {
+                if host.state != HostState::Running
+                    && beside(&mut in_flight, &mut finished, self.stopping(progress)).await?
+                {
                     queue.retain(|h| h.state == HostState::Running);
                     continue;
                 }
                 queue.pop_front();
-                self.logs
-                    .system(None, format!("window: {} starts ({} in flight)", host.name, in_flight.len() + 1))
-                    .await;
+                let line = format!("window: {} starts ({} in flight)", host.name, in_flight.len() + 1);
+                beside(&mut in_flight, &mut finished, self.logs.system(None, line)).await;
                 in_flight.push(async move { self.run_wave(executor, &[host]).await });
+                continue;
             }
-            let Some(result) = in_flight.next().await else { break };
-            canary = false;
-            match result {
-                Ok(Some(reports)) => progress.failures += reports.iter().filter(|r| r.state.is_failure()).count(),
-                Ok(None) => interrupted = true,
-                // The other hosts finish their playbooks before the error is returned.
-                Err(e) => {
-                    interrupted = true;
-                    failed.get_or_insert(e);
-                }
+            match in_flight.next().await {
+                Some(result) => finished.push(result),
+                None => break,
             }
         }
         if let Some(e) = failed {
@@ -332,6 +341,25 @@ impl Rollout<'_> {
             claim_held &= self.ledger.finish_host(self.holder(), &job.host.name, report).await?;
         }
         Ok(claim_held.then_some(reports))
+    }
+}
+
+/// Awaits `work` while the hosts in flight keep running, keeping what they finish in
+/// `finished`. A host in flight holds database connections and sessions: left
+/// unpolled while the rollout waits for something else, it would keep them, and that
+/// something may be waiting for one of them (a window wider than the pool stalled so).
+async fn beside<F: Future, T>(
+    in_flight: &mut FuturesUnordered<F>,
+    finished: &mut Vec<F::Output>,
+    work: impl Future<Output = T>,
+) -> T {
+    let mut work = std::pin::pin!(work);
+    loop {
+        tokio::select! {
+            biased;
+            out = &mut work => return out,
+            Some(done) = in_flight.next(), if !in_flight.is_empty() => finished.push(done),
+        }
     }
 }
 

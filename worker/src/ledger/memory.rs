@@ -3,14 +3,19 @@
 
 use super::{Holder, Ledger, Recorded, StepResult};
 use crate::executor::HostReport;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::Semaphore;
 use uuid::Uuid;
-use vesemir_core::store::{NewLogLine, RunHost};
+use vesemir_core::store::{NewLogLine, RunHost, StoreError};
 use vesemir_model::deployment::{AdminState, Counters, HostState, StepState};
 
 #[derive(Debug, Default)]
 pub(crate) struct MemoryLedger {
     state: Mutex<Book>,
+    /// A database's pool of connections, when a test needs one: every answer then
+    /// holds a connection for a moment, as a round trip does.
+    pool: Option<Arc<Semaphore>>,
 }
 
 /// What was recorded, as the tests read it.
@@ -36,7 +41,23 @@ pub(crate) struct Book {
 impl MemoryLedger {
     pub(crate) fn new(token: &str, hosts: Vec<RunHost>) -> Self {
         let state = Book { token: token.to_owned(), hosts, ..Book::default() };
-        Self { state: Mutex::new(state) }
+        Self { state: Mutex::new(state), pool: None }
+    }
+
+    /// Answers through a pool of `connections`, handed out first come, first served.
+    pub(crate) fn with_pool(self, connections: usize) -> Self {
+        Self { pool: Some(Arc::new(Semaphore::new(connections))), ..self }
+    }
+
+    fn answer<'a, T: Send + 'a>(&'a self, value: T) -> Recorded<'a, T> {
+        let pool = self.pool.clone();
+        Box::pin(async move {
+            if let Some(pool) = pool {
+                let _connection = pool.acquire_owned().await.map_err(|_| StoreError::Corrupt("pool closed".into()))?;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            Ok(value)
+        })
     }
 
     pub(crate) fn read(&self) -> MutexGuard<'_, Book> {
@@ -72,10 +93,6 @@ impl MemoryLedger {
     }
 }
 
-fn ready<'a, T: Send + 'a>(value: T) -> Recorded<'a, T> {
-    Box::pin(std::future::ready(Ok(value)))
-}
-
 impl Ledger for MemoryLedger {
     fn renew_lease<'a>(&'a self, holder: Holder<'a>, _: u64) -> Recorded<'a, bool> {
         let mut book = self.read();
@@ -83,15 +100,15 @@ impl Ledger for MemoryLedger {
         if book.stalled {
             return Box::pin(std::future::pending());
         }
-        ready(book.token == holder.token)
+        self.answer(book.token == holder.token)
     }
 
     fn cancel_requested(&self, _: Uuid) -> Recorded<'_, Option<String>> {
-        ready(self.read().cancelled_by.clone())
+        self.answer(self.read().cancelled_by.clone())
     }
 
     fn run_hosts(&self, _: Uuid) -> Recorded<'_, Vec<RunHost>> {
-        ready(self.read().hosts.clone())
+        self.answer(self.read().hosts.clone())
     }
 
     fn skip_pending_hosts(&self, _: Uuid) -> Recorded<'_, u64> {
@@ -101,22 +118,22 @@ impl Ledger for MemoryLedger {
             host.state = HostState::Skipped;
             skipped += 1;
         }
-        ready(skipped)
+        self.answer(skipped)
     }
 
     fn start_host<'a>(&'a self, holder: Holder<'a>, host: &'a str) -> Recorded<'a, bool> {
-        ready(self.host_write(holder.token, host, |h| h.state = HostState::Running))
+        self.answer(self.host_write(holder.token, host, |h| h.state = HostState::Running))
     }
 
     fn finish_host<'a>(&'a self, holder: Holder<'a>, host: &'a str, report: &'a HostReport) -> Recorded<'a, bool> {
-        ready(self.host_write(holder.token, host, |h| {
+        self.answer(self.host_write(holder.token, host, |h| {
             h.state = report.state;
             h.load_balancer = report.load_balancer.or(h.load_balancer);
         }))
     }
 
     fn record_load_balancer<'a>(&'a self, holder: Holder<'a>, host: &'a str, state: AdminState) -> Recorded<'a, bool> {
-        ready(self.host_write(holder.token, host, |h| h.load_balancer = Some(state)))
+        self.answer(self.host_write(holder.token, host, |h| h.load_balancer = Some(state)))
     }
 
     fn start_step<'a>(&'a self, holder: Holder<'a>, host: &'a str, position: i32, name: &'a str) -> Recorded<'a, ()> {
@@ -124,7 +141,7 @@ impl Ledger for MemoryLedger {
         if book.token == holder.token {
             book.steps.push((host.to_owned(), position, name.to_owned(), StepState::Running));
         }
-        ready(())
+        self.answer(())
     }
 
     fn finish_step<'a>(&'a self, holder: Holder<'a>, host: &'a str, result: StepResult<'a>) -> Recorded<'a, ()> {
@@ -134,18 +151,18 @@ impl Ledger for MemoryLedger {
             let name = book.steps.iter().rev().find(|s| s.0 == host && s.1 == at).map(|s| s.2.clone());
             book.steps.push((host.to_owned(), at, name.unwrap_or_default(), result.state));
         }
-        ready(())
+        self.answer(())
     }
 
     fn append_logs<'a>(&'a self, _: Uuid, lines: &'a [NewLogLine]) -> Recorded<'a, ()> {
         let mut book = self.read();
         book.batches.push(lines.len());
         book.lines.extend_from_slice(lines);
-        ready(())
+        self.answer(())
     }
 
     fn lb_errors(&self, _: Uuid) -> Recorded<'_, Option<Counters>> {
-        ready(self.read().lb_errors)
+        self.answer(self.read().lb_errors)
     }
 
     fn record_lb_errors<'a>(
@@ -157,10 +174,10 @@ impl Ledger for MemoryLedger {
     ) -> Recorded<'a, bool> {
         let mut book = self.read();
         if book.token != holder.token {
-            return ready(false);
+            return self.answer(false);
         }
         book.host_lb_errors.extend(hosts.iter().map(|h| ((*h).to_owned(), window)));
         book.lb_errors = Some(total);
-        ready(true)
+        self.answer(true)
     }
 }

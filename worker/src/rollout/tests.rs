@@ -403,3 +403,16 @@ async fn a_resumed_window_runs_first_the_host_left_running() {
     assert_eq!(outcome, Outcome::Succeeded);
     assert_eq!(executor.starts(start), at(&[("c", 0), ("b", 1), ("d", 2)]));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_window_wider_than_the_database_pool_keeps_every_host_moving() {
+    // Each host holds a connection for its records; the rollout needs one to decide
+    // whether to start the next. Were the hosts in flight not driven meanwhile, a
+    // connection handed to one of them would never come back.
+    let ledger = Arc::new(Arc::into_inner(planned(8, 1)).unwrap().with_pool(2));
+    let executor = Scripted::new(&ledger).taking(1, &[]);
+    let rolled = tokio::time::timeout(Duration::from_secs(60), roll(&ledger, &window(4, 0), &executor)).await;
+    let (outcome, _) = rolled.expect("the rollout went on");
+    assert_eq!(outcome, Outcome::Succeeded);
+    assert_eq!(executor.most_in_flight.load(Ordering::SeqCst), 4);
+}
