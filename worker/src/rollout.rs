@@ -238,11 +238,15 @@ impl Rollout<'_> {
                     interrupted = true;
                     continue;
                 }
-                if host.state != HostState::Running
-                    && beside(&mut in_flight, &mut finished, self.stopping(progress)).await?
-                {
-                    queue.retain(|h| h.state == HostState::Running);
-                    continue;
+                if host.state != HostState::Running {
+                    if beside(&mut in_flight, &mut finished, self.stopping(progress)).await? {
+                        queue.retain(|h| h.state == HostState::Running);
+                        continue;
+                    }
+                    if !finished.is_empty() {
+                        // A host ended while we asked: it counts before the decision.
+                        continue;
+                    }
                 }
                 queue.pop_front();
                 let line = format!("window: {} starts ({} in flight)", host.name, in_flight.len() + 1);
