@@ -7,6 +7,7 @@
 //! it listens: when its connection drops it empties and stops remembering until it
 //! listens again, since a revocation could pass unheard meanwhile.
 
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -111,7 +112,6 @@ impl TokenCache {
 
     /// One connection's worth of listening; returns when it is lost.
     async fn listen_once(&self, database_url: &str, backoff: &mut Backoff) -> Result<(), sqlx::Error> {
-        use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
         let name = format!("{TOKEN_CACHE_NAME} {}", self.id);
         let options = PgConnectOptions::from_str(database_url)?.application_name(&name);
         let pool = PgPoolOptions::new().max_connections(1).idle_timeout(None).max_lifetime(None);

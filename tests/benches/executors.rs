@@ -14,6 +14,7 @@ use serde_json::json;
 use std::time::{Duration, Instant};
 use vesemir_model::deployment::DeploymentState;
 use vesemir_tests::balancing::{BACKEND, Haproxy};
+use vesemir_tests::measure::machine_cpu_seconds;
 use vesemir_tests::{Fleet, Setup, TestApp};
 
 const HOSTS: usize = 20;
@@ -25,14 +26,6 @@ fn cpu_seconds() -> f64 {
     let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
     // utime, stime, cutime, cstime: fields 14-17 of stat, 12-15 after the name.
     fields[11..15].iter().map(|f| f.parse::<f64>().unwrap()).sum::<f64>() / 100.0
-}
-
-/// Busy CPU seconds of the whole machine (both ends: worker, ssh, sshd, the apps).
-fn machine_cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap();
-    let cpu: Vec<f64> = stat.lines().next().unwrap().split_whitespace().skip(1).map(|f| f.parse().unwrap()).collect();
-    // user, nice, system, (idle, iowait), irq, softirq, steal
-    (cpu[0] + cpu[1] + cpu[2] + cpu[5] + cpu[6] + cpu[7]) / 100.0
 }
 
 #[tokio::main]

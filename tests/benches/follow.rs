@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::io::{AsyncBufReadExt, BufReader};
+use vesemir_tests::measure::percentile;
 use vesemir_tests::{Fleet, ScratchDir, Setup, TestApp, client_with, demo_request, playbooks_with};
 
 const TICKS: u32 = 200;
@@ -19,10 +20,6 @@ const TICKS: u32 = 200;
 fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     exe.parent().and_then(|deps| deps.parent()).unwrap().join(name)
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
 fn now_ns() -> u128 {

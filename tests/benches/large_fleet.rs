@@ -17,16 +17,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use vesemir_model::deployment::{DeploymentState, LogLine};
 use vesemir_tests::floor::plain_ssh_rollout;
+use vesemir_tests::measure::percentile;
 use vesemir_tests::{Fleet, Process, Setup, TestApp, client_with};
 
 const CONCURRENCY: usize = 100;
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
 
 /// A process's peak resident memory, in MB.
 fn peak_rss_mb(pid: u32) -> f64 {

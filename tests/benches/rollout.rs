@@ -17,6 +17,7 @@ use std::time::Duration;
 use vesemir_model::deployment::DeploymentState;
 use vesemir_tests::balancing::{BACKEND, Haproxy};
 use vesemir_tests::floor::plain_ssh_rollout;
+use vesemir_tests::measure::percentile;
 use vesemir_tests::{Fleet, Setup, TestApp, playbooks_with};
 
 const HOSTS: usize = 20;
@@ -33,10 +34,6 @@ playbook = "varied"
 [services.varied.health]
 url = "http://{{host.address}}:8080/health"
 "#;
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
 
 fn seconds(at: Option<DateTime<Utc>>) -> f64 {
     at.unwrap().timestamp_micros() as f64 / 1e6

@@ -12,6 +12,7 @@ use serde_json::json;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use vesemir_tests::measure::{machine_cpu_seconds, percentile};
 use vesemir_tests::{ScratchDir, Setup, TestApp, demo_request};
 
 const CLIENTS: usize = 32;
@@ -19,11 +20,6 @@ const SUBMITS: usize = 20000;
 const WARMUP: usize = 300;
 const PGBENCH_SECONDS: u32 = 10;
 const CLAIM_SAMPLES: usize = 200;
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
-}
 
 async fn submit_load(app: &TestApp, total: usize) -> (f64, Vec<f64>) {
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -95,14 +91,6 @@ fn pgbench(database_url: &str, script: &str) -> (f64, f64) {
 fn psql(database_url: &str, sql: &str) {
     let status = Command::new("psql").args([database_url, "-q", "-c", sql]).status().unwrap();
     assert!(status.success());
-}
-
-/// Busy CPU seconds of the whole machine (the API, its clients, PostgreSQL, RabbitMQ).
-fn machine_cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap();
-    let cpu: Vec<f64> = stat.lines().next().unwrap().split_whitespace().skip(1).map(|f| f.parse().unwrap()).collect();
-    // user, nice, system, (idle, iowait), irq, softirq, steal
-    (cpu[0] + cpu[1] + cpu[2] + cpu[5] + cpu[6] + cpu[7]) / 100.0
 }
 
 /// CPU seconds of this process: the bench's HTTP clients and the API in it.

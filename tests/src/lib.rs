@@ -10,7 +10,7 @@
 //!   [`Process`] runs the real binaries, for faults a process has.
 //!
 //! By concern: `services` (PostgreSQL, RabbitMQ), `fleet`, `app`, `process`; and
-//! `balancing` (HAProxy and load), `floor` (the plain-SSH rollout benchmarks compare with), `browser` (headless Chromium), `chef`, `journal` (hosts' own notes), `proxy`, `receiver` (webhooks).
+//! `balancing` (HAProxy and load), `floor` (the plain-SSH rollout benchmarks compare with), `measure` (what benchmarks count with), `browser` (headless Chromium), `chef`, `journal` (hosts' own notes), `proxy`, `receiver` (webhooks).
 //!
 //! Everything a test starts is stopped when its handle drops.
 
@@ -19,6 +19,7 @@ pub mod browser;
 pub mod chef;
 pub mod floor;
 pub mod journal;
+pub mod measure;
 pub mod openapi;
 pub mod proxy;
 pub mod receiver;

@@ -170,6 +170,7 @@ impl Worker {
         drain(&mut tasks).await;
         let _ = reloader.await;
         self.runner.store.close().await;
+        self.runner.leases.close().await;
         info!(worker = %self.id, "stopped");
     }
 }
