@@ -14,6 +14,7 @@ pub mod extract;
 pub mod limit;
 pub mod outbox;
 pub mod routes;
+pub mod submitter;
 pub mod tokens;
 pub mod ui;
 pub mod validate;
@@ -43,6 +44,7 @@ pub struct AppState {
     pub store: Store,
     pub publisher: Arc<Publisher>,
     pub nudge: mpsc::Sender<Uuid>,
+    pub submitter: submitter::Submitter,
     pub hub: Arc<events::Hub>,
     pub tokens: Arc<tokens::TokenCache>,
 }
@@ -109,6 +111,7 @@ impl App {
             store: store.clone(),
             publisher: publisher.clone(),
             nudge,
+            submitter: submitter::Submitter::start(store.clone()),
             hub: hub.clone(),
             tokens: tokens.clone(),
         };

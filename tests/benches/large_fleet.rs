@@ -33,21 +33,48 @@ fn peak_rss_mb(pid: u32) -> f64 {
     kb / 1024.0
 }
 
-/// `GET /v1/deployments/{id}` every 200 ms until `done`: each latency in ms, and the
-/// last body's size.
-async fn poll_gets(app: &TestApp, id: &str, done: Arc<AtomicBool>) -> (Vec<f64>, usize) {
-    let client = client_with(&app.admin_token);
-    let url = app.url(&format!("/v1/deployments/{id}"));
-    let (mut latencies, mut size) = (Vec::new(), 0);
-    while !done.load(Ordering::Relaxed) {
+/// Latencies in ms, sorted.
+#[derive(Default)]
+struct Latencies(Vec<f64>);
+
+impl Latencies {
+    async fn time<T>(&mut self, request: impl std::future::Future<Output = T>) -> T {
         let t = Instant::now();
-        let body = client.get(&url).send().await.unwrap().bytes().await.unwrap();
-        latencies.push(t.elapsed().as_secs_f64() * 1000.0);
-        size = body.len();
+        let answer = request.await;
+        self.0.push(t.elapsed().as_secs_f64() * 1000.0);
+        answer
+    }
+
+    fn sorted(mut self) -> Vec<f64> {
+        self.0.sort_by(f64::total_cmp);
+        self.0
+    }
+}
+
+/// `GET /v1/deployments/{id}` every 200 ms until `done`, each beside a `GET /healthz`
+/// (an answer that does no work: how long this machine takes to answer anything
+/// while the fleet runs on it). Their latencies in ms, and the last body's size.
+async fn poll_gets(app: &TestApp, id: &str, done: Arc<AtomicBool>) -> (Vec<f64>, Vec<f64>, usize) {
+    let client = client_with(&app.admin_token);
+    let (url, healthz) = (app.url(&format!("/v1/deployments/{id}")), app.url("/healthz"));
+    let (mut gets, mut peers, mut size) = (Latencies::default(), Latencies::default(), 0);
+    while !done.load(Ordering::Relaxed) {
+        size = gets.time(async { client.get(&url).send().await.unwrap().bytes().await.unwrap() }).await.len();
+        peers.time(async { client.get(&healthz).send().await.unwrap().bytes().await.unwrap() }).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    latencies.sort_by(f64::total_cmp);
-    (latencies, size)
+    (gets.sorted(), peers.sorted(), size)
+}
+
+/// `GET /v1/deployments/{id}` once it has ended, on a quiet machine: its own cost.
+async fn quiet_gets(app: &TestApp, id: &str) -> Vec<f64> {
+    let client = client_with(&app.admin_token);
+    let url = app.url(&format!("/v1/deployments/{id}"));
+    let mut gets = Latencies::default();
+    for _ in 0..50 {
+        gets.time(async { client.get(&url).send().await.unwrap().bytes().await.unwrap() }).await;
+    }
+    gets.sorted()
 }
 
 /// Follows the deployment's event stream to its end: for each log line, how long
@@ -100,12 +127,13 @@ async fn main() {
     let last = deployment.hosts().iter().map(|h| seconds(h.finished_at)).fold(f64::MIN, f64::max);
     let rss = peak_rss_mb(worker.pid());
     drop(worker);
+    let quiet = quiet_gets(&app, &id).await;
     app.shut_down().await;
 
     let commands = ["/opt/sandbox-app/bin/install 3.0.0".to_owned(), "/opt/sandbox-app/bin/restart".to_owned()];
     let (floor, _) = plain_ssh_rollout(&fleet, &commands, CONCURRENCY, None).await.unwrap();
     let floor = floor.as_secs_f64();
-    let (gets, size) = gets;
+    let (gets, peers, size) = gets;
 
     println!(
         "Large fleet: {hosts} VMs, window of {CONCURRENCY}, the rolling playbook without a load balancer (debug={})",
@@ -118,17 +146,16 @@ async fn main() {
         (last - first) / floor
     );
     println!("  worker peak RSS                  {rss:>8.1} MB");
+    let ms = |latencies: &[f64]| {
+        format!("p50 {:>6.1} ms   p99 {:>6.1} ms", percentile(latencies, 0.5), percentile(latencies, 0.99))
+    };
     println!(
-        "  GET the deployment while it runs p50 {:>6.1} ms   p99 {:>6.1} ms   ({} requests, {:.0} KB at the end)",
-        percentile(&gets, 0.5),
-        percentile(&gets, 0.99),
+        "  GET the deployment while it runs {}   ({} requests, {:.0} KB at the end)",
+        ms(&gets),
         gets.len(),
         size as f64 / 1024.0
     );
-    println!(
-        "  log line to follower             p50 {:>6.1} ms   p99 {:>6.1} ms   ({} lines)",
-        percentile(&follows, 0.5),
-        percentile(&follows, 0.99),
-        follows.len()
-    );
+    println!("  GET /healthz beside each of them {}   (an answer that does no work)", ms(&peers));
+    println!("  GET the deployment once it ended {}   (50 requests, one at a time)", ms(&quiet));
+    println!("  log line to follower             {}   ({} lines)", ms(&follows), follows.len());
 }

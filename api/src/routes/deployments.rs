@@ -73,10 +73,13 @@ pub async fn submit(
     };
     validate::request(&state.config(), &request)?;
 
-    let submitted = state
-        .store
-        .submit(NewDeployment { request: &request, requested_by: &caller.name, idempotency_key: key, retry_of: None })
-        .await?;
+    let new = NewDeployment {
+        request,
+        requested_by: caller.name.clone(),
+        idempotency_key: key.map(str::to_owned),
+        retry_of: None,
+    };
+    let submitted = state.submitter.submit(new).await?;
     let (status, deployment) = match submitted {
         Submitted::Created(d) => {
             // Committed: now hand the id to the relay. If its queue is full or the
@@ -287,12 +290,12 @@ pub async fn retry(State(state): State<AppState>, caller: Caller, DeploymentId(i
     };
     request.hosts = hosts;
     let new = NewDeployment {
-        request: &request,
-        requested_by: &caller.name,
+        request: *request,
+        requested_by: caller.name.clone(),
         idempotency_key: None,
         retry_of: Some((id, attempt)),
     };
-    let Submitted::Created(deployment) = state.store.submit(new).await? else {
+    let Submitted::Created(deployment) = state.submitter.submit(new).await? else {
         return Err(ApiError::Conflict("the retry was not created".to_owned()));
     };
     let _ = state.nudge.try_send(deployment.id);

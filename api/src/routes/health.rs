@@ -7,16 +7,18 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use std::sync::atomic::Ordering;
 use vesemir_model::api::{Health, Readiness, ReadyState};
 
 /// Prometheus metrics
 ///
 /// Deployments by state, the outbox backlog, hosts in flight: read from the database,
-/// so every replica reports the same.
+/// so every replica reports the same. Then this replica's own counters of submits
+/// and the statements that wrote them.
 #[utoipa::path(
     get, path = "/metrics", operation_id = "metrics", tag = "health", security(()),
     responses(
-        (status = 200, description = "Prometheus text format (`text/plain; version=0.0.4`): `vesemir_deployments{state}`, `vesemir_outbox_pending`, `vesemir_hosts_running`.", body = String, content_type = "text/plain"),
+        (status = 200, description = "Prometheus text format (`text/plain; version=0.0.4`): `vesemir_deployments{state}`, `vesemir_outbox_pending`, `vesemir_hosts_running`; and this replica's counters `vesemir_submits_total`, `vesemir_submit_statements_total`.", body = String, content_type = "text/plain"),
         (status = 500, response = Internal),
         (status = 503, response = Unavailable),
     )
@@ -34,6 +36,15 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
          # HELP vesemir_hosts_running Hosts being deployed now.\n\
          # TYPE vesemir_hosts_running gauge\nvesemir_hosts_running {}\n",
         gauges.outbox_pending, gauges.hosts_running
+    ));
+    let written = state.submitter.written();
+    out.push_str(&format!(
+        "# HELP vesemir_submits_total Submits and retries this replica passed to the database.\n\
+         # TYPE vesemir_submits_total counter\nvesemir_submits_total {}\n\
+         # HELP vesemir_submit_statements_total Statements those took: submits that arrive together are written together.\n\
+         # TYPE vesemir_submit_statements_total counter\nvesemir_submit_statements_total {}\n",
+        written.submits.load(Ordering::Relaxed),
+        written.statements.load(Ordering::Relaxed)
     ));
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
 }

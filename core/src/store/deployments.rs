@@ -12,12 +12,89 @@ use vesemir_model::deployment::{
 
 /// What the API asks the store to record.
 #[derive(Debug)]
-pub struct NewDeployment<'a> {
-    pub request: &'a DeploymentRequest,
-    pub requested_by: &'a str,
-    pub idempotency_key: Option<&'a str>,
+pub struct NewDeployment {
+    pub request: DeploymentRequest,
+    pub requested_by: String,
+    pub idempotency_key: Option<String>,
     /// For a retry: the deployment it retries, and its attempt number.
     pub retry_of: Option<(Uuid, i32)>,
+}
+
+impl NewDeployment {
+    fn attempt(&self) -> i32 {
+        self.retry_of.map_or(1, |(_, attempt)| attempt)
+    }
+
+    /// The deployment as it is the moment it is recorded: everything it holds is
+    /// known here, so it need not be read back.
+    fn created(self, id: Uuid, created_at: DateTime<Utc>) -> Deployment {
+        Deployment {
+            id,
+            service: self.request.service.clone(),
+            cluster: self.request.cluster.clone(),
+            version: self.request.version.clone(),
+            state: DeploymentState::Queued,
+            attempt: self.attempt(),
+            requested_by: self.requested_by,
+            cancelled_by: None,
+            retry_of: self.retry_of.map(|(of, _)| of),
+            rollback_of: None,
+            rolled_back_by: None,
+            created_at,
+            started_at: None,
+            finished_at: None,
+            error: None,
+            request: self.request,
+            summary: Summary::default(),
+            lb_errors: None,
+            hosts: Some(Vec::new()),
+        }
+    }
+}
+
+/// A new deployment's columns, one array per column, for one `unnest` insert.
+#[derive(Default)]
+struct SubmitColumns {
+    ids: Vec<Uuid>,
+    services: Vec<String>,
+    clusters: Vec<String>,
+    versions: Vec<String>,
+    requests: Vec<String>,
+    requested_by: Vec<String>,
+    idempotency_keys: Vec<Option<String>>,
+    hashes: Vec<String>,
+    retry_of: Vec<Option<Uuid>>,
+    attempts: Vec<i32>,
+    actions: Vec<&'static str>,
+    details: Vec<String>,
+}
+
+impl SubmitColumns {
+    fn of(news: &[NewDeployment]) -> Self {
+        let mut columns = Self::default();
+        for new in news {
+            let request = &new.request;
+            // Serializing the typed request gives one canonical form (fields in
+            // declaration order, variables sorted, defaults explicit): it is both what
+            // is stored and what the hash that tells a retried submit from a
+            // conflicting one is taken of.
+            let canonical = serde_json::to_string(request).unwrap_or_default();
+            columns.hashes.push(Sha256::digest(canonical.as_bytes()).iter().map(|b| format!("{b:02x}")).collect());
+            columns.requests.push(canonical);
+            columns.ids.push(Uuid::now_v7());
+            columns.services.push(request.service.clone());
+            columns.clusters.push(request.cluster.clone());
+            columns.versions.push(request.version.clone());
+            columns.requested_by.push(new.requested_by.clone());
+            columns.idempotency_keys.push(new.idempotency_key.clone());
+            columns.retry_of.push(new.retry_of.map(|(of, _)| of));
+            columns.attempts.push(new.attempt());
+            columns.actions.push(if new.retry_of.is_some() { "retry" } else { "submit" });
+            let detail = serde_json::json!({ "service": request.service, "cluster": request.cluster, "version": request.version });
+            columns.details.push(detail.to_string());
+        }
+        columns
+    }
 }
 
 /// The answer to a submit: a new deployment, or the one an earlier submit with the same
@@ -100,7 +177,8 @@ impl DeploymentRow {
 struct HostRow {
     name: String,
     address: String,
-    version: String,
+    /// None when the host goes to its deployment's version; a rollback's hosts each have their own.
+    version: Option<String>,
     wave: i32,
     state: String,
     error: Option<String>,
@@ -113,20 +191,13 @@ struct HostRow {
 #[derive(sqlx::FromRow)]
 struct StepRow {
     host: String,
+    position: i32,
     name: String,
     state: String,
     exit_code: Option<i32>,
     output: String,
     started_at: DateTime<Utc>,
     finished_at: Option<DateTime<Utc>>,
-}
-
-/// The hash that tells a retried submit (same request) from a conflicting one.
-fn request_hash(request: &DeploymentRequest) -> String {
-    // Serializing the typed request gives one canonical form: fields in declaration
-    // order, variables sorted, defaults made explicit.
-    let canonical = serde_json::to_vec(request).unwrap_or_default();
-    Sha256::digest(&canonical).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Scope globs as SQL LIKE patterns (`_` in a name is literal; `*` and `?` match).
@@ -143,74 +214,96 @@ impl Store {
             .await?)
     }
 
-    /// Records a deployment and its outbox row in one transaction. With an
+    /// Records a deployment with its outbox row and its audit entry. With an
     /// Idempotency-Key that was seen before, returns the earlier deployment instead
     /// (or refuses, if the request differs).
-    pub async fn submit(&self, new: NewDeployment<'_>) -> Result<Submitted, StoreError> {
-        let hash = request_hash(new.request);
-        let id = Uuid::now_v7();
-        let action = if new.retry_of.is_some() { "retry" } else { "submit" };
-        let detail = serde_json::json!({ "service": new.request.service, "cluster": new.request.cluster, "version": new.request.version });
-        // The deployment, its outbox row and its audit entry in one statement: one
-        // round trip and one commit, all or nothing.
-        let inserted: Option<(DateTime<Utc>,)> = sqlx::query_as(
-            "WITH deployment AS ( \
+    pub async fn submit(&self, new: NewDeployment) -> Result<Submitted, StoreError> {
+        let answer = self.submit_many(vec![new]).await.into_iter().next();
+        answer.unwrap_or_else(|| Err(StoreError::Corrupt("a submit got no answer".to_owned())))
+    }
+
+    /// Records deployments as [`Store::submit`] does, all in one statement: one round
+    /// trip and one commit, however many there are. Each gets its own answer, in
+    /// order. If the statement fails for a reason other than the database being
+    /// unavailable, each is tried alone, so that one request cannot fail the others.
+    pub async fn submit_many(&self, news: Vec<NewDeployment>) -> Vec<Result<Submitted, StoreError>> {
+        let columns = SubmitColumns::of(&news);
+        let inserted = match self.insert_submits(&columns).await {
+            Ok(inserted) => inserted,
+            Err(e) if news.len() == 1 => return vec![Err(e)],
+            Err(e) if e.is_unavailable() => {
+                let why = e.to_string();
+                let mut answers = vec![Err(e)];
+                answers.extend(news.iter().skip(1).map(|_| Err(StoreError::Unavailable(why.clone()))));
+                return answers;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, submits = news.len(), "a batch of submits failed; writing them one by one");
+                let mut answers = Vec::with_capacity(news.len());
+                for new in news {
+                    answers.push(Box::pin(self.submit(new)).await);
+                }
+                return answers;
+            }
+        };
+        let mut answers = Vec::with_capacity(news.len());
+        for ((new, id), hash) in news.into_iter().zip(columns.ids).zip(&columns.hashes) {
+            answers.push(match inserted.get(&id) {
+                Some(&created_at) => Ok(Submitted::Created(new.created(id, created_at))),
+                None => self.earlier_submit(&new, hash).await,
+            });
+        }
+        answers
+    }
+
+    /// Inserts the deployments, their outbox rows and audit entries; returns when each
+    /// one inserted was created. One whose Idempotency-Key its token used before is
+    /// not inserted.
+    async fn insert_submits(&self, c: &SubmitColumns) -> Result<HashMap<Uuid, DateTime<Utc>>, StoreError> {
+        let rows: Vec<(Uuid, DateTime<Utc>)> = sqlx::query_as(
+            "WITH input AS ( \
+                 SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
+                     $7::text[], $8::text[], $9::uuid[], $10::int[], $11::text[], $12::text[]) \
+                 AS i (id, service, cluster, version, request, requested_by, idempotency_key, request_hash, \
+                     retry_of, attempt, action, detail)), \
+             deployment AS ( \
                  INSERT INTO deployments (id, service, cluster, version, request, requested_by, \
                      idempotency_key, request_hash, retry_of, attempt) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+                 SELECT id, service, cluster, version, request::jsonb, requested_by, idempotency_key, \
+                     request_hash, retry_of, attempt FROM input \
                  ON CONFLICT (requested_by, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING \
                  RETURNING id, created_at), \
              queued AS (INSERT INTO outbox (deployment_id) SELECT id FROM deployment), \
              audited AS (INSERT INTO audit (actor, action, deployment_id, detail) \
-                 SELECT $6, $11, id, $12 FROM deployment) \
-             SELECT created_at FROM deployment",
+                 SELECT i.requested_by, i.action, i.id, i.detail::jsonb FROM input i JOIN deployment USING (id)) \
+             SELECT id, created_at FROM deployment",
         )
-        .bind(id)
-        .bind(&new.request.service)
-        .bind(&new.request.cluster)
-        .bind(&new.request.version)
-        .bind(sqlx::types::Json(new.request))
-        .bind(new.requested_by)
-        .bind(new.idempotency_key)
-        .bind(&hash)
-        .bind(new.retry_of.map(|(of, _)| of))
-        .bind(new.retry_of.map_or(1, |(_, attempt)| attempt))
-        .bind(action)
-        .bind(detail)
-        .fetch_optional(&self.pool)
+        .bind(&c.ids)
+        .bind(&c.services)
+        .bind(&c.clusters)
+        .bind(&c.versions)
+        .bind(&c.requests)
+        .bind(&c.requested_by)
+        .bind(&c.idempotency_keys)
+        .bind(&c.hashes)
+        .bind(&c.retry_of)
+        .bind(&c.attempts)
+        .bind(&c.actions)
+        .bind(&c.details)
+        .fetch_all(&self.pool)
         .await?;
+        Ok(rows.into_iter().collect())
+    }
 
-        if let Some((created_at,)) = inserted {
-            // Everything a new deployment holds is known here: no need to read it back.
-            return Ok(Submitted::Created(Deployment {
-                id,
-                service: new.request.service.clone(),
-                cluster: new.request.cluster.clone(),
-                version: new.request.version.clone(),
-                state: DeploymentState::Queued,
-                requested_by: new.requested_by.to_owned(),
-                cancelled_by: None,
-                retry_of: new.retry_of.map(|(of, _)| of),
-                attempt: new.retry_of.map_or(1, |(_, attempt)| attempt),
-                rollback_of: None,
-                rolled_back_by: None,
-                created_at,
-                started_at: None,
-                finished_at: None,
-                error: None,
-                request: new.request.clone(),
-                summary: Summary::default(),
-                lb_errors: None,
-                hosts: Some(Vec::new()),
-            }));
-        }
-
-        // The key exists: the conflicting insert waited for the first one to commit.
-        let key = new.idempotency_key.unwrap_or_default();
+    /// The deployment an earlier submit with this one's Idempotency-Key created, if it
+    /// asked for the same (its request's hash is `hash`).
+    async fn earlier_submit(&self, new: &NewDeployment, hash: &str) -> Result<Submitted, StoreError> {
+        // The conflicting insert waited for the first one to commit.
+        let key = new.idempotency_key.as_deref().unwrap_or_default();
         let (id, stored_hash): (Uuid, String) =
             sqlx::query_as("SELECT id, request_hash FROM deployments WHERE requested_by = $2 AND idempotency_key = $1")
                 .bind(key)
-                .bind(new.requested_by)
+                .bind(&new.requested_by)
                 .fetch_one(&self.pool)
                 .await?;
         if stored_hash != hash {
@@ -231,21 +324,22 @@ impl Store {
         let Some(row) = row else { return Ok(None) };
 
         let host_rows: Vec<HostRow> = sqlx::query_as(
-            "SELECT h.name, h.address, COALESCE(h.version, d.version) AS version, h.wave, h.state, h.error, \
-                 h.load_balancer, h.started_at, h.finished_at, h.lb_errors \
-             FROM hosts h JOIN deployments d ON d.id = h.deployment_id \
-             WHERE h.deployment_id = $1 ORDER BY h.position",
+            "SELECT name, address, version, wave, state, error, load_balancer, started_at, finished_at, lb_errors \
+             FROM hosts WHERE deployment_id = $1 ORDER BY position",
         )
         .bind(id)
         .fetch_all(&self.pool)
         .await?;
-        let step_rows: Vec<StepRow> = sqlx::query_as(
-            "SELECT host, name, state, exit_code, output, started_at, finished_at \
-             FROM steps WHERE deployment_id = $1 ORDER BY host, position",
+        // Unordered: PostgreSQL sorting thousands of rows by a text column costs more
+        // than the rest of the read, and an integer sort here is nearly free.
+        let mut step_rows: Vec<StepRow> = sqlx::query_as(
+            "SELECT host, position, name, state, exit_code, output, started_at, finished_at \
+             FROM steps WHERE deployment_id = $1",
         )
         .bind(id)
         .fetch_all(&self.pool)
         .await?;
+        step_rows.sort_unstable_by_key(|s| s.position);
 
         let mut steps: HashMap<String, Vec<Step>> = HashMap::new();
         for s in step_rows {
@@ -267,7 +361,7 @@ impl Store {
                 steps: steps.remove(&h.name).unwrap_or_default(),
                 name: h.name,
                 address: h.address,
-                version: h.version,
+                version: h.version.unwrap_or_else(|| row.version.clone()),
                 wave: h.wave,
                 state,
                 started_at: h.started_at,

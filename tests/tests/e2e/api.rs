@@ -89,6 +89,93 @@ async fn concurrent_submits_with_one_key_create_one_deployment() {
     app.shut_down().await;
 }
 
+/// A counter from this replica's `/metrics`.
+async fn counter(app: &TestApp, name: &str) -> u64 {
+    let text = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let value = text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' '));
+    value.unwrap_or_else(|| panic!("no {name} in {text}")).parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submits_that_arrive_while_the_database_is_busy_are_written_together_each_with_its_own_answer() {
+    let app = app().await;
+    let db = sqlx::PgPool::connect(app.database_url()).await.unwrap();
+    let (submits, statements) =
+        (counter(&app, "vesemir_submits_total").await, counter(&app, "vesemir_submit_statements_total").await);
+
+    // Keep the database busy: every submit's statement waits for this lock.
+    let mut busy = db.begin().await.unwrap();
+    sqlx::query("LOCK TABLE audit IN EXCLUSIVE MODE").execute(&mut *busy).await.unwrap();
+    let send = |version: String, key: Option<&'static str>| {
+        let mut request = app.client.post(app.url("/v1/deployments")).json(&demo_request(&version));
+        if let Some(key) = key {
+            request = request.header("Idempotency-Key", key);
+        }
+        tokio::spawn(async move {
+            let response = request.send().await.unwrap();
+            (version, response.status().as_u16(), response.json::<Value>().await.unwrap())
+        })
+    };
+    let distinct: Vec<_> = (0..40).map(|i| send(format!("1.{i}.0"), None)).collect();
+    let repeated: Vec<_> = (0..6).map(|_| send("2.0.0".to_owned(), Some("shared"))).collect();
+    let clashing: Vec<_> = (0..3).map(|i| send(format!("3.0.{i}"), Some("clash"))).collect();
+    let waiting = || async {
+        let (n,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%INSERT INTO deployments%'",
+        )
+        .fetch_one(&db)
+        .await
+        .unwrap();
+        n
+    };
+    while waiting().await == 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // The rest arrive behind the statements that wait.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    busy.commit().await.unwrap();
+
+    let mut ids = BTreeSet::new();
+    for task in distinct {
+        let (version, status, body) = task.await.unwrap();
+        assert_eq!(status, 202, "{body}");
+        assert_eq!(body["version"], version.as_str(), "each submit gets its own deployment back");
+        assert_eq!(app.deployment(body["id"].as_str().unwrap()).await.unwrap().version, version);
+        ids.insert(body["id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(ids.len(), 40);
+    let mut answers = Vec::new();
+    for task in repeated {
+        answers.push(task.await.unwrap());
+    }
+    assert_eq!(answers.iter().filter(|(_, status, _)| *status == 202).count(), 1, "{answers:?}");
+    assert_eq!(answers.iter().filter(|(_, status, _)| *status == 200).count(), 5, "{answers:?}");
+    assert_eq!(answers.iter().map(|(_, _, body)| body["id"].to_string()).collect::<BTreeSet<_>>().len(), 1);
+    let mut statuses = Vec::new();
+    for task in clashing {
+        let (_, status, body) = task.await.unwrap();
+        assert!(status == 202 || body["error"]["code"] == "idempotency_key_reused", "{status} {body}");
+        statuses.push(status);
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == 202).count(), 1, "{statuses:?}");
+
+    let recorded: (i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM deployments), count(*), count(DISTINCT deployment_id) \
+         FROM audit WHERE action = 'submit'",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!(recorded, (42, 42, 42), "each deployment is recorded and audited once");
+    let (submits, statements) = (
+        counter(&app, "vesemir_submits_total").await - submits,
+        counter(&app, "vesemir_submit_statements_total").await - statements,
+    );
+    assert_eq!(submits, 49);
+    assert!(statements < submits, "{submits} submits took {statements} statements");
+    app.shut_down().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lists_are_newest_first_filtered_and_paged() {
     let app = app().await;
