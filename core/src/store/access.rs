@@ -203,8 +203,11 @@ impl Store {
         }
         let silent: Vec<i32> = waiting.into_values().collect();
         tracing::warn!(caches = silent.len(), "token caches did not confirm a revocation in time; cutting them off");
-        sqlx::query("SELECT pg_terminate_backend(pid) FROM unnest($1::int4[]) AS pid")
+        // With a timeout, the call returns once each backend is gone, not merely
+        // signalled: when the revoke returns, no silent cache is still listening.
+        sqlx::query("SELECT pg_terminate_backend(pid, $2) FROM unnest($1::int4[]) AS pid")
             .bind(&silent)
+            .bind(DROP_TIMEOUT.as_millis() as i64)
             .execute(&self.pool)
             .await?;
         Ok(())
