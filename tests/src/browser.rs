@@ -106,16 +106,20 @@ impl Browser {
         self.command(reqwest::Method::POST, "/execute/async", Some(json!({ "script": script, "args": args }))).await
     }
 
-    /// Polls `script` until it returns something other than false or null.
+    /// Polls `script` until it returns something other than false or null; a script
+    /// that throws is tried again until `timeout`.
     pub async fn wait_for(&self, script: &str, timeout: Duration) -> anyhow::Result<Value> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let value = self.run(script, Vec::new()).await?;
-            if !(value.is_null() || value == Value::Bool(false)) {
-                return Ok(value);
-            }
+            // A page still drawing (or reloading) can make the script throw, for an
+            // element not there yet: that is "not yet", unless it lasts.
+            let why = match self.run(script, Vec::new()).await {
+                Ok(value) if !(value.is_null() || value == Value::Bool(false)) => return Ok(value),
+                Ok(value) => value.to_string(),
+                Err(e) => format!("{e:#}"),
+            };
             if tokio::time::Instant::now() > deadline {
-                bail!("timed out waiting for {script}");
+                bail!("timed out waiting for {script} (last: {why})");
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

@@ -285,6 +285,13 @@ async fn a_submit_while_the_broker_is_down_runs_once_it_is_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_that_is_not_a_deployment_id_is_dead_lettered() {
     let app = TestApp::start(None, Setup::default()).await.unwrap();
+    // The workers declare the queue as they start: a message sent before that would
+    // go nowhere.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while let Err(e) = app.queue_depths().await {
+        assert!(tokio::time::Instant::now() < deadline, "the queue was never declared: {e}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let (connection, channel) = vesemir_core::queue::open(&app.config.queue).await.unwrap();
     channel
         .basic_publish(
