@@ -65,8 +65,6 @@ struct SubmitColumns {
     hashes: Vec<String>,
     retry_of: Vec<Option<Uuid>>,
     attempts: Vec<i32>,
-    actions: Vec<&'static str>,
-    details: Vec<String>,
 }
 
 impl SubmitColumns {
@@ -89,9 +87,6 @@ impl SubmitColumns {
             columns.idempotency_keys.push(new.idempotency_key.clone());
             columns.retry_of.push(new.retry_of.map(|(of, _)| of));
             columns.attempts.push(new.attempt());
-            columns.actions.push(if new.retry_of.is_some() { "retry" } else { "submit" });
-            let detail = serde_json::json!({ "service": request.service, "cluster": request.cluster, "version": request.version });
-            columns.details.push(detail.to_string());
         }
         columns
     }
@@ -263,9 +258,9 @@ impl Store {
         let rows: Vec<(Uuid, DateTime<Utc>)> = sqlx::query_as(
             "WITH input AS ( \
                  SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
-                     $7::text[], $8::text[], $9::uuid[], $10::int[], $11::text[], $12::text[]) \
+                     $7::text[], $8::text[], $9::uuid[], $10::int[]) \
                  AS i (id, service, cluster, version, request, requested_by, idempotency_key, request_hash, \
-                     retry_of, attempt, action, detail)), \
+                     retry_of, attempt)), \
              deployment AS ( \
                  INSERT INTO deployments (id, service, cluster, version, request, requested_by, \
                      idempotency_key, request_hash, retry_of, attempt) \
@@ -275,7 +270,9 @@ impl Store {
                  RETURNING id, created_at), \
              queued AS (INSERT INTO outbox (deployment_id) SELECT id FROM deployment), \
              audited AS (INSERT INTO audit (actor, action, deployment_id, detail) \
-                 SELECT i.requested_by, i.action, i.id, i.detail::jsonb FROM input i JOIN deployment USING (id)) \
+                 SELECT i.requested_by, CASE WHEN i.retry_of IS NULL THEN 'submit' ELSE 'retry' END, i.id, \
+                     jsonb_build_object('service', i.service, 'cluster', i.cluster, 'version', i.version) \
+                 FROM input i JOIN deployment USING (id)) \
              SELECT id, created_at FROM deployment",
         )
         .bind(&c.ids)
@@ -288,8 +285,6 @@ impl Store {
         .bind(&c.hashes)
         .bind(&c.retry_of)
         .bind(&c.attempts)
-        .bind(&c.actions)
-        .bind(&c.details)
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.into_iter().collect())
