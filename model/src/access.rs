@@ -128,7 +128,9 @@ pub struct TokenInfo {
     #[serde(flatten)]
     pub scope: Scope,
     pub created_by: String,
+    #[serde(serialize_with = "crate::timestamp::serialize")]
     pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "crate::timestamp::optional::serialize")]
     pub revoked_at: Option<DateTime<Utc>>,
 }
 
@@ -137,6 +139,7 @@ pub struct TokenInfo {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AuditEntry {
     pub id: i64,
+    #[serde(serialize_with = "crate::timestamp::serialize")]
     pub at: DateTime<Utc>,
     pub actor: String,
     pub action: String,

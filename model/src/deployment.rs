@@ -541,8 +541,11 @@ pub struct Deployment {
     /// The latest rollback of this deployment.
     #[serde(default)]
     pub rolled_back_by: Option<Uuid>,
+    #[serde(serialize_with = "crate::timestamp::serialize")]
     pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "crate::timestamp::optional::serialize")]
     pub started_at: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "crate::timestamp::optional::serialize")]
     pub finished_at: Option<DateTime<Utc>>,
     pub error: Option<String>,
     #[serde(deserialize_with = "lenient")]
@@ -567,7 +570,9 @@ pub struct Host {
     pub version: String,
     pub wave: i32,
     pub state: HostState,
+    #[serde(serialize_with = "crate::timestamp::optional::serialize")]
     pub started_at: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "crate::timestamp::optional::serialize")]
     pub finished_at: Option<DateTime<Utc>>,
     pub error: Option<String>,
     /// Where Vesemir left the host's server in the load balancers; None when it did
@@ -585,7 +590,9 @@ pub struct Host {
 pub struct Step {
     pub name: String,
     pub state: StepState,
+    #[serde(serialize_with = "crate::timestamp::serialize")]
     pub started_at: DateTime<Utc>,
+    #[serde(serialize_with = "crate::timestamp::optional::serialize")]
     pub finished_at: Option<DateTime<Utc>>,
     pub exit_code: Option<i32>,
     pub output: String,
@@ -598,6 +605,7 @@ pub struct LogLine {
     pub host: Option<String>,
     pub stream: LogStream,
     pub line: String,
+    #[serde(serialize_with = "crate::timestamp::serialize")]
     pub at: DateTime<Utc>,
     /// For a line about a change: the change, as data.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -30,6 +30,7 @@ pub struct HostRecord {
     /// That deployment.
     pub deployment_id: Option<Uuid>,
     /// When the host finished that deployment.
+    #[serde(serialize_with = "crate::timestamp::optional::serialize")]
     pub deployed_at: Option<DateTime<Utc>>,
     /// The last deployment that started on the host, and how the host ended there (a
     /// later failure leaves `version` as it was).
@@ -46,6 +47,7 @@ pub struct HostRecord {
     pub reported_version: Option<String>,
     /// When it was asked, and by which verification (a dry run with `verify`).
     #[serde(default)]
+    #[serde(serialize_with = "crate::timestamp::optional::serialize")]
     pub verified_at: Option<DateTime<Utc>>,
     #[serde(default)]
     pub verified_by: Option<Uuid>,

@@ -21,3 +21,4 @@ pub mod event;
 mod fields;
 pub mod inventory;
 pub mod notification;
+mod timestamp;

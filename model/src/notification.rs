@@ -44,6 +44,7 @@ pub struct Notification {
     pub delivery: i64,
     pub event: NotificationEvent,
     /// When the change was committed.
+    #[serde(serialize_with = "crate::timestamp::serialize")]
     pub at: DateTime<Utc>,
     pub deployment: NotifiedDeployment,
 }
@@ -72,9 +73,12 @@ pub struct Delivery {
     pub last_status: Option<i32>,
     /// Why the last attempt failed.
     pub last_error: Option<String>,
+    #[serde(serialize_with = "crate::timestamp::serialize")]
     pub created_at: DateTime<Utc>,
     /// When the next attempt is due, while pending.
+    #[serde(serialize_with = "crate::timestamp::optional::serialize")]
     pub next_attempt_at: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "crate::timestamp::optional::serialize")]
     pub delivered_at: Option<DateTime<Utc>>,
 }
 

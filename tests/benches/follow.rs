@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::io::{AsyncBufReadExt, BufReader};
-use vesemir_tests::measure::percentile;
+use vesemir_tests::measure::{percentile, pid_cpu_seconds};
 use vesemir_tests::{Fleet, ScratchDir, Setup, TestApp, client_with, demo_request, playbooks_with};
 
 const TICKS: u32 = 200;
@@ -24,14 +24,6 @@ fn binary(name: &str) -> PathBuf {
 
 fn now_ns() -> u128 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos()
-}
-
-/// CPU seconds a process has used (user + system).
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
-    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-    ticks / 100.0
 }
 
 async fn transactions(app: &TestApp) -> i64 {
@@ -50,7 +42,7 @@ async fn transactions(app: &TestApp) -> i64 {
 /// second, database transactions per second) over that time.
 async fn followers_cost(app: &TestApp, api: &str, api_pid: u32, n: usize) -> (f64, f64) {
     let id = app.deploy(&demo_request("2.0.0")).await.unwrap();
-    let (cpu0, tx0, t0) = (cpu_seconds(api_pid), transactions(app).await, Instant::now());
+    let (cpu0, tx0, t0) = (pid_cpu_seconds(api_pid), transactions(app).await, Instant::now());
     let tasks: Vec<_> = (0..n)
         .map(|_| {
             let client = client_with(&app.admin_token);
@@ -70,7 +62,7 @@ async fn followers_cost(app: &TestApp, api: &str, api_pid: u32, n: usize) -> (f6
         assert!(task.await.unwrap(), "every follower saw the deployment to its end");
     }
     let elapsed = t0.elapsed().as_secs_f64();
-    let cpu = (cpu_seconds(api_pid) - cpu0) / elapsed;
+    let cpu = (pid_cpu_seconds(api_pid) - cpu0) / elapsed;
     let tps = (transactions(app).await - tx0) as f64 / elapsed;
     (cpu, tps)
 }

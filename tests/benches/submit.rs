@@ -12,7 +12,7 @@ use serde_json::json;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use vesemir_tests::measure::{machine_cpu_seconds, percentile};
+use vesemir_tests::measure::{machine_cpu_seconds, own_cpu_seconds, percentile, processes_cpu_seconds};
 use vesemir_tests::{ScratchDir, Setup, TestApp, demo_request};
 
 const CLIENTS: usize = 32;
@@ -21,20 +21,32 @@ const WARMUP: usize = 300;
 const PGBENCH_SECONDS: u32 = 10;
 const CLAIM_SAMPLES: usize = 200;
 
+/// `total` submits from `CLIENTS` clients at once. Each client reads every answer
+/// whole, as a real one does (so its connection is kept), and sends one prepared body
+/// to one parsed URL: like pgbench's prepared statements, the client costs the
+/// machine as little as it can.
 async fn submit_load(app: &TestApp, total: usize) -> (f64, Vec<f64>) {
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let url = reqwest::Url::parse(&app.url("/v1/deployments")).unwrap();
+    let body = serde_json::to_vec(&demo_request("1.0.0")).unwrap();
     let started = Instant::now();
     let tasks: Vec<_> = (0..CLIENTS)
         .map(|_| {
             let client = app.client.clone();
-            let url = app.url("/v1/deployments");
-            let next = next.clone();
+            let (url, body, next) = (url.clone(), body.clone(), next.clone());
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
                 while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < total {
                     let t = Instant::now();
-                    let response = client.post(&url).json(&demo_request("1.0.0")).send().await.unwrap();
+                    let response = client
+                        .post(url.clone())
+                        .header(reqwest::header::CONTENT_TYPE, "application/json")
+                        .body(body.clone())
+                        .send()
+                        .await
+                        .unwrap();
                     assert_eq!(response.status().as_u16(), 202);
+                    response.bytes().await.unwrap();
                     latencies.push(t.elapsed().as_secs_f64() * 1000.0);
                 }
                 latencies
@@ -93,11 +105,33 @@ fn psql(database_url: &str, sql: &str) {
     assert!(status.success());
 }
 
-/// CPU seconds of this process: the bench's HTTP clients and the API in it.
-fn own_cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
-    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
-    fields[11..13].iter().map(|f| f.parse::<f64>().unwrap()).sum::<f64>() / 100.0
+/// Where the machine's CPU goes: this process (the clients and the API), PostgreSQL's
+/// processes, RabbitMQ's, and the whole machine.
+struct SubmitCpu {
+    machine: f64,
+    own: f64,
+    postgres: f64,
+    rabbitmq: f64,
+}
+
+impl SubmitCpu {
+    fn now() -> Self {
+        Self {
+            machine: machine_cpu_seconds(),
+            own: own_cpu_seconds(),
+            postgres: processes_cpu_seconds("postgres"),
+            rabbitmq: processes_cpu_seconds("beam.smp"),
+        }
+    }
+
+    fn minus(&self, earlier: &Self) -> Self {
+        Self {
+            machine: self.machine - earlier.machine,
+            own: self.own - earlier.own,
+            postgres: self.postgres - earlier.postgres,
+            rabbitmq: self.rabbitmq - earlier.rabbitmq,
+        }
+    }
 }
 
 async fn claim_latency(app: &TestApp) -> Vec<f64> {
@@ -129,9 +163,9 @@ async fn claim_latency(app: &TestApp) -> Vec<f64> {
 async fn main() {
     let app = TestApp::start(None, Setup { workers: 0, ..Setup::default() }).await.unwrap();
     submit_load(&app, WARMUP).await;
-    let (machine0, own0) = (machine_cpu_seconds(), own_cpu_seconds());
+    let cpu0 = SubmitCpu::now();
     let (rate, latencies) = submit_load(&app, SUBMITS).await;
-    let (machine, own) = (machine_cpu_seconds() - machine0, own_cpu_seconds() - own0);
+    let cpu = SubmitCpu::now().minus(&cpu0);
     let database_url = app.database_url().to_owned();
     psql(
         &database_url,
@@ -160,10 +194,14 @@ async fn main() {
     println!("  pgbench a submit's own statement  {statement:>8.0} tx/s    (deployment + outbox row + audit entry)");
     println!("  ratio submit / one-row INSERT     {:>8.2}", rate / one_row);
     println!("  ratio submit / its own statement  {:>8.2}", rate / statement);
+    let per_submit = |seconds: f64| us(seconds / SUBMITS as f64);
     println!(
-        "  machine CPU per submit            {:>8.0} us   (of which clients and API {:.0} us; PostgreSQL, RabbitMQ and the kernel the rest)",
-        us(machine / SUBMITS as f64),
-        us(own / SUBMITS as f64),
+        "  machine CPU per submit            {:>8.0} us   (clients and API {:.0}, PostgreSQL {:.0}, RabbitMQ {:.0}, kernel and the rest {:.0})",
+        per_submit(cpu.machine),
+        per_submit(cpu.own),
+        per_submit(cpu.postgres),
+        per_submit(cpu.rabbitmq),
+        per_submit(cpu.machine - cpu.own - cpu.postgres - cpu.rabbitmq),
     );
     println!(
         "  machine CPU per pgbench tx        {:>8.0} us one-row   {:.0} us a submit's statement",

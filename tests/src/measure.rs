@@ -16,3 +16,37 @@ pub fn machine_cpu_seconds() -> f64 {
         stat.lines().next().unwrap_or_default().split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
     [0, 1, 2, 5, 6, 7].iter().filter_map(|&i| cpu.get(i)).sum::<f64>() / 100.0
 }
+
+/// CPU seconds (user and system) used so far by the live processes whose command
+/// name is `comm` (as in `/proc/<pid>/comm`: `postgres`, `beam.smp`). A process that
+/// ended since the last reading takes its time with it, so read around a steady load.
+pub fn processes_cpu_seconds(comm: &str) -> f64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return 0.0 };
+    entries
+        .filter_map(Result::ok)
+        .filter(|entry| entry.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+        .filter_map(|entry| std::fs::read_to_string(entry.path().join("stat")).ok())
+        .filter(|stat| {
+            stat.split_once(" (").and_then(|(_, rest)| rest.rsplit_once(')')).is_some_and(|(c, _)| c == comm)
+        })
+        .map(|stat| stat_cpu_seconds(&stat))
+        .sum()
+}
+
+/// CPU seconds of this process: in a benchmark, its clients and whatever Vesemir
+/// runs in it.
+pub fn own_cpu_seconds() -> f64 {
+    std::fs::read_to_string("/proc/self/stat").map(|stat| stat_cpu_seconds(&stat)).unwrap_or_default()
+}
+
+/// CPU seconds (user and system) process `pid` has used so far.
+pub fn pid_cpu_seconds(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|stat| stat_cpu_seconds(&stat)).unwrap_or_default()
+}
+
+/// utime + stime of one `/proc/<pid>/stat` line (fields 14 and 15, after the name,
+/// which may itself hold spaces and parentheses).
+fn stat_cpu_seconds(stat: &str) -> f64 {
+    let Some((_, after_name)) = stat.rsplit_once(')') else { return 0.0 };
+    after_name.split_whitespace().skip(11).take(2).filter_map(|f| f.parse::<f64>().ok()).sum::<f64>() / 100.0
+}

@@ -3,6 +3,8 @@
 use super::{Store, StoreError, parse};
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
+use sqlx::Row;
+use sqlx::postgres::PgRow;
 use std::collections::HashMap;
 use uuid::Uuid;
 use vesemir_model::access::Scope;
@@ -168,7 +170,16 @@ impl DeploymentRow {
     }
 }
 
-#[derive(sqlx::FromRow)]
+// A deployment's hosts and steps are read by column position, in the order their
+// query selects them: on a thousand hosts, looking each column up by name in every
+// row took a tenth of a `GET`'s CPU.
+
+macro_rules! host_columns {
+    () => {
+        "name, address, version, wave, state, error, load_balancer, started_at, finished_at, lb_errors"
+    };
+}
+
 struct HostRow {
     name: String,
     address: String,
@@ -183,7 +194,29 @@ struct HostRow {
     lb_errors: Option<sqlx::types::Json<Counters>>,
 }
 
-#[derive(sqlx::FromRow)]
+impl sqlx::FromRow<'_, PgRow> for HostRow {
+    fn from_row(row: &PgRow) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            name: row.try_get(0)?,
+            address: row.try_get(1)?,
+            version: row.try_get(2)?,
+            wave: row.try_get(3)?,
+            state: row.try_get(4)?,
+            error: row.try_get(5)?,
+            load_balancer: row.try_get(6)?,
+            started_at: row.try_get(7)?,
+            finished_at: row.try_get(8)?,
+            lb_errors: row.try_get(9)?,
+        })
+    }
+}
+
+macro_rules! step_columns {
+    () => {
+        "host, position, name, state, exit_code, output, started_at, finished_at"
+    };
+}
+
 struct StepRow {
     host: String,
     position: i32,
@@ -193,6 +226,21 @@ struct StepRow {
     output: String,
     started_at: DateTime<Utc>,
     finished_at: Option<DateTime<Utc>>,
+}
+
+impl sqlx::FromRow<'_, PgRow> for StepRow {
+    fn from_row(row: &PgRow) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            host: row.try_get(0)?,
+            position: row.try_get(1)?,
+            name: row.try_get(2)?,
+            state: row.try_get(3)?,
+            exit_code: row.try_get(4)?,
+            output: row.try_get(5)?,
+            started_at: row.try_get(6)?,
+            finished_at: row.try_get(7)?,
+        })
+    }
 }
 
 /// Scope globs as SQL LIKE patterns (`_` in a name is literal; `*` and `?` match).
@@ -318,22 +366,21 @@ impl Store {
                 .await?;
         let Some(row) = row else { return Ok(None) };
 
-        let host_rows: Vec<HostRow> = sqlx::query_as(
-            "SELECT name, address, version, wave, state, error, load_balancer, started_at, finished_at, lb_errors \
-             FROM hosts WHERE deployment_id = $1 ORDER BY position",
-        )
+        let host_rows: Vec<HostRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            host_columns!(),
+            " FROM hosts WHERE deployment_id = $1 ORDER BY position"
+        ))
         .bind(id)
         .fetch_all(&self.pool)
         .await?;
         // Unordered: PostgreSQL sorting thousands of rows by a text column costs more
         // than the rest of the read, and an integer sort here is nearly free.
-        let mut step_rows: Vec<StepRow> = sqlx::query_as(
-            "SELECT host, position, name, state, exit_code, output, started_at, finished_at \
-             FROM steps WHERE deployment_id = $1",
-        )
-        .bind(id)
-        .fetch_all(&self.pool)
-        .await?;
+        let mut step_rows: Vec<StepRow> =
+            sqlx::query_as(concat!("SELECT ", step_columns!(), " FROM steps WHERE deployment_id = $1"))
+                .bind(id)
+                .fetch_all(&self.pool)
+                .await?;
         step_rows.sort_unstable_by_key(|s| s.position);
 
         let mut steps: HashMap<String, Vec<Step>> = HashMap::new();
