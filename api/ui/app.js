@@ -162,7 +162,11 @@ function updateListRow(row, d) {
 // ---- one deployment ---------------------------------------------------------------
 
 function deploymentPage(id) {
-  const view = { id, hosts: new Map(), lines: [], lastSeq: 0, filter: '', deployment: null, done: false };
+  const view = {
+    id, hosts: new Map(), lines: [], lastSeq: 0, filter: '', deployment: null, done: false,
+    // Events about hosts the grid does not have yet, kept until it does.
+    unplaced: null,
+  };
   api('/v1/deployments/' + id).then((d) => {
     view.deployment = d;
     draw(view, d);
@@ -172,8 +176,7 @@ function deploymentPage(id) {
 }
 
 function draw(view, d) {
-  const filter = el('select', { id: 'host-filter' }, el('option', { value: '', text: 'all hosts' }),
-    ...(d.hosts || []).map((h) => el('option', { value: h.name, text: h.name })));
+  const filter = el('select', { id: 'host-filter' }, el('option', { value: '', text: 'all hosts' }));
   filter.addEventListener('change', () => {
     view.filter = filter.value;
     byId('log').replaceChildren(...view.lines.filter((l) => shown(view, l)).map(logLine));
@@ -194,9 +197,12 @@ function draw(view, d) {
   tick(view);
 }
 
+// Adds to the grid the hosts it does not show yet: all of them when the page opens
+// after discovery, none before; then the ones discovery found.
 function grid(view, hosts) {
   const waves = new Map();
   for (const h of hosts) {
+    if (view.hosts.has(h.name)) continue;
     if (!waves.has(h.wave)) waves.set(h.wave, []);
     waves.get(h.wave).push(h);
   }
@@ -217,9 +223,31 @@ function grid(view, hosts) {
       view.hosts.set(h.name, host);
       paintHost(host);
       row.append(host.node);
+      byId('host-filter').append(el('option', { value: h.name, text: h.name }));
     }
     section.append(row);
   }
+}
+
+// An event named a host the grid lacks: the page opened before discovery. Fetch the
+// deployment once, draw its hosts, then replay in order the events that came
+// meanwhile, so that each host ends as its latest event left it.
+function placeLater(view, line) {
+  if (view.unplaced) {
+    view.unplaced.push(line);
+    return;
+  }
+  view.unplaced = [line];
+  const replay = () => {
+    const waiting = view.unplaced;
+    view.unplaced = null;
+    for (const l of waiting) if (view.hosts.has(l.event.host)) applyEvent(view, l);
+  };
+  api('/v1/deployments/' + view.id).then((fresh) => {
+    grid(view, fresh.hosts || []);
+    replay();
+    tick(view);
+  }, replay);
 }
 
 function paintHost(host) {
@@ -321,8 +349,16 @@ function apply(view, line) {
     const first = log.firstElementChild;
     if (first && first.dataset.seq === String(dropped.seq)) first.remove();
   }
+  if (line.event) applyEvent(view, line);
+}
+
+// What an event changes in the grid and the header.
+function applyEvent(view, line) {
   const event = line.event;
-  if (!event) return;
+  if (event.host && (view.unplaced || !view.hosts.has(event.host))) {
+    placeLater(view, line);
+    return;
+  }
   // The summary follows the grid, at most once a frame however many events come.
   if (!view.summaryDue) {
     view.summaryDue = true;

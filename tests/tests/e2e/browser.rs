@@ -33,7 +33,7 @@ async fn page_seqs(browser: &Browser) -> Vec<i64> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rollout_followed_in_the_page_shows_every_host_succeed_through_a_cut_connection() {
+async fn a_rollout_followed_in_the_page_from_its_submit_shows_every_host_succeed_through_a_cut_connection() {
     let fleet = Fleet::up(3).unwrap();
     let lb = Haproxy::start(&fleet).unwrap();
     let setup =
@@ -45,9 +45,13 @@ async fn a_rollout_followed_in_the_page_shows_every_host_succeed_through_a_cut_c
     let mut request = demo_request("5.0.0");
     request["weight"] = json!(20);
     request["sleep_seconds"] = json!(2);
-    let id = app.deploy(&request).await.unwrap();
+    // The page opens the moment the deployment is submitted, before its hosts are
+    // known: it must draw them once discovery finds them. (Signing in first also
+    // keeps a browser slow to start from missing the mid-rollout moment.)
     let browser = Browser::start().await.unwrap();
-    sign_in(&browser, &base, &format!("/ui/deployments/{id}"), &app.admin_token).await;
+    sign_in(&browser, &base, "/ui/", &app.admin_token).await;
+    let id = app.deploy(&request).await.unwrap();
+    browser.goto(&format!("{base}/ui/deployments/{id}")).await.unwrap();
 
     // Mid-rollout: a host in flight and one out of rotation, in the grid.
     browser
