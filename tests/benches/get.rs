@@ -10,8 +10,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // A benchmark that cannot set up should stop loudly.
 
 use std::process::Command;
-use std::time::Instant;
-use vesemir_tests::measure::{own_cpu_seconds, percentile, processes_cpu_seconds};
+use vesemir_tests::measure::{Latencies, own_cpu_seconds, percentile, processes_cpu_seconds, psql};
 use vesemir_tests::{ScratchDir, Setup, TestApp};
 
 const ID: &str = "01900000-0000-7000-8000-000000000001";
@@ -44,11 +43,6 @@ SELECT name, address, version, wave, state, error, load_balancer, started_at, fi
 SELECT host, position, name, state, exit_code, output, started_at, finished_at FROM steps WHERE deployment_id = '01900000-0000-7000-8000-000000000001';
 ";
 
-fn psql(database_url: &str, sql: &str) {
-    let status = Command::new("psql").args([database_url, "-q", "-v", "ON_ERROR_STOP=1", "-c", sql]).status().unwrap();
-    assert!(status.success());
-}
-
 /// pgbench's mean latency of `READS`, one client, in milliseconds.
 fn pgbench_reads(database_url: &str) -> f64 {
     let scratch = ScratchDir::new("vg").unwrap();
@@ -71,7 +65,7 @@ fn pgbench_reads(database_url: &str) -> f64 {
 async fn main() {
     let app = TestApp::start(None, Setup { workers: 0, ..Setup::default() }).await.unwrap();
     let database_url = app.database_url().to_owned();
-    psql(&database_url, SEED);
+    psql(&database_url, SEED).unwrap();
     let url = reqwest::Url::parse(&app.url(&format!("/v1/deployments/{ID}"))).unwrap();
     let get = || async {
         let response = app.client.get(url.clone()).send().await.unwrap();
@@ -84,15 +78,13 @@ async fn main() {
     }
 
     let (own0, postgres0) = (own_cpu_seconds(), processes_cpu_seconds("postgres"));
-    let mut latencies = Vec::with_capacity(GETS);
+    let mut latencies = Latencies::default();
     for _ in 0..GETS {
-        let started = Instant::now();
-        get().await;
-        latencies.push(started.elapsed().as_secs_f64() * 1000.0);
+        latencies.time(get()).await;
     }
     let own = (own_cpu_seconds() - own0) / GETS as f64 * 1000.0;
     let postgres = (processes_cpu_seconds("postgres") - postgres0) / GETS as f64 * 1000.0;
-    latencies.sort_by(f64::total_cmp);
+    let latencies = latencies.sorted();
     let floor = pgbench_reads(&database_url);
     app.shut_down().await;
 

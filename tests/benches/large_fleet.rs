@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use vesemir_model::deployment::{DeploymentState, LogLine};
 use vesemir_tests::floor::plain_ssh_rollout;
-use vesemir_tests::measure::percentile;
+use vesemir_tests::measure::{Latencies, percentile};
 use vesemir_tests::{Fleet, Process, Setup, TestApp, client_with};
 
 const CONCURRENCY: usize = 100;
@@ -31,24 +31,6 @@ fn peak_rss_mb(pid: u32) -> f64 {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap();
     kb / 1024.0
-}
-
-/// Latencies in ms, sorted.
-#[derive(Default)]
-struct Latencies(Vec<f64>);
-
-impl Latencies {
-    async fn time<T>(&mut self, request: impl std::future::Future<Output = T>) -> T {
-        let t = Instant::now();
-        let answer = request.await;
-        self.0.push(t.elapsed().as_secs_f64() * 1000.0);
-        answer
-    }
-
-    fn sorted(mut self) -> Vec<f64> {
-        self.0.sort_by(f64::total_cmp);
-        self.0
-    }
 }
 
 /// `GET /v1/deployments/{id}` every 200 ms until `done`, each beside a `GET /healthz`

@@ -12,7 +12,7 @@ use serde_json::json;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use vesemir_tests::measure::{machine_cpu_seconds, own_cpu_seconds, percentile, processes_cpu_seconds};
+use vesemir_tests::measure::{machine_cpu_seconds, own_cpu_seconds, percentile, processes_cpu_seconds, psql};
 use vesemir_tests::{ScratchDir, Setup, TestApp, demo_request};
 
 const CLIENTS: usize = 32;
@@ -100,11 +100,6 @@ fn pgbench(database_url: &str, script: &str) -> (f64, f64) {
     (tps, machine / count)
 }
 
-fn psql(database_url: &str, sql: &str) {
-    let status = Command::new("psql").args([database_url, "-q", "-c", sql]).status().unwrap();
-    assert!(status.success());
-}
-
 /// Where the machine's CPU goes: this process (the clients and the API), PostgreSQL's
 /// processes, RabbitMQ's, and the whole machine.
 struct SubmitCpu {
@@ -170,10 +165,11 @@ async fn main() {
     psql(
         &database_url,
         "CREATE TABLE bench_insert (id bigserial PRIMARY KEY, payload jsonb, created_at timestamptz DEFAULT now())",
-    );
+    )
+    .unwrap();
     let (one_row, one_row_cpu) =
         pgbench(&database_url, "INSERT INTO bench_insert (payload) VALUES ('{\"service\": \"demo\"}');\n");
-    psql(&database_url, "DROP TABLE bench_insert");
+    psql(&database_url, "DROP TABLE bench_insert").unwrap();
     let (statement, statement_cpu) = pgbench(&database_url, SUBMIT_SQL);
     app.shut_down().await;
 

@@ -1,4 +1,8 @@
-//! What the benchmarks measure with: percentiles, and the machine's CPU time.
+//! What the benchmarks measure with: latencies and their percentiles, CPU time, and
+//! psql for their set-up.
+
+use std::process::Command;
+use std::time::Instant;
 
 /// The value at fraction `p` (0 to 1) of `sorted`, nearest rank; NaN when empty.
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -49,4 +53,29 @@ pub fn pid_cpu_seconds(pid: u32) -> f64 {
 fn stat_cpu_seconds(stat: &str) -> f64 {
     let Some((_, after_name)) = stat.rsplit_once(')') else { return 0.0 };
     after_name.split_whitespace().skip(11).take(2).filter_map(|f| f.parse::<f64>().ok()).sum::<f64>() / 100.0
+}
+
+/// Request latencies in milliseconds, timed one by one; `sorted` for percentiles.
+#[derive(Debug, Default)]
+pub struct Latencies(Vec<f64>);
+
+impl Latencies {
+    pub async fn time<T>(&mut self, request: impl std::future::Future<Output = T>) -> T {
+        let t = Instant::now();
+        let answer = request.await;
+        self.0.push(t.elapsed().as_secs_f64() * 1000.0);
+        answer
+    }
+
+    pub fn sorted(mut self) -> Vec<f64> {
+        self.0.sort_by(f64::total_cmp);
+        self.0
+    }
+}
+
+/// Runs `sql` with psql against `database_url`, stopping at its first error.
+pub fn psql(database_url: &str, sql: &str) -> anyhow::Result<()> {
+    let status = Command::new("psql").args([database_url, "-q", "-v", "ON_ERROR_STOP=1", "-c", sql]).status()?;
+    anyhow::ensure!(status.success(), "psql failed ({status}) on: {sql}");
+    Ok(())
 }
